@@ -1,0 +1,180 @@
+"""The HTTP transport: a thin ASGI layer in front of :class:`webhook.handler.Handler`.
+
+``POST /mutate`` is the hot path of every Pod creation in the cluster, so it is served by
+a small ASGI endpoint that checks size and content type, decodes with orjson and encodes
+the answer with orjson; everything else (``/healthz``, ``/readyz``) is a FastAPI app.
+The transport never decides anything about a Pod: a malformed review is a 400 (the
+client's bug), and whatever the handler does, the server answers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
+
+from webhook.handler import Handler
+from webhook.wire import AdmissionReview, ReviewError, build_response, parse_review
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+DEFAULT_MAX_BODY_BYTES = 3 * 1024 * 1024
+MUTATE_PATH = "/mutate"
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Disconnected(Exception):
+    pass
+
+
+class Readiness:
+    """Ready once a policy is loaded, and not ready again as soon as shutdown begins."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.stopping = False
+
+    @property
+    def ready(self) -> bool:
+        return self.started and not self.stopping
+
+
+class MutateEndpoint:
+    """ASGI app for ``POST /mutate`` wrapped around the rest of the application."""
+
+    def __init__(
+        self,
+        *,
+        handler: Handler,
+        fallback: ASGIApp,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        on_transport_error: Callable[[int], None] | None = None,
+    ) -> None:
+        self._handler = handler
+        self._fallback = fallback
+        self._max = max_body_bytes
+        self._on_error = on_transport_error
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != MUTATE_PATH:
+            await self._fallback(scope, receive, send)
+            return
+        if scope["method"] != "POST":
+            await self._plain(send, 405, "use POST", extra=[(b"allow", b"POST")])
+            return
+        content_type = b""
+        content_length: int | None = None
+        for key, value in scope["headers"]:
+            if key == b"content-type":
+                content_type = value
+            elif key == b"content-length":
+                try:
+                    content_length = int(value)
+                except ValueError:
+                    await self._plain(send, 400, "invalid Content-Length")
+                    return
+        media_type = content_type.split(b";", 1)[0].strip().lower()
+        if media_type != b"application/json":
+            await self._plain(send, 415, "Content-Type must be application/json")
+            return
+        if content_length is not None and content_length > self._max:
+            await self._plain(send, 413, f"body larger than {self._max} bytes")
+            return
+        try:
+            body = await self._read_body(receive)
+        except _TooLarge:
+            await self._plain(send, 413, f"body larger than {self._max} bytes")
+            return
+        except _Disconnected:
+            return
+        try:
+            review = parse_review(body)
+        except ReviewError as exc:
+            await self._plain(send, 400, str(exc))
+            return
+        answer = await self._answer(review)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": answer})
+
+    async def _answer(self, review: AdmissionReview) -> bytes:
+        try:
+            return orjson.dumps(await self._handler.handle(review))
+        except Exception:
+            # Fail open with the uid we have: a bug here must never stop Pods cluster-wide.
+            # The traceback names code, not data (the handler never puts secrets in exceptions).
+            log.exception(
+                "admission handler failed; allowing the Pod unchanged", extra={"uid": review["request"]["uid"]}
+            )
+            return orjson.dumps(
+                build_response(review=review, warnings=["pullsecret-injector: internal error, nothing injected"])
+            )
+
+    async def _read_body(self, receive: Receive) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._max:
+                raise _TooLarge
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _plain(self, send: Send, status: int, text: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        if self._on_error is not None:
+            self._on_error(status)
+        body = (text + "\n").encode()
+        headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+        if status == 413:
+            # The rest of an oversized body is not read; tell the client not to reuse the connection.
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers + (extra or [])})
+        await send({"type": "http.response.body", "body": body})
+
+
+def create_app(
+    *,
+    handler: Handler,
+    readiness: Readiness,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    on_transport_error: Callable[[int], None] | None = None,
+) -> ASGIApp:
+    """The full application: the mutate endpoint in front of a FastAPI app for health."""
+    api = FastAPI(title="pullsecret-injector", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @api.get("/healthz", response_class=PlainTextResponse)
+    async def healthz() -> str:
+        return "ok"
+
+    @api.get("/readyz", response_class=PlainTextResponse)
+    async def readyz() -> PlainTextResponse:
+        if readiness.ready:
+            return PlainTextResponse("ok")
+        return PlainTextResponse("not ready", status_code=503)
+
+    return MutateEndpoint(
+        handler=handler, fallback=api, max_body_bytes=max_body_bytes, on_transport_error=on_transport_error
+    )

@@ -1,0 +1,157 @@
+"""The admission handler: ``handle(review) -> response``, with no HTTP in sight.
+
+As in controller-runtime, the transport (``webhook.app``) only moves bytes; everything
+that decides an answer lives here, so it can be driven directly by tests, the benchmark
+and the CLI. The two collaborators that need a cluster (Namespace labels and the Secrets
+in the namespace) come in as small protocols; offline they are simply absent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from webhook.admission import PodPlan, plan_pod, short
+from webhook.patch import is_skipped
+from webhook.policy import CompiledPolicy, Rule
+from webhook.wire import AdmissionReview, AdmissionReviewResponse, build_response
+
+log = logging.getLogger(__name__)
+
+
+class NamespaceLabels(Protocol):
+    """Labels of a Namespace, or ``None`` when they are not known."""
+
+    async def labels(self, namespace: str) -> Mapping[str, str] | None: ...
+
+
+@dataclass(slots=True)
+class EnsureResult:
+    """What happened when the Secrets were made to exist in the namespace."""
+
+    warnings: list[str] = field(default_factory=list)
+    #: Secret names that could not be provided within the budget.
+    failed: list[str] = field(default_factory=list)
+
+
+class SecretEnsurer(Protocol):
+    """Makes sure managed Secrets exist and are current in a namespace before a Pod uses them."""
+
+    async def ensure(self, *, namespace: str, secrets: Mapping[str, Rule], dry_run: bool) -> EnsureResult: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the handler decided, for metrics and logs."""
+
+    result: str  # "mutated", "unchanged", "skipped", "ignored", "denied"
+    plan: PodPlan | None = None
+
+
+ObserveFn = Callable[[AdmissionReview, Outcome], None]
+
+
+class Handler:
+    """Answers AdmissionReviews for Pod CREATE; allows everything else untouched."""
+
+    def __init__(
+        self,
+        *,
+        policy: Callable[[], CompiledPolicy],
+        namespaces: NamespaceLabels | None = None,
+        ensurer: SecretEnsurer | None = None,
+        observe: ObserveFn | None = None,
+    ) -> None:
+        self._policy = policy
+        self._namespaces = namespaces
+        self._ensurer = ensurer
+        self._observe = observe
+
+    async def handle(self, review: AdmissionReview) -> AdmissionReviewResponse:
+        response, outcome = await self._handle(review)
+        if self._observe is not None:
+            self._observe(review, outcome)
+        return response
+
+    async def _handle(self, review: AdmissionReview) -> tuple[AdmissionReviewResponse, Outcome]:
+        request = review["request"]
+        if not _is_pod_create(request):
+            return build_response(review=review), Outcome("ignored")
+        pod = request.get("object")
+        if not isinstance(pod, dict):
+            return build_response(
+                review=review, warnings=["pullsecret-injector: no Pod object in the request"]
+            ), Outcome("ignored")
+        if is_skipped(pod):
+            return build_response(review=review), Outcome("skipped")
+        namespace = _namespace_of(request, pod)
+        if namespace is None:
+            return (
+                build_response(
+                    review=review, warnings=["pullsecret-injector: request has no namespace, nothing injected"]
+                ),
+                Outcome("ignored"),
+            )
+        policy = self._policy()
+        labels: Mapping[str, str] | None = None
+        if policy.uses_selectors and self._namespaces is not None and not policy.namespace_excluded(namespace):
+            labels = await self._namespaces.labels(namespace)
+        plan = plan_pod(pod=pod, namespace=namespace, policy=policy, namespace_labels=labels)
+        warnings = [f"pullsecret-injector: {w}" for w in plan.warnings]
+        managed = {name: rule for name, rule in plan.secrets.items() if rule.source is not None}
+        if managed and self._ensurer is not None:
+            result = await self._ensurer.ensure(
+                namespace=namespace, secrets=managed, dry_run=bool(request.get("dryRun", False))
+            )
+            warnings.extend(short(f"pullsecret-injector: {w}") for w in result.warnings)
+            denied = [name for name in result.failed if managed[name].failure_policy == "Fail"]
+            if denied:
+                message = (
+                    f"pullsecret-injector: pull secret(s) {', '.join(denied)} could not be provided in namespace "
+                    f"{namespace!r} and their rule fails closed; retry shortly"
+                )
+                return (
+                    build_response(review=review, allowed=False, message=message, code=503, warnings=warnings),
+                    Outcome("denied", plan),
+                )
+        result_name = "mutated" if plan.patch else "unchanged"
+        return build_response(review=review, patch=plan.patch, warnings=warnings), Outcome(result_name, plan)
+
+
+def _is_pod_create(request: Mapping[str, Any]) -> bool:
+    kind = request.get("kind")
+    resource = request.get("resource")
+    return (
+        request.get("operation") == "CREATE"
+        and isinstance(kind, dict)
+        and kind.get("group", "") == ""
+        and kind.get("kind") == "Pod"
+        and (not isinstance(resource, dict) or resource.get("resource", "pods") == "pods")
+        and not request.get("subResource")
+    )
+
+
+def _namespace_of(request: Mapping[str, Any], pod: Mapping[str, Any]) -> str | None:
+    # Pods created by controllers carry no metadata.namespace; the request always has it.
+    namespace = request.get("namespace")
+    if isinstance(namespace, str) and namespace:
+        return namespace
+    metadata = pod.get("metadata")
+    if isinstance(metadata, dict):
+        value = metadata.get("namespace")
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def pod_display_name(pod: Mapping[str, Any]) -> str:
+    metadata = pod.get("metadata")
+    if not isinstance(metadata, dict):
+        return ""
+    name = metadata.get("name") or metadata.get("generateName") or ""
+    return str(name)
+
+
+__all__: Sequence[str] = ("EnsureResult", "Handler", "NamespaceLabels", "Outcome", "SecretEnsurer", "pod_display_name")

@@ -1,0 +1,108 @@
+"""Pure Pod inspection and JSON-patch building.
+
+The patch is what the API server applies to the Pod, after the ServiceAccount admission
+plugin has already copied the ServiceAccount's pull secrets in; so it never repeats a
+name that is there, and applying our own output again adds nothing (the API server may
+call us a second time under ``reinvocationPolicy: IfNeeded``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from webhook.wire import PatchOperation
+
+INJECTED_ANNOTATION = "pullsecret-injector.io/injected"
+SKIP_LABEL = "pullsecret-injector.io/skip"
+
+ContainerKind = Literal["initContainers", "containers", "ephemeralContainers"]
+CONTAINER_KINDS: tuple[ContainerKind, ...] = ("initContainers", "containers", "ephemeralContainers")
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerImage:
+    kind: ContainerKind
+    name: str
+    image: object  # whatever the object holds; the caller validates it
+
+
+def iter_images(pod_spec: Mapping[str, Any]) -> Iterator[ContainerImage]:
+    """Every container's image, init, regular and ephemeral, in spec order."""
+    for kind in CONTAINER_KINDS:
+        containers = pod_spec.get(kind)
+        if not isinstance(containers, list):
+            continue
+        for container in containers:
+            if isinstance(container, dict):
+                name = container.get("name")
+                yield ContainerImage(
+                    kind=kind, name=name if isinstance(name, str) else "", image=container.get("image")
+                )
+
+
+def escape_pointer(token: str) -> str:
+    """RFC 6901: ``~`` is ``~0`` and ``/`` is ``~1`` inside one path token."""
+    return token.replace("~", "~0").replace("/", "~1")
+
+
+def existing_pull_secrets(pod_spec: Mapping[str, Any]) -> list[str]:
+    entries = pod_spec.get("imagePullSecrets")
+    if not isinstance(entries, list):
+        return []
+    return [e["name"] for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str)]
+
+
+def build_patch(*, pod: Mapping[str, Any], secrets: Sequence[str]) -> tuple[list[PatchOperation], list[str]]:
+    """Operations that add ``secrets`` to the Pod's ``imagePullSecrets``.
+
+    Returns the operations and the names actually added. Names already present are left
+    alone; nothing to add means no operations at all (not even the annotation), so the
+    patch is idempotent.
+    """
+    spec = pod.get("spec")
+    spec = spec if isinstance(spec, dict) else {}
+    present = set(existing_pull_secrets(spec))
+    added: list[str] = []
+    for name in secrets:
+        if name not in present and name not in added:
+            added.append(name)
+    if not added:
+        return [], []
+
+    ops: list[PatchOperation] = []
+    if isinstance(spec.get("imagePullSecrets"), list):
+        ops.extend({"op": "add", "path": "/spec/imagePullSecrets/-", "value": {"name": n}} for n in added)
+    else:
+        # Absent or null: create the list ("add" replaces a null member).
+        ops.append({"op": "add", "path": "/spec/imagePullSecrets", "value": [{"name": n} for n in added]})
+
+    metadata = pod.get("metadata")
+    annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+    recorded = _recorded(annotations)
+    value = ",".join([*recorded, *(n for n in added if n not in recorded)])
+    if not isinstance(metadata, dict):
+        ops.append({"op": "add", "path": "/metadata", "value": {"annotations": {INJECTED_ANNOTATION: value}}})
+    elif not isinstance(annotations, dict):
+        ops.append({"op": "add", "path": "/metadata/annotations", "value": {INJECTED_ANNOTATION: value}})
+    else:
+        ops.append(
+            {"op": "add", "path": f"/metadata/annotations/{escape_pointer(INJECTED_ANNOTATION)}", "value": value}
+        )
+    return ops, added
+
+
+def _recorded(annotations: object) -> list[str]:
+    if not isinstance(annotations, dict):
+        return []
+    value = annotations.get(INJECTED_ANNOTATION)
+    if not isinstance(value, str):
+        return []
+    return [n for n in value.split(",") if n]
+
+
+def is_skipped(pod: Mapping[str, Any]) -> bool:
+    metadata = pod.get("metadata")
+    labels = metadata.get("labels") if isinstance(metadata, dict) else None
+    return isinstance(labels, dict) and labels.get(SKIP_LABEL) == "true"

@@ -1,0 +1,186 @@
+"""Assembling and running the webhook process (``pullsecret-injector serve``).
+
+One event loop (uvloop) runs uvicorn's HTTPS server, the policy file watcher, the TLS
+certificate reloader and, when a cluster is there, the Kubernetes side (watches, the
+Secret ensurer, the leader-elected reconciler). On SIGTERM readiness goes false first,
+then the listener closes, in-flight reviews finish, and the process exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from webhook import logs
+from webhook.app import Readiness, create_app
+from webhook.handler import Handler, NamespaceLabels, SecretEnsurer
+from webhook.reload import PolicyHolder
+from webhook.tls import ReloadingSSLContext, install_into_uvicorn
+
+log = logging.getLogger(__name__)
+
+
+class UserError(Exception):
+    """A configuration problem reported as one line with exit code 2."""
+
+
+@dataclass
+class Components:
+    """Everything ``serve`` runs, built before the loop starts so errors surface early."""
+
+    holder: PolicyHolder
+    handler: Handler
+    readiness: Readiness
+    tls: ReloadingSSLContext
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
+    on_start: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn, but SIGTERM first flips readiness and waits ``delay`` before closing.
+
+    Kubernetes removes a terminating Pod from the Service endpoints asynchronously; the
+    delay lets the API server stop sending reviews here before the listener goes away.
+    """
+
+    def __init__(self, config: uvicorn.Config, *, readiness: Readiness, delay: float) -> None:
+        super().__init__(config)
+        self._readiness = readiness
+        self._delay = delay
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: Any = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._readiness.stopping or self._delay <= 0 or self._loop is None:
+            self._readiness.stopping = True
+            super().handle_exit(sig, frame)
+            return
+        self._readiness.stopping = True
+        log.info("shutdown requested: not ready, closing in %.1fs", self._delay)
+        self._loop.call_soon_threadsafe(self._loop.call_later, self._delay, super().handle_exit, sig, frame)
+
+
+def build_components(args: argparse.Namespace) -> Components:
+    """Load the policy and certificates and wire the handler (no network yet)."""
+    from webhook.cli import bundled_example
+
+    policy_path: Path | None = args.policy
+    if policy_path is None:
+        if args.cert_mode != "dev":
+            raise UserError("--policy is required (or use --dev to try the bundled example)")
+        policy_path = bundled_example("policy.yaml")
+        log.info("dev mode: using the bundled example policy %s", policy_path)
+    try:
+        holder = PolicyHolder.from_file(policy_path)
+    except OSError as exc:
+        raise UserError(f"cannot read policy {policy_path}: {exc.strerror}") from None
+
+    readiness = Readiness()
+    namespaces: NamespaceLabels | None = None
+    ensurer: SecretEnsurer | None = None
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = [holder.watch]
+    on_start: list[Callable[[], Coroutine[Any, Any, None]]] = []
+
+    tls = _tls_context(args)
+    handler = Handler(policy=holder.current, namespaces=namespaces, ensurer=ensurer)
+    background.append(_tls_watch(tls))
+    return Components(
+        holder=holder, handler=handler, readiness=readiness, tls=tls, background=background, on_start=on_start
+    )
+
+
+def _tls_context(args: argparse.Namespace) -> ReloadingSSLContext:
+    from webhook.certs import write_local_certs
+
+    if args.cert_mode == "dev":
+        out = Path(tempfile.mkdtemp(prefix="pullsecret-injector-dev-"))
+        written = write_local_certs(service=args.service, namespace=args.namespace, out_dir=out)
+        print(f"dev mode: self-signed certificate for localhost/127.0.0.1; CA at {written['ca.crt']}", file=sys.stderr)
+        return ReloadingSSLContext(written["tls.crt"], written["tls.key"])
+    if args.cert_mode == "files":
+        if args.tls_cert is None or args.tls_key is None:
+            raise UserError("--tls-cert and --tls-key are required with --cert-mode files (or use --dev)")
+        return ReloadingSSLContext(args.tls_cert, args.tls_key)
+    raise UserError(f"--cert-mode {args.cert_mode} needs a cluster connection")
+
+
+def _tls_watch(tls: ReloadingSSLContext, interval: float = 10.0) -> Callable[[], Coroutine[Any, Any, None]]:
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            tls.maybe_reload()
+
+    return watch
+
+
+async def serve(components: Components, *, host: str, port: int, shutdown_delay: float = 0.0) -> None:
+    """Run until SIGTERM/SIGINT (or until the server task ends)."""
+    config = uvicorn.Config(
+        components_app(components),
+        host=host,
+        port=port,
+        loop="none",
+        http="httptools",
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        timeout_keep_alive=30,
+        server_header=False,
+    )
+    install_into_uvicorn(config, components.tls)
+    server = GracefulServer(config, readiness=components.readiness, delay=shutdown_delay)
+    tasks = [asyncio.create_task(job(), name=getattr(job, "__name__", "job")) for job in components.background]
+    try:
+        for start in components.on_start:
+            await start()
+        components.readiness.started = True
+        await server.serve()
+    finally:
+        components.readiness.stopping = True
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+def components_app(components: Components) -> Any:
+    return create_app(handler=components.handler, readiness=components.readiness)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``serve``: configure logging, build, run on uvloop."""
+    logs.configure(level=args.log_level, fmt=args.log_format)
+    try:
+        components = build_components(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+
+        runner: Callable[[Awaitable[None]], None] = uvloop.run  # type: ignore[assignment]
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but stay usable without it
+        runner = asyncio.run  # type: ignore[assignment]
+    log.info("serving on https://%s:%d (pid %d)", args.host, args.port, os.getpid())
+    runner(serve(components, host=args.host, port=args.port, shutdown_delay=args.shutdown_delay))
+    return 0
+
+
+__all__ = ["Components", "GracefulServer", "build_components", "run", "serve", "signal"]
