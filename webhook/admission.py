@@ -70,13 +70,13 @@ def plan_pod(
             plan.containers.append(
                 ContainerPlan(container.kind, container.name, repr(raw), None, None, "image is missing or not a string")
             )
-            plan.warnings.append(short(f"container {container.name!r}: image missing, no pull secret"))
+            plan.warnings.append(f"container {container.name!r}: image missing, no pull secret")
             continue
         try:
             ref = parse_image(raw)
         except InvalidReference as exc:
             plan.containers.append(ContainerPlan(container.kind, container.name, raw, None, None, str(exc)))
-            plan.warnings.append(short(f"container {container.name!r}: unparsable image, no pull secret: {exc}"))
+            plan.warnings.append(f"container {container.name!r}: invalid image {raw!r}, no pull secret")
             continue
         decision = policy.decide(ref, namespace, namespace_labels, explain=explain)
         plan.containers.append(ContainerPlan(container.kind, container.name, raw, ref, decision.rule, decision.reason))

@@ -212,7 +212,9 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
         out.write(orjson.dumps([_plan_json(s, p) for s, p in results], option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         if not args.policy:
-            print(f"# policy: {policy_path} (bundled example)", file=out)
+            print("# policy: the bundled example (webhook/examples/policy.yaml)", file=out)
+        if not args.manifests:
+            print("# manifests: the bundled example (webhook/examples/workloads.yaml)", file=out)
         for source, plan in results:
             _print_plan(source, plan, policy, out)
     return EXIT_OK

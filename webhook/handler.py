@@ -99,7 +99,7 @@ class Handler:
         if policy.uses_selectors and self._namespaces is not None and not policy.namespace_excluded(namespace):
             labels = await self._namespaces.labels(namespace)
         plan = plan_pod(pod=pod, namespace=namespace, policy=policy, namespace_labels=labels)
-        warnings = [f"pullsecret-injector: {w}" for w in plan.warnings]
+        warnings = [short(f"pullsecret-injector: {w}") for w in plan.warnings]
         managed = {name: rule for name, rule in plan.secrets.items() if rule.source is not None}
         if managed and self._ensurer is not None:
             result = await self._ensurer.ensure(

@@ -287,8 +287,9 @@ class RegistryPattern:
         """Exact host beats the longest wildcard, which beats the catch-all."""
         if self.labels is None:
             return (0, 0)
-        literal = len(self.text) - self.text.count("*") - self.text.count("?")
-        return (1 if self.wildcard else 2, literal)
+        if not self.wildcard:
+            return (2, 0)  # every exact pattern that matches names the same (normalised) host
+        return (1, len(self.text) - self.text.count("*") - self.text.count("?"))
 
 
 def _has_port(text: str) -> bool:
@@ -459,6 +460,8 @@ class CompiledPolicy:
             reason = f"registry {image.registry} matches {best_candidate.pattern.text!r}"
             if best_candidate.rule.repositories:
                 reason += f", repository {image.repository!r} matches its repositories"
+            if skipped:
+                reason += "; passed over: " + "; ".join(skipped)
             return Decision(rule=best_candidate.rule, reason=reason)
         if self.namespace_excluded(namespace):
             return Decision(rule=None, reason=f"namespace {namespace!r} is excluded by excludeNamespaces")

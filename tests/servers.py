@@ -1,0 +1,74 @@
+"""Running the real webhook server on a loopback port for tests (TLS over real sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+
+from webhook.app import Readiness, create_app
+from webhook.certs import write_local_certs
+from webhook.handler import Handler
+from webhook.tls import ReloadingSSLContext, install_into_uvicorn
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class RunningServer:
+    url: str
+    ca_file: Path
+    readiness: Readiness
+    server: uvicorn.Server
+
+
+@contextmanager
+def serve_in_thread(
+    handler: Handler, tmp_path: Path, *, max_body_bytes: int = 3 * 1024 * 1024, timeout_keep_alive: int = 5
+) -> Iterator[RunningServer]:
+    """Serve ``handler`` over TLS on 127.0.0.1 in a background thread with its own loop."""
+    files = write_local_certs(service="pullsecret-injector", namespace="test", out_dir=tmp_path / "certs")
+    readiness = Readiness()
+    readiness.started = True
+    app = create_app(handler=handler, readiness=readiness, max_body_bytes=max_body_bytes)
+    port = free_port()
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="asyncio",
+        http="httptools",
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        timeout_keep_alive=timeout_keep_alive,
+    )
+    tls = ReloadingSSLContext(files["tls.crt"], files["tls.key"])
+    install_into_uvicorn(config, tls)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    for _ in range(500):
+        if server.started:
+            break
+        threading.Event().wait(0.01)
+    else:  # pragma: no cover - only when the server cannot start
+        raise RuntimeError("server did not start")
+    try:
+        yield RunningServer(
+            url=f"https://127.0.0.1:{port}", ca_file=files["ca.crt"], readiness=readiness, server=server
+        )
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

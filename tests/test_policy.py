@@ -1,0 +1,312 @@
+"""Policy: validation with field-level errors, and kubelet-style registry matching."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from webhook.images import parse_image
+from webhook.policy import (
+    CompiledPolicy,
+    PolicyError,
+    RegistryPattern,
+    compile_policy,
+    load_policy,
+    parse_policy,
+    repository_matches,
+)
+
+MATCHING_POLICY = """
+rules:
+  - name: gar
+    registries: ["*-docker.pkg.dev"]
+    secret: gar
+  - name: gar-project
+    registries: ["*-docker.pkg.dev"]
+    repositories: ["my-project/*"]
+    secret: gar-project
+  - name: gar-europe
+    registries: ["europe-docker.pkg.dev"]
+    secret: gar-europe
+  - name: example-any
+    registries: ["*.example.com"]
+    secret: example-any
+  - name: example-deep
+    registries: ["*.eu.example.com"]
+    secret: example-deep
+  - name: internal-port
+    registries: ["registry.internal:5000"]
+    secret: internal-5000
+  - name: internal
+    registries: ["registry.internal"]
+    secret: internal
+  - name: hub
+    registries: ["index.docker.io"]
+    secret: hub
+  - name: hub-bitnami
+    registries: ["docker.io"]
+    repositories: ["bitnami"]
+    secret: hub-bitnami
+  - name: registry-io
+    registries: ["registry.io"]
+    secret: registry-io
+  - name: team-only
+    registries: ["quay.io"]
+    namespaces: {include: ["team-*"], exclude: ["team-sandbox"]}
+    secret: quay-team
+  - name: labelled
+    registries: ["ghcr.io"]
+    namespaces: {selector: {matchLabels: {pull-secrets: enabled}}}
+    secret: ghcr
+  - name: expr
+    registries: ["ghcr.io"]
+    repositories: ["org/*"]
+    namespaces:
+      selector:
+        matchExpressions:
+          - {key: tier, operator: In, values: [gold, silver]}
+          - {key: frozen, operator: DoesNotExist}
+    secret: ghcr-org
+  - name: ipv6
+    registries: ["[fc00::1]:5000"]
+    secret: v6
+  - name: fallback
+    registries: ["*"]
+    secret: fallback
+  - name: fallback-second
+    registries: ["*"]
+    secret: fallback-second
+"""
+
+Labels = dict[str, str] | None
+
+# (id, image, namespace, namespace labels, expected secret or None)
+MATCH_CASES: list[tuple[str, str, str, Labels, str | None]] = [
+    ("wildcard-label", "us-docker.pkg.dev/other/x/y", "default", None, "gar"),
+    ("exact-beats-wildcard", "europe-docker.pkg.dev/other/x", "default", None, "gar-europe"),
+    ("exact-beats-wildcard-with-repo", "europe-docker.pkg.dev/my-project/x", "default", None, "gar-europe"),
+    ("repo-pattern-beats-no-repo", "us-docker.pkg.dev/my-project/app/img", "default", None, "gar-project"),
+    ("repo-pattern-prefix-segments", "asia-docker.pkg.dev/my-project/a/b/c", "default", None, "gar-project"),
+    ("wildcard-one-label-only", "a.b.example.com/x", "default", None, "fallback"),
+    ("wildcard-not-bare-domain", "example.com/x", "default", None, "fallback"),
+    ("wildcard-subdomain", "registry.example.com/x", "default", None, "example-any"),
+    ("longer-wildcard-wins", "registry.eu.example.com/x", "default", None, "example-deep"),
+    ("port-must-match", "registry.internal:5000/x", "default", None, "internal-5000"),
+    ("no-port-not-port-rule", "registry.internal/x", "default", None, "internal"),
+    ("other-port-falls-through", "registry.internal:5001/x", "default", None, "fallback"),
+    ("hub-alias-in-pattern", "nginx", "default", None, "hub"),
+    ("hub-explicit", "docker.io/library/redis:7", "default", None, "hub"),
+    ("hub-index-host", "index.docker.io/foo/bar", "default", None, "hub"),
+    ("hub-repo-pattern-wins", "bitnami/redis", "default", None, "hub-bitnami"),
+    ("lookalike-suffix", "registry.io.evil.com/x", "default", None, "fallback"),
+    ("lookalike-prefix", "evilregistry.io/x", "default", None, "fallback"),
+    ("exact-host", "registry.io/x", "default", None, "registry-io"),
+    ("case-insensitive-host", "REGISTRY.IO/x", "default", None, "registry-io"),
+    ("ns-include", "quay.io/x/y", "team-a", None, "quay-team"),
+    ("ns-not-included", "quay.io/x/y", "default", None, "fallback"),
+    ("ns-exclude", "quay.io/x/y", "team-sandbox", None, "fallback"),
+    ("selector-match", "ghcr.io/x/y", "apps", {"pull-secrets": "enabled"}, "ghcr"),
+    ("selector-mismatch", "ghcr.io/x/y", "apps", {"pull-secrets": "no"}, "fallback"),
+    ("selector-labels-unknown", "ghcr.io/x/y", "apps", None, "fallback"),
+    ("expr-in", "ghcr.io/org/y", "apps", {"tier": "gold"}, "ghcr-org"),
+    ("expr-does-not-exist", "ghcr.io/org/y", "apps", {"tier": "gold", "frozen": "1"}, "fallback"),
+    ("expr-not-in-values", "ghcr.io/org/y", "apps", {"tier": "bronze"}, "fallback"),
+    ("ipv6-exact", "[fc00::1]:5000/app", "default", None, "v6"),
+    ("ipv6-other-port", "[fc00::1]:5001/app", "default", None, "fallback"),
+    ("catch-all-file-order", "unknown.registry/x", "default", None, "fallback"),
+    ("excluded-namespace", "nginx", "kube-system", None, None),
+]
+
+
+@pytest.fixture(scope="module")
+def matching_policy() -> CompiledPolicy:
+    return load_policy(MATCHING_POLICY)
+
+
+@pytest.mark.parametrize(
+    ("image", "namespace", "labels", "expected"), [c[1:] for c in MATCH_CASES], ids=[c[0] for c in MATCH_CASES]
+)
+def test_most_specific_applicable_rule_wins(
+    matching_policy: CompiledPolicy, image: str, namespace: str, labels: Labels, expected: str | None
+) -> None:
+    decision = matching_policy.decide(parse_image(image), namespace, labels)
+    assert (decision.rule.secret if decision.rule else None) == expected, decision.reason
+
+
+def test_at_least_25_matching_cases() -> None:
+    assert len(MATCH_CASES) >= 25
+
+
+def test_decision_is_stable_across_cache_hits(matching_policy: CompiledPolicy) -> None:
+    ref = parse_image("us-docker.pkg.dev/my-project/app")
+    first = matching_policy.decide(ref, "default", None)
+    second = matching_policy.decide(ref, "default", None)
+    assert first == second
+
+
+def test_explain_says_why_a_closer_rule_did_not_apply(matching_policy: CompiledPolicy) -> None:
+    decision = matching_policy.decide(parse_image("quay.io/x"), "team-sandbox", None, explain=True)
+    assert decision.rule is not None
+    assert decision.rule.name == "fallback"
+    assert "passed over: team-only: namespace 'team-sandbox' is in namespaces.exclude" in decision.reason
+    none_policy = load_policy("rules: [{name: q, registries: [quay.io], namespaces: {exclude: [x]}, secret: q}]")
+    refused = none_policy.decide(parse_image("quay.io/a"), "x", None, explain=True)
+    assert refused.rule is None
+    assert "namespaces.exclude" in refused.reason
+
+
+@pytest.mark.parametrize(
+    ("pattern", "registry", "matches"),
+    [
+        ("*", "anything.io", True),
+        ("*.io", "quay.io", True),
+        ("*.io", "a.quay.io", False),
+        ("q*y.io", "quay.io", True),
+        ("quay.io", "quay.io:443", False),
+        ("quay.io:443", "quay.io:443", True),
+        ("registry.io", "registry.io.evil.com", False),
+        ("docker.io", "index.docker.io", True),
+        ("registry-1.docker.io", "docker.io", True),
+    ],
+    ids=[
+        "catch-all",
+        "label-glob",
+        "glob-not-two-labels",
+        "infix-glob",
+        "port-absent",
+        "port-equal",
+        "lookalike",
+        "hub-alias",
+        "hub-api-alias",
+    ],
+)
+def test_registry_pattern(pattern: str, registry: str, matches: bool) -> None:
+    ref = parse_image(f"{registry}/x/y")
+    assert RegistryPattern.parse(pattern).matches(ref.registry) is matches
+
+
+@pytest.mark.parametrize(
+    ("pattern", "repository", "matches"),
+    [
+        ("my-project/*", "my-project/app", True),
+        ("my-project/*", "my-project/team/app", True),
+        ("my-project/*", "my-project", False),
+        ("my-project", "my-project/anything", True),
+        ("my-proj*", "my-project/x", True),
+        ("my-project/*", "other/app", False),
+        ("library/nginx", "library/nginx", True),
+    ],
+    ids=["one-level", "deeper", "too-short", "prefix", "segment-glob", "other", "exact"],
+)
+def test_repository_patterns(pattern: str, repository: str, matches: bool) -> None:
+    assert repository_matches(pattern, repository) is matches
+
+
+def _errors(doc: dict[str, Any]) -> list[str]:
+    with pytest.raises(PolicyError) as info:
+        parse_policy(yaml.safe_dump(doc))
+    return info.value.errors
+
+
+RULE = {"name": "r", "registries": ["quay.io"], "secret": "s"}
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        ({"rules": [{**RULE, "registry": ["x"]}]}, "rules[0].registry: unknown field"),
+        ({"rule": []}, "rule: unknown field"),
+        ({"rules": [{**RULE, "registries": []}]}, "rules[0].registries"),
+        ({"rules": [{**RULE, "registries": ["quay.io/path"]}]}, "put paths in 'repositories'"),
+        ({"rules": [{**RULE, "registries": ["bad host"]}]}, "rules[0].registries"),
+        ({"rules": [{**RULE, "registries": ["quay.io:0"]}]}, "invalid port"),
+        ({"rules": [{**RULE, "secret": "Bad_Name"}]}, "rules[0].secret"),
+        ({"rules": [RULE, RULE]}, "repeats rules[0].name"),
+        ({"rules": [{**RULE, "repositories": ["Upper/x"]}]}, "rules[0].repositories"),
+        ({"rules": [{**RULE, "source": {}}]}, "exactly one of 'secret' or 'credentials'"),
+        (
+            {"rules": [{**RULE, "source": {"secret": {"namespace": "a", "name": "b"}, "credentials": {}}}]},
+            "rules[0].source.credentials",
+        ),
+        (
+            {"rules": [{**RULE, "source": {"credentials": {"registry": "x.io", "username": "u"}}}]},
+            "rules[0].source.credentials.passwordFrom: Field required",
+        ),
+        (
+            {"rules": [{**RULE, "namespaces": {"selector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}}]},
+            "needs at least one value",
+        ),
+        ({"rules": [{**RULE, "failurePolicy": "Sometimes"}]}, "rules[0].failurePolicy"),
+        ({"excludeNamespaces": "kube-system"}, "excludeNamespaces"),
+        (
+            {
+                "rules": [
+                    {**RULE, "source": {"secret": {"namespace": "a", "name": "b"}}},
+                    {**RULE, "name": "r2", "source": {"secret": {"namespace": "a", "name": "c"}}},
+                ]
+            },
+            "one Secret name, one source",
+        ),
+    ],
+    ids=[
+        "unknown-rule-key",
+        "unknown-top-key",
+        "no-registries",
+        "path-in-registry",
+        "bad-host",
+        "port-zero",
+        "bad-secret-name",
+        "duplicate-name",
+        "uppercase-repo",
+        "empty-source",
+        "both-sources",
+        "missing-passwordFrom",
+        "in-without-values",
+        "bad-failure-policy",
+        "exclude-not-list",
+        "one-secret-two-sources",
+    ],
+)
+def test_invalid_policies_name_the_field(doc: dict[str, Any], expected: str) -> None:
+    errors = _errors(doc)
+    assert any(expected in e for e in errors), errors
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("rules: [", "not valid YAML"), ("- a\n- b\n", "must be a mapping")],
+    ids=["yaml-syntax", "not-a-mapping"],
+)
+def test_unreadable_documents(text: str, expected: str) -> None:
+    with pytest.raises(PolicyError, match=expected):
+        parse_policy(text)
+
+
+def test_defaults() -> None:
+    policy = parse_policy("")
+    assert policy.exclude_namespaces == ("kube-system", "kube-public", "kube-node-lease")
+    assert policy.rules == ()
+    rule = parse_policy(yaml.safe_dump({"rules": [RULE]})).rules[0]
+    assert rule.failure_policy == "Ignore"
+    assert rule.namespaces.include == ()
+    assert rule.namespaces.selector is None
+
+
+def test_bundled_example_is_valid() -> None:
+    from webhook.cli import bundled_example
+
+    policy = compile_policy(parse_policy(bundled_example("policy.yaml").read_text()))
+    assert [r.name for r in policy.policy.rules] == ["artifact-registry", "docker-hub", "quay", "internal"]
+    assert policy.uses_selectors
+
+
+def test_many_rules_are_indexed_by_host() -> None:
+    rules = [{"name": f"r{i}", "registries": [f"reg{i}.example.org"], "secret": f"s{i}"} for i in range(1000)]
+    policy = load_policy(yaml.safe_dump({"rules": rules}))
+    decision = policy.decide(parse_image("reg777.example.org/app"), "default", None)
+    assert decision.rule is not None
+    assert decision.rule.secret == "s777"
+    # Only the one exact entry is a candidate: the other 999 rules are never looked at.
+    assert len(policy.candidates(parse_image("reg777.example.org/app").registry)) == 1
