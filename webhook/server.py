@@ -99,7 +99,7 @@ def build_components(args: argparse.Namespace) -> Components:
 
     tls = _tls_context(args)
     handler = Handler(policy=holder.current, namespaces=namespaces, ensurer=ensurer)
-    background.append(_tls_watch(tls))
+    background.append(tls.watch)  # logs and keeps polling when a new file is broken
     return Components(
         holder=holder, handler=handler, readiness=readiness, tls=tls, background=background, on_start=on_start
     )
