@@ -9,6 +9,7 @@ client's bug), and whatever the handler does, the server answers.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -29,6 +30,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 DEFAULT_MAX_BODY_BYTES = 3 * 1024 * 1024
+DEFAULT_ADMISSION_TIMEOUT = 3.0
+DEFAULT_READ_TIMEOUT = 10.0
 MUTATE_PATH = "/mutate"
 
 
@@ -61,12 +64,18 @@ class MutateEndpoint:
         handler: Handler,
         fallback: ASGIApp,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        admission_timeout: float = DEFAULT_ADMISSION_TIMEOUT,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
         on_transport_error: Callable[[int], None] | None = None,
+        on_internal_error: Callable[[str], None] | None = None,
     ) -> None:
         self._handler = handler
         self._fallback = fallback
         self._max = max_body_bytes
+        self._admission_timeout = admission_timeout
+        self._read_timeout = read_timeout
         self._on_error = on_transport_error
+        self._on_internal_error = on_internal_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != MUTATE_PATH:
@@ -94,11 +103,15 @@ class MutateEndpoint:
             await self._plain(send, 413, f"body larger than {self._max} bytes")
             return
         try:
-            body = await self._read_body(receive)
+            async with asyncio.timeout(self._read_timeout):
+                body = await self._read_body(receive)
         except _TooLarge:
             await self._plain(send, 413, f"body larger than {self._max} bytes")
             return
         except _Disconnected:
+            return
+        except TimeoutError:
+            await self._plain(send, 408, f"body not received within {self._read_timeout:g}s")
             return
         try:
             review = parse_review(body)
@@ -116,17 +129,31 @@ class MutateEndpoint:
         await send({"type": "http.response.body", "body": answer})
 
     async def _answer(self, review: AdmissionReview) -> bytes:
+        """The handler's answer, or an ``allowed`` one if it fails or overruns the deadline.
+
+        The handler keeps its own budget for API calls; this deadline is the backstop that
+        keeps every answer well inside the API server's ``timeoutSeconds`` whatever happens.
+        """
         try:
-            return orjson.dumps(await self._handler.handle(review))
+            async with asyncio.timeout(self._admission_timeout):
+                return orjson.dumps(await self._handler.handle(review))
+        except TimeoutError:
+            reason, warning = "timeout", "pullsecret-injector: timed out, nothing injected"
+            log.warning(
+                "admission overran %.1fs; allowing the Pod unchanged",
+                self._admission_timeout,
+                extra={"uid": review["request"]["uid"]},
+            )
         except Exception:
             # Fail open with the uid we have: a bug here must never stop Pods cluster-wide.
             # The traceback names code, not data (the handler never puts secrets in exceptions).
+            reason, warning = "exception", "pullsecret-injector: internal error, nothing injected"
             log.exception(
                 "admission handler failed; allowing the Pod unchanged", extra={"uid": review["request"]["uid"]}
             )
-            return orjson.dumps(
-                build_response(review=review, warnings=["pullsecret-injector: internal error, nothing injected"])
-            )
+        if self._on_internal_error is not None:
+            self._on_internal_error(reason)
+        return orjson.dumps(build_response(review=review, warnings=[warning]))
 
     async def _read_body(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []
@@ -160,7 +187,10 @@ def create_app(
     handler: Handler,
     readiness: Readiness,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    admission_timeout: float = DEFAULT_ADMISSION_TIMEOUT,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
     on_transport_error: Callable[[int], None] | None = None,
+    on_internal_error: Callable[[str], None] | None = None,
 ) -> ASGIApp:
     """The full application: the mutate endpoint in front of a FastAPI app for health."""
     api = FastAPI(title="pullsecret-injector", docs_url=None, redoc_url=None, openapi_url=None)
@@ -176,5 +206,11 @@ def create_app(
         return PlainTextResponse("not ready", status_code=503)
 
     return MutateEndpoint(
-        handler=handler, fallback=api, max_body_bytes=max_body_bytes, on_transport_error=on_transport_error
+        handler=handler,
+        fallback=api,
+        max_body_bytes=max_body_bytes,
+        admission_timeout=admission_timeout,
+        read_timeout=read_timeout,
+        on_transport_error=on_transport_error,
+        on_internal_error=on_internal_error,
     )

@@ -115,6 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-body-bytes", type=int, default=int(_env("MAX_BODY_BYTES", str(3 * 1024 * 1024))))
     serve.add_argument(
+        "--admission-timeout",
+        type=float,
+        default=float(_env("ADMISSION_TIMEOUT", "3.0")),
+        help="hard ceiling for one admission answer; keep it above --ensure-timeout and below the "
+        "webhook's timeoutSeconds (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--read-timeout",
+        type=float,
+        default=float(_env("READ_TIMEOUT", "10.0")),
+        help="seconds a client has to send its request headers, and again its body (default: %(default)s)",
+    )
+    serve.add_argument(
         "--shutdown-delay",
         type=float,
         default=float(_env("SHUTDOWN_DELAY", "0")),

@@ -9,6 +9,7 @@ in the namespace) come in as small protocols; offline they are simply absent.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -50,7 +51,8 @@ class Outcome:
     plan: PodPlan | None = None
 
 
-ObserveFn = Callable[[AdmissionReview, Outcome], None]
+#: Called after every answer with the review, the outcome and the seconds it took.
+ObserveFn = Callable[[AdmissionReview, Outcome, float], None]
 
 
 class Handler:
@@ -70,9 +72,11 @@ class Handler:
         self._observe = observe
 
     async def handle(self, review: AdmissionReview) -> AdmissionReviewResponse:
+        if self._observe is None:
+            return (await self._handle(review))[0]
+        start = time.perf_counter()
         response, outcome = await self._handle(review)
-        if self._observe is not None:
-            self._observe(review, outcome)
+        self._observe(review, outcome, time.perf_counter() - start)
         return response
 
     async def _handle(self, review: AdmissionReview) -> tuple[AdmissionReviewResponse, Outcome]:

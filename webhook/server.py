@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -25,8 +25,16 @@ from typing import Any
 import uvicorn
 
 from webhook import logs
-from webhook.app import Readiness, create_app
+from webhook.app import (
+    DEFAULT_ADMISSION_TIMEOUT,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_READ_TIMEOUT,
+    Readiness,
+    create_app,
+)
 from webhook.handler import Handler, NamespaceLabels, SecretEnsurer
+from webhook.metrics import Metrics
+from webhook.protocol import guarded_protocol
 from webhook.reload import PolicyHolder
 from webhook.tls import ReloadingSSLContext, install_into_uvicorn
 
@@ -45,6 +53,7 @@ class Components:
     handler: Handler
     readiness: Readiness
     tls: ReloadingSSLContext
+    metrics: Metrics
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     on_start: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
 
@@ -76,6 +85,14 @@ class GracefulServer(uvicorn.Server):
         self._loop.call_soon_threadsafe(self._loop.call_later, self._delay, super().handle_exit, sig, frame)
 
 
+class _SignalBlindServer(uvicorn.Server):
+    """A second server in the same process: signals belong to the main one, which stops it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
 def build_components(args: argparse.Namespace) -> Components:
     """Load the policy and certificates and wire the handler (no network yet)."""
     from webhook.cli import bundled_example
@@ -91,17 +108,29 @@ def build_components(args: argparse.Namespace) -> Components:
     except OSError as exc:
         raise UserError(f"cannot read policy {policy_path}: {exc.strerror}") from None
 
+    if args.admission_timeout <= args.ensure_timeout:
+        raise UserError("--admission-timeout must be larger than --ensure-timeout (it is the backstop behind it)")
     readiness = Readiness()
+    metrics = Metrics()
+    holder.listeners.append(metrics.observe_policy_reload)
+    metrics.policy_rules.set_function(lambda: len(holder.current().policy.rules))
+    metrics.ready.set_function(lambda: 1.0 if readiness.ready else 0.0)
     namespaces: NamespaceLabels | None = None
     ensurer: SecretEnsurer | None = None
     background: list[Callable[[], Coroutine[Any, Any, None]]] = [holder.watch]
     on_start: list[Callable[[], Coroutine[Any, Any, None]]] = []
 
     tls = _tls_context(args)
-    handler = Handler(policy=holder.current, namespaces=namespaces, ensurer=ensurer)
+    handler = Handler(policy=holder.current, namespaces=namespaces, ensurer=ensurer, observe=metrics.observe_admission)
     background.append(tls.watch)  # logs and keeps polling when a new file is broken
     return Components(
-        holder=holder, handler=handler, readiness=readiness, tls=tls, background=background, on_start=on_start
+        holder=holder,
+        handler=handler,
+        readiness=readiness,
+        tls=tls,
+        metrics=metrics,
+        background=background,
+        on_start=on_start,
     )
 
 
@@ -129,14 +158,33 @@ def _tls_watch(tls: ReloadingSSLContext, interval: float = 10.0) -> Callable[[],
     return watch
 
 
-async def serve(components: Components, *, host: str, port: int, shutdown_delay: float = 0.0) -> None:
-    """Run until SIGTERM/SIGINT (or until the server task ends)."""
+async def serve(
+    components: Components,
+    *,
+    host: str,
+    port: int,
+    metrics_port: int = 0,
+    shutdown_delay: float = 0.0,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    admission_timeout: float = DEFAULT_ADMISSION_TIMEOUT,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
+) -> None:
+    """Run until SIGTERM/SIGINT: the HTTPS webhook, the plain-HTTP metrics port, background jobs."""
+    app = create_app(
+        handler=components.handler,
+        readiness=components.readiness,
+        max_body_bytes=max_body_bytes,
+        admission_timeout=admission_timeout,
+        read_timeout=read_timeout,
+        on_transport_error=components.metrics.observe_http_error,
+        on_internal_error=lambda _reason: components.metrics.admission_requests.labels("error").inc(),
+    )
     config = uvicorn.Config(
-        components_app(components),
+        app,
         host=host,
         port=port,
         loop="none",
-        http="httptools",
+        http=guarded_protocol(read_timeout),
         lifespan="off",
         log_config=None,
         access_log=False,
@@ -145,7 +193,22 @@ async def serve(components: Components, *, host: str, port: int, shutdown_delay:
     )
     install_into_uvicorn(config, components.tls)
     server = GracefulServer(config, readiness=components.readiness, delay=shutdown_delay)
-    tasks = [asyncio.create_task(job(), name=getattr(job, "__name__", "job")) for job in components.background]
+    jobs = list(components.background)
+    metrics_server: uvicorn.Server | None = None
+    if metrics_port:
+        metrics_config = uvicorn.Config(
+            components.metrics.asgi_app(),
+            host=host,
+            port=metrics_port,
+            loop="none",
+            http=guarded_protocol(read_timeout),
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+        )
+        metrics_server = _SignalBlindServer(metrics_config)
+        jobs.append(metrics_server.serve)
+    tasks: list[asyncio.Task[None]] = [asyncio.create_task(job(), name=getattr(job, "__name__", "job")) for job in jobs]
     try:
         for start in components.on_start:
             await start()
@@ -153,15 +216,14 @@ async def serve(components: Components, *, host: str, port: int, shutdown_delay:
         await server.serve()
     finally:
         components.readiness.stopping = True
+        if metrics_server is not None:
+            metrics_server.should_exit = True
         for task in tasks:
-            task.cancel()
+            if task.get_name() != "serve":
+                task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-
-
-def components_app(components: Components) -> Any:
-    return create_app(handler=components.handler, readiness=components.readiness)
+                await asyncio.wait_for(task, timeout=5)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -179,7 +241,18 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency, but stay usable without it
         runner = asyncio.run  # type: ignore[assignment]
     log.info("serving on https://%s:%d (pid %d)", args.host, args.port, os.getpid())
-    runner(serve(components, host=args.host, port=args.port, shutdown_delay=args.shutdown_delay))
+    runner(
+        serve(
+            components,
+            host=args.host,
+            port=args.port,
+            metrics_port=args.metrics_port,
+            shutdown_delay=args.shutdown_delay,
+            max_body_bytes=args.max_body_bytes,
+            admission_timeout=args.admission_timeout,
+            read_timeout=args.read_timeout,
+        )
+    )
     return 0
 
 
