@@ -1,0 +1,72 @@
+"""Fixtures for the e2e tests: a real control plane on loopback, started once per session.
+
+Without the binaries the tests skip (one line saying how to get them), unless
+PSI_REQUIRE_E2E=1, which turns that into a failure (for CI, so e2e cannot silently vanish).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .controlplane import ControlPlane, find_assets
+
+_HERE = Path(__file__).resolve().parent
+
+MISSING_ASSETS = (
+    "e2e: no kube-apiserver/etcd found; run `bash hack/build-kube-assets.sh` "
+    "or set KUBE_ASSETS=/path/with/etcd+kube-apiserver"
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test under tests/e2e (and only those) with ``e2e``."""
+    for item in items:
+        if item.path.resolve().is_relative_to(_HERE):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[ControlPlane]:
+    """A started etcd + kube-apiserver + kube-controller-manager, stopped after the session."""
+    assets = find_assets()
+    if assets is None:
+        if os.environ.get("PSI_REQUIRE_E2E") == "1":
+            pytest.fail(MISSING_ASSETS + " (PSI_REQUIRE_E2E=1)", pytrace=False)
+        pytest.skip(MISSING_ASSETS)
+    cp = ControlPlane(assets, keep_workdir=os.environ.get("PSI_E2E_KEEP") == "1")
+    cp.start()
+    try:
+        yield cp
+    finally:
+        cp.stop()
+
+
+@pytest.fixture(scope="session")
+def api_client(control_plane: ControlPlane) -> Iterator[Any]:
+    """A ``kubernetes.client.ApiClient`` for the admin user (session-wide)."""
+    api = control_plane.api_client()
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+@pytest.fixture
+def namespace(control_plane: ControlPlane, api_client: Any) -> Iterator[str]:
+    """A fresh namespace whose ``default`` ServiceAccount is ready for Pods; deleted afterwards."""
+    from kubernetes import client
+
+    core: Any = client.CoreV1Api(api_client)
+    name = f"e2e-{uuid.uuid4().hex[:10]}"
+    core.create_namespace({"metadata": {"name": name}})
+    try:
+        control_plane.wait_for_default_service_account(name)
+        yield name
+    finally:
+        core.delete_namespace(name)
