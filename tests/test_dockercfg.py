@@ -1,0 +1,452 @@
+"""Docker credential formats, least-privilege filtering and the managed copy (pure, no cluster)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from webhook.dockercfg import (
+    DOCKERCONFIGJSON_TYPE,
+    HASH_ANNOTATION,
+    MANAGED_BY_LABEL,
+    RULE_ANNOTATION,
+    SOURCE_ANNOTATION,
+    AuthEntry,
+    MalformedSource,
+    NoMatchingCredentials,
+    SourceError,
+    SourceNotFound,
+    build_copy,
+    content_hash,
+    credentials_auths,
+    encode_config,
+    filter_auths,
+    go_json_string,
+    is_current,
+    is_managed,
+    needs_recreate,
+    parse_source_secret,
+    update_patch,
+)
+from webhook.logs import REDACTED, redact
+from webhook.policy import Credentials, SecretKeyRef, SecretRef, Source
+
+CANARY = "canary-Pa55w0rd-dockercfg-7f3a"
+
+
+def b64(text: str | bytes) -> str:
+    return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
+
+
+def secret(secret_type: str | None, data: dict[str, str], **metadata: Any) -> dict[str, Any]:
+    """A Secret as the API returns it: data values base64-encoded."""
+    obj: dict[str, Any] = {
+        "metadata": {"name": "src", "namespace": "ops", **metadata},
+        "data": {k: b64(v) for k, v in data.items()},
+    }
+    if secret_type is not None:
+        obj["type"] = secret_type
+    return obj
+
+
+# --------------------------------------------------------------------------- kubectl compatibility
+
+GAR_KEY = (
+    '{\n  "type": "service_account",\n'
+    '  "private_key": "-----BEGIN PRIVATE KEY-----\\nMIIE\\n-----END PRIVATE KEY-----\\n"\n}'
+)
+
+
+@pytest.mark.parametrize(
+    ("registry", "username", "password", "email", "expected"),
+    [
+        pytest.param(
+            "registry.example.com:5000",
+            "robot",
+            "s3cr3t",
+            None,
+            b'{"auths":{"registry.example.com:5000":{"username":"robot","password":"s3cr3t","auth":"cm9ib3Q6czNjcjN0"}}}',
+            id="plain",
+        ),
+        pytest.param(
+            "https://index.docker.io/v1/",
+            "robot",
+            "p4ss",
+            "robot@example.com",
+            b'{"auths":{"https://index.docker.io/v1/":{"username":"robot","password":"p4ss",'
+            b'"email":"robot@example.com","auth":"cm9ib3Q6cDRzcw=="}}}',
+            id="kubectl-default-server-with-email",
+        ),
+        pytest.param(
+            "europe-docker.pkg.dev",
+            "_json_key",
+            GAR_KEY,
+            None,
+            b'{"auths":{"europe-docker.pkg.dev":{"username":"_json_key","password":"{\\n  \\"type\\": '
+            b'\\"service_account\\",\\n  \\"private_key\\": \\"-----BEGIN PRIVATE KEY-----\\\\nMIIE\\\\n-----END '
+            b'PRIVATE KEY-----\\\\n\\"\\n}","auth":"X2pzb25fa2V5OnsKICAidHlwZSI6ICJzZXJ2aWNlX2FjY291bnQiLAogICJwcml2'
+            b'YXRlX2tleSI6ICItLS0tLUJFR0lOIFBSSVZBVEUgS0VZLS0tLS1cbk1JSUVcbi0tLS0tRU5EIFBSSVZBVEUgS0VZLS0tLS1cbiIKfQ=="}}}',
+            id="gar-json-key",
+        ),
+        pytest.param(
+            "quay.io",
+            "u",
+            "a<b>&c",
+            None,
+            b'{"auths":{"quay.io":{"username":"u","password":"a\\u003cb\\u003e\\u0026c","auth":"dTphPGI+JmM="}}}',
+            id="go-html-escaping",
+        ),
+        pytest.param(
+            "quay.io",
+            "u",
+            "tab\there\x01\u00e9\u2028",
+            None,
+            '{"auths":{"quay.io":{"username":"u","password":"tab\\there\\u0001\u00e9\\u2028",'
+            '"auth":"dTp0YWIJaGVyZQHDqeKAqA=="}}}'.encode(),
+            id="control-and-non-ascii",
+        ),
+    ],
+)
+def test_credentials_are_byte_compatible_with_kubectl(
+    registry: str, username: str, password: str, email: str | None, expected: bytes
+) -> None:
+    """What `kubectl create secret docker-registry` stores, written out by hand."""
+    auths = credentials_auths(registry=registry, username=username, password=password, email=email)
+    assert encode_config(auths) == expected
+
+
+@given(st.text(alphabet=st.characters(exclude_categories=["Cs"])))
+def test_go_strings_round_trip_and_never_carry_html_or_controls(text: str) -> None:
+    encoded = go_json_string(text)
+    assert json.loads(encoded) == text
+    assert not any(ch in encoded for ch in "<>&\u2028\u2029")
+    assert all(ord(ch) >= 0x20 for ch in encoded)
+
+
+def test_lone_surrogates_become_replacement_characters_as_in_go() -> None:
+    assert go_json_string("a\ud800b") == '"a\\ufffdb"'
+
+
+def test_servers_are_sorted_like_go_map_keys() -> None:
+    auths = {"z.example.com": AuthEntry(auth="eg=="), "a.example.com": AuthEntry(auth="eg==")}
+    assert encode_config(auths) == b'{"auths":{"a.example.com":{"auth":"eg=="},"z.example.com":{"auth":"eg=="}}}'
+
+
+# --------------------------------------------------------------------------- source formats
+
+CONFIG = {"auths": {"quay.io": {"username": "quay-user", "password": "quay-pass", "auth": b64("quay-user:quay-pass")}}}
+EXPECTED = {"quay.io": AuthEntry(username="quay-user", password="quay-pass", auth=b64("quay-user:quay-pass"))}
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        pytest.param(secret(DOCKERCONFIGJSON_TYPE, {".dockerconfigjson": json.dumps(CONFIG)}), id="dockerconfigjson"),
+        pytest.param(
+            secret("kubernetes.io/dockercfg", {".dockercfg": json.dumps(CONFIG["auths"])}), id="legacy-dockercfg"
+        ),
+        pytest.param(secret("Opaque", {"config.json": json.dumps(CONFIG)}), id="opaque-docker-config-json"),
+        pytest.param(secret("Opaque", {"auth.json": json.dumps(CONFIG, indent=2)}), id="opaque-podman-auth-json"),
+        pytest.param(secret(None, {".dockerconfigjson": json.dumps(CONFIG)}), id="opaque-without-type"),
+        pytest.param(secret("Opaque", {".dockercfg": json.dumps(CONFIG["auths"])}), id="opaque-legacy-dockercfg"),
+        pytest.param(
+            secret("Opaque", {"config.json": json.dumps({**CONFIG, "credsStore": "desktop", "HttpHeaders": {}})}),
+            id="docker-config-with-extras",
+        ),
+    ],
+)
+def test_every_source_format_yields_the_same_auths(source: dict[str, Any]) -> None:
+    assert parse_source_secret(source, what="source Secret ops/src") == EXPECTED
+
+
+def test_legacy_dockercfg_converts_to_dockerconfigjson() -> None:
+    legacy = secret(
+        "kubernetes.io/dockercfg",
+        {
+            ".dockercfg": json.dumps(
+                {"https://index.docker.io/v1/": {"auth": b64("hub-user:hub-pass"), "email": "e@x.io"}}
+            )
+        },
+    )
+    copy = build_copy(
+        name="hub",
+        namespace="team-a",
+        source=Source(secret=SecretRef(namespace="ops", name="src")),
+        rules=["hub"],
+        registries=["docker.io"],
+        source_secret=legacy,
+    )
+    assert (
+        copy.config == b'{"auths":{"https://index.docker.io/v1/":{"email":"e@x.io","auth":"aHViLXVzZXI6aHViLXBhc3M="}}}'
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        pytest.param(
+            {"type": DOCKERCONFIGJSON_TYPE, "data": {".dockerconfigjson": "%%%"}}, "not base64", id="bad-base64"
+        ),
+        pytest.param(
+            secret(DOCKERCONFIGJSON_TYPE, {".dockerconfigjson": '{"auths": '}), "not valid JSON", id="bad-json"
+        ),
+        pytest.param(secret(DOCKERCONFIGJSON_TYPE, {".dockerconfigjson": "[]"}), "JSON object", id="not-an-object"),
+        pytest.param(secret(DOCKERCONFIGJSON_TYPE, {}), "'.dockerconfigjson' is missing", id="missing-key"),
+        pytest.param(
+            secret(DOCKERCONFIGJSON_TYPE, {".dockerconfigjson": '{"auths": []}'}),
+            "must be a JSON object",
+            id="auths-list",
+        ),
+        pytest.param(
+            secret(DOCKERCONFIGJSON_TYPE, {".dockerconfigjson": json.dumps({"auths": {"q.io": "x"}})}),
+            "'q.io' is not an object",
+            id="entry-not-object",
+        ),
+        pytest.param(
+            secret(DOCKERCONFIGJSON_TYPE, {".dockerconfigjson": json.dumps({"auths": {"q.io": {"password": 7}}})}),
+            "password must be strings",
+            id="field-not-string",
+        ),
+        pytest.param(
+            secret("Opaque", {"config.json": json.dumps({"credsStore": "osxkeychain"})}),
+            "credential helpers",
+            id="creds-store-only",
+        ),
+        pytest.param(secret("Opaque", {"password": "x"}), "has none of the keys", id="opaque-without-config"),
+    ],
+)
+def test_malformed_sources_are_reported_without_their_content(source: dict[str, Any], message: str) -> None:
+    with pytest.raises(MalformedSource) as info:
+        parse_source_secret(source, what="source Secret ops/src")
+    assert message in str(info.value)
+    assert str(info.value).startswith("source Secret ops/src")
+
+
+def test_a_malformed_source_never_shows_its_password() -> None:
+    text = json.dumps({"auths": {"q.io": {"password": CANARY, "auth": 12}}})
+    with pytest.raises(MalformedSource) as info:
+        parse_source_secret(secret(DOCKERCONFIGJSON_TYPE, {".dockerconfigjson": text}), what="source Secret ops/src")
+    assert CANARY not in str(info.value)
+    # ... and the redactor knows the value anyway, should any other path print it.
+    assert redact(f"leak {CANARY}") == f"leak {REDACTED}"
+
+
+def test_decoded_credentials_are_registered_with_the_redactor() -> None:
+    password = "registered-" + CANARY
+    auths = parse_source_secret(
+        secret("Opaque", {"auth.json": json.dumps({"auths": {"q.io": {"auth": b64("user:" + password)}}})}),
+        what="source",
+    )
+    assert password not in repr(auths)
+    assert redact(f"a {password} b") == f"a {REDACTED} b"
+
+
+# --------------------------------------------------------------------------- least privilege
+
+SHARED = {
+    "https://index.docker.io/v1/": AuthEntry(auth=b64("hub-user:hub-pass")),
+    "quay.io": AuthEntry(auth=b64("quay-user:quay-pass")),
+    "quay.io.evil.com": AuthEntry(auth="ZXZpbDpldmls"),
+    "ghcr.io/my-org": AuthEntry(auth="Z2g6Z2g="),
+    "registry.example.com:5000": AuthEntry(auth="cjpy"),
+    "europe-docker.pkg.dev": AuthEntry(auth="ZzpnCg=="),
+    "not a registry": AuthEntry(auth="eDp4"),
+}
+
+
+@pytest.mark.parametrize(
+    ("registries", "kept"),
+    [
+        pytest.param(["quay.io"], ["quay.io"], id="quay-only-no-lookalike"),
+        pytest.param(["docker.io"], ["https://index.docker.io/v1/"], id="docker-hub-alias-url"),
+        pytest.param(["ghcr.io"], ["ghcr.io/my-org"], id="path-scoped-key"),
+        pytest.param(["registry.example.com"], [], id="port-must-match"),
+        pytest.param(["registry.example.com:5000"], ["registry.example.com:5000"], id="with-port"),
+        pytest.param(["*-docker.pkg.dev"], ["europe-docker.pkg.dev"], id="wildcard"),
+        pytest.param(["quay.io", "docker.io"], ["https://index.docker.io/v1/", "quay.io"], id="union"),
+        pytest.param(
+            ["*"],
+            [k for k in SHARED if k != "not a registry"],
+            id="catch-all-still-drops-garbage",
+        ),
+    ],
+)
+def test_filter_keeps_only_the_rules_registries(registries: list[str], kept: list[str]) -> None:
+    assert sorted(filter_auths(SHARED, registries)) == sorted(kept)
+
+
+def test_copy_for_quay_does_not_carry_the_docker_hub_password() -> None:
+    config = {
+        "auths": {
+            "https://index.docker.io/v1/": {"auth": b64("hub-user:hub-pass")},
+            "quay.io": {"auth": b64("quay-user:quay-pass")},
+        }
+    }
+    copy = build_copy(
+        name="quay-pull",
+        namespace="team-a",
+        source=Source(secret=SecretRef(namespace="ops", name="shared")),
+        rules=["quay"],
+        registries=["quay.io"],
+        source_secret=secret(DOCKERCONFIGJSON_TYPE, {".dockerconfigjson": json.dumps(config)}),
+    )
+    assert json.loads(copy.config) == {"auths": {"quay.io": {"auth": b64("quay-user:quay-pass")}}}
+    assert b"hub" not in base64.b64decode(copy.encoded)
+
+
+# --------------------------------------------------------------------------- the managed copy
+
+SOURCE = Source(secret=SecretRef(namespace="ops", name="src"))
+
+
+def quay_copy(**overrides: Any) -> Any:
+    arguments: dict[str, Any] = {
+        "name": "quay-pull",
+        "namespace": "team-a",
+        "source": SOURCE,
+        "rules": ["quay"],
+        "registries": ["quay.io"],
+        "source_secret": secret(
+            DOCKERCONFIGJSON_TYPE,
+            {".dockerconfigjson": json.dumps(CONFIG)},
+            labels={"argocd.argoproj.io/instance": "ops", "team": "x"},
+            annotations={"kubectl.kubernetes.io/last-applied-configuration": "{}"},
+        ),
+    }
+    arguments.update(overrides)
+    return build_copy(**arguments)
+
+
+def test_manifest_carries_our_ownership_and_none_of_the_source_metadata() -> None:
+    copy = quay_copy()
+    manifest = copy.manifest()
+    assert manifest["type"] == DOCKERCONFIGJSON_TYPE
+    assert manifest["metadata"]["labels"] == {MANAGED_BY_LABEL: "pullsecret-injector"}
+    assert manifest["metadata"]["annotations"] == {
+        RULE_ANNOTATION: "quay",
+        SOURCE_ANNOTATION: "secret:ops/src",
+        HASH_ANNOTATION: content_hash(copy.config),
+    }
+    assert manifest["metadata"]["namespace"] == "team-a"
+    assert manifest["data"] == {".dockerconfigjson": b64(copy.config)}
+
+
+def test_credentials_source_reference_and_content() -> None:
+    source = Source(
+        credentials=Credentials(
+            registry="europe-docker.pkg.dev",
+            username="_json_key",
+            password_from=SecretKeyRef(namespace="ops", name="gar", key="key.json"),
+        )
+    )
+    copy = build_copy(
+        name="gar-pull",
+        namespace="team-a",
+        source=source,
+        rules=["gar-b", "gar-a"],
+        registries=["*-docker.pkg.dev"],
+        source_secret=secret("Opaque", {"key.json": GAR_KEY}),
+    )
+    assert copy.annotations[SOURCE_ANNOTATION] == "credentials:ops/gar/key.json"
+    assert copy.annotations[RULE_ANNOTATION] == "gar-a,gar-b"
+    assert copy.config == encode_config(
+        credentials_auths(registry="europe-docker.pkg.dev", username="_json_key", password=GAR_KEY)
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        pytest.param({"source_secret": None}, SourceNotFound, "source Secret ops/src not found", id="missing-source"),
+        pytest.param(
+            {"registries": ["ghcr.io"]}, NoMatchingCredentials, "no credentials for ghcr.io", id="nothing-for-registry"
+        ),
+        pytest.param(
+            {
+                "source": Source(
+                    credentials=Credentials(
+                        registry="quay.io",
+                        username="u",
+                        password_from=SecretKeyRef(namespace="ops", name="p", key="pw"),
+                    )
+                ),
+                "source_secret": secret("Opaque", {"other": "x"}),
+            },
+            MalformedSource,
+            "no key 'pw'",
+            id="password-key-missing",
+        ),
+    ],
+)
+def test_unusable_sources_raise_source_errors(
+    overrides: dict[str, Any], error: type[SourceError], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        quay_copy(**overrides)
+
+
+def test_current_means_managed_same_type_data_and_annotations() -> None:
+    copy = quay_copy()
+    live = copy.manifest()
+    assert is_managed(live)
+    assert is_current(live, copy)
+    edited = {**live, "data": {".dockerconfigjson": b64('{"auths":{}}')}}
+    assert not is_current(edited, copy)
+    extra_key = {**live, "data": {**live["data"], "extra": "eA=="}}
+    assert not is_current(extra_key, copy)
+    foreign = {**live, "metadata": {**live["metadata"], "labels": {}}}
+    assert not is_managed(foreign)
+    assert not is_current(foreign, copy)
+    renamed_rule = {
+        **live,
+        "metadata": {**live["metadata"], "annotations": {**copy.annotations, RULE_ANNOTATION: "old"}},
+    }
+    assert not is_current(renamed_rule, copy)
+
+
+def test_update_patch_restores_data_and_keeps_the_resource_version_precondition() -> None:
+    copy = quay_copy()
+    live = {
+        "metadata": {
+            "name": "quay-pull",
+            "namespace": "team-a",
+            "resourceVersion": "42",
+            "labels": {MANAGED_BY_LABEL: "pullsecret-injector"},
+        },
+        "type": DOCKERCONFIGJSON_TYPE,
+        "data": {".dockerconfigjson": "e30=", "stray": "eA=="},
+    }
+    assert update_patch(live, copy) == {
+        "metadata": {
+            "labels": {MANAGED_BY_LABEL: "pullsecret-injector"},
+            "annotations": copy.annotations,
+            "resourceVersion": "42",
+        },
+        "data": {"stray": None, ".dockerconfigjson": copy.encoded},
+    }
+
+
+def test_a_managed_secret_of_another_type_must_be_recreated() -> None:
+    live = {"metadata": {"labels": {MANAGED_BY_LABEL: "pullsecret-injector"}}, "type": "Opaque"}
+    assert needs_recreate(live)
+    assert not needs_recreate({"metadata": {}, "type": "Opaque"})
+
+
+def test_content_hash_is_stable_and_content_sensitive() -> None:
+    assert (
+        content_hash(b"a")
+        == content_hash(b"a")
+        == "sha256:" + "ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb"
+    )
+    assert content_hash(b"a") != content_hash(b"b")
+
+
+def test_auth_entry_repr_hides_secret_fields() -> None:
+    entry = AuthEntry(username="u", password=CANARY, auth=b64("u:" + CANARY), identitytoken=CANARY)
+    assert CANARY not in repr(entry)
+    assert b64("u:" + CANARY) not in repr(entry)
