@@ -1,0 +1,1 @@
+"""Benchmarks for pullsecret-injector: ``python -m bench.run [--quick]`` (see README, Performance)."""
