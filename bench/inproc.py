@@ -143,7 +143,7 @@ def time_bytes(containers: int, policy: CompiledPolicy, iterations: int) -> Timi
 
 def time_cold_namespace(containers: int, policy: CompiledPolicy, iterations: int) -> Timing:
     """Every review from a namespace not seen before (the per-namespace caches miss)."""
-    labels = _namespaces(iterations + 1, prefix="cold")
+    labels = _namespaces(iterations + 1, prefix=f"cold-{containers}c-{len(policy.policy.rules)}r")
     handler = _handler(policy, labels)
     reviews = [
         parse_review(orjson.dumps(make_review(containers, namespace=ns, uid=f"c-{i}"))) for i, ns in enumerate(labels)

@@ -13,13 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from webhook.images import ImageRef, InvalidReference, parse_image
-from webhook.patch import ContainerKind, build_patch, iter_images
+from webhook.patch import ContainerKind, build_patch, iter_container_images
 from webhook.policy import CompiledPolicy, Rule
 from webhook.wire import PatchOperation
 
 #: Kubernetes rejects warnings longer than this in admission responses' spirit of brevity;
 #: kubectl prints them on one line each.
 MAX_WARNING_LENGTH = 120
+#: Per-namespace-group bound on memoised container plans.
+_MEMO_LIMIT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,22 +66,39 @@ def plan_pod(
     spec = pod.get("spec")
     if not isinstance(spec, dict):
         return plan
-    for container in iter_images(spec):
-        raw = container.image
+    # Resolved once per Pod: the namespace's cached decisions (not when explaining, for the CLI).
+    # A container's plan depends only on (kind, name, image) and those decisions, so it is
+    # memoised next to them: Pods of the same template cost a dict lookup per container.
+    decisions = None if explain else policy.namespace_decisions(namespace, namespace_labels)
+    memo = decisions.memo if decisions is not None else None
+    for kind, name, raw in iter_container_images(spec):
+        if memo is not None and isinstance(raw, str):
+            cached: ContainerPlan | None = memo.get((kind, name, raw))
+            if cached is not None:
+                plan.containers.append(cached)
+                if cached.rule is not None:
+                    plan.secrets.setdefault(cached.rule.secret, cached.rule)
+                continue
         if not isinstance(raw, str):
-            plan.containers.append(
-                ContainerPlan(container.kind, container.name, repr(raw), None, None, "image is missing or not a string")
-            )
-            plan.warnings.append(f"container {container.name!r}: image missing, no pull secret")
+            plan.containers.append(ContainerPlan(kind, name, repr(raw), None, None, "image is missing or not a string"))
+            plan.warnings.append(f"container {name!r}: image missing, no pull secret")
             continue
         try:
             ref = parse_image(raw)
         except InvalidReference as exc:
-            plan.containers.append(ContainerPlan(container.kind, container.name, raw, None, None, str(exc)))
-            plan.warnings.append(f"container {container.name!r}: invalid image {raw!r}, no pull secret")
+            plan.containers.append(ContainerPlan(kind, name, raw, None, None, str(exc)))
+            plan.warnings.append(f"container {name!r}: invalid image {raw!r}, no pull secret")
             continue
-        decision = policy.decide(ref, namespace, namespace_labels, explain=explain)
-        plan.containers.append(ContainerPlan(container.kind, container.name, raw, ref, decision.rule, decision.reason))
+        if decisions is not None:
+            decision = decisions.decide(ref)
+        else:
+            decision = policy.decide(ref, namespace, namespace_labels, explain=True)
+        container_plan = ContainerPlan(kind, name, raw, ref, decision.rule, decision.reason)
+        if memo is not None:
+            if len(memo) >= _MEMO_LIMIT:
+                memo.clear()
+            memo[(kind, name, raw)] = container_plan
+        plan.containers.append(container_plan)
         if decision.rule is not None:
             plan.secrets.setdefault(decision.rule.secret, decision.rule)
     plan.patch, plan.added = build_patch(pod=pod, secrets=list(plan.secrets))

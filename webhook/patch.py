@@ -30,6 +30,12 @@ class ContainerImage:
 
 def iter_images(pod_spec: Mapping[str, Any]) -> Iterator[ContainerImage]:
     """Every container's image, init, regular and ephemeral, in spec order."""
+    for kind, name, image in iter_container_images(pod_spec):
+        yield ContainerImage(kind=kind, name=name, image=image)
+
+
+def iter_container_images(pod_spec: Mapping[str, Any]) -> Iterator[tuple[ContainerKind, str, object]]:
+    """:func:`iter_images` as plain ``(kind, name, image)`` tuples (the admission hot path)."""
     for kind in CONTAINER_KINDS:
         containers = pod_spec.get(kind)
         if not isinstance(containers, list):
@@ -37,9 +43,7 @@ def iter_images(pod_spec: Mapping[str, Any]) -> Iterator[ContainerImage]:
         for container in containers:
             if isinstance(container, dict):
                 name = container.get("name")
-                yield ContainerImage(
-                    kind=kind, name=name if isinstance(name, str) else "", image=container.get("image")
-                )
+                yield kind, name if isinstance(name, str) else "", container.get("image")
 
 
 def escape_pointer(token: str) -> str:

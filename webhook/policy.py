@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -354,6 +354,59 @@ class Decision:
     reason: str
 
 
+def _globs_matcher(patterns: Sequence[str]) -> Callable[[str], re.Match[str] | None] | None:
+    """One compiled ``match`` for "any of these ``fnmatchcase`` globs" (``None`` for no globs)."""
+    if not patterns:
+        return None
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns)).match
+
+
+class NamespaceDecisions:
+    """The policy's decisions for one namespace, with the winning rule cached per image.
+
+    Without ``explain``, which rule wins depends only on the image and on which rules the
+    namespace admits, so every namespace admitting the same rules shares one of these (an
+    excluded namespace, whose reason names it, has its own). After the first Pod of such a
+    group, deciding an image costs a dict lookup, however many rules the policy has.
+    """
+
+    __slots__ = ("_excluded", "_policy", "_winners", "admitted", "memo")
+
+    _LIMIT = 4096
+
+    def __init__(self, policy: CompiledPolicy, admitted: frozenset[int], excluded_reason: str | None) -> None:
+        self._policy = policy
+        self.admitted = admitted
+        self._excluded = None if excluded_reason is None else Decision(rule=None, reason=excluded_reason)
+        self._winners: dict[ImageRef, Candidate | None] = {}
+        #: Scratch space for callers that cache what they derive from these decisions
+        #: (``plan_pod`` keeps its per-container plans here); it lives and dies with them.
+        self.memo: dict[Any, Any] = {}
+
+    def decide(self, image: ImageRef) -> Decision:
+        """Same answer as ``policy.decide(image, namespace, labels)`` for this namespace."""
+        if self._excluded is not None:
+            return self._excluded
+        try:
+            winner = self._winners[image]
+        except KeyError:
+            winner = self._policy._winner(image, self.admitted)
+            if len(self._winners) >= self._LIMIT:
+                self._winners.clear()
+            self._winners[image] = winner
+        return _decision(image, winner)
+
+
+def _decision(image: ImageRef, winner: Candidate | None) -> Decision:
+    """The non-explaining decision for ``image`` in a namespace that is not excluded."""
+    if winner is None:
+        return Decision(rule=None, reason=f"no rule names registry {image.registry}")
+    reason = f"registry {image.registry} matches {winner.pattern.text!r}"
+    if winner.rule.repositories:
+        reason += f", repository {image.repository!r} matches its repositories"
+    return Decision(rule=winner.rule, reason=reason)
+
+
 @dataclass
 class CompiledPolicy:
     """A validated policy with its host index and caches; build one per policy version."""
@@ -363,13 +416,38 @@ class CompiledPolicy:
     _wildcards: dict[int, list[Candidate]] = field(default_factory=dict, init=False)
     _catch_all: list[Candidate] = field(default_factory=list, init=False)
     _host_cache: dict[Registry, tuple[Candidate, ...]] = field(default_factory=dict, init=False)
-    _ns_cache: dict[tuple[str, tuple[tuple[str, str], ...] | None], frozenset[int]] = field(
+    _ns_cache: dict[tuple[str, tuple[tuple[str, str], ...] | None], NamespaceDecisions] = field(
         default_factory=dict, init=False
     )
+    #: One NamespaceDecisions per distinct set of admitted rules (namespaces share them).
+    _by_admitted: dict[frozenset[int], NamespaceDecisions] = field(default_factory=dict, init=False)
+    #: Rules with no namespace scope at all: admitted wherever the namespace is not excluded.
+    _unscoped: frozenset[int] = field(default=frozenset(), init=False)
+    #: (index, include matcher, exclude matcher, selector) of the rules with a namespace scope.
+    _scoped: list[
+        tuple[
+            int,
+            Callable[[str], re.Match[str] | None] | None,
+            Callable[[str], re.Match[str] | None] | None,
+            LabelSelector | None,
+        ]
+    ] = field(default_factory=list, init=False)
+    _excluded_match: Callable[[str], re.Match[str] | None] | None = field(default=None, init=False)
 
     _CACHE_LIMIT = 65536
 
     def __post_init__(self) -> None:
+        self._excluded_match = _globs_matcher(self.policy.exclude_namespaces)
+        unscoped: list[int] = []
+        for index, rule in enumerate(self.policy.rules):
+            scope = rule.namespaces
+            if scope.include or scope.exclude or scope.selector is not None:
+                self._scoped.append(
+                    (index, _globs_matcher(scope.include), _globs_matcher(scope.exclude), scope.selector)
+                )
+            else:
+                unscoped.append(index)
+        self._unscoped = frozenset(unscoped)
         for index, rule in enumerate(self.policy.rules):
             for text in rule.registries:
                 pattern = RegistryPattern.parse(text)
@@ -387,7 +465,7 @@ class CompiledPolicy:
         return {rule.name: rule for rule in self.policy.rules}
 
     def namespace_excluded(self, namespace: str) -> bool:
-        return namespace_glob_matches(self.policy.exclude_namespaces, namespace)
+        return self._excluded_match is not None and self._excluded_match(namespace) is not None
 
     def candidates(self, registry: Registry) -> tuple[Candidate, ...]:
         """Every rule entry whose registry pattern matches, most specific host first."""
@@ -408,22 +486,41 @@ class CompiledPolicy:
 
     def admitted_rules(self, namespace: str, labels: Mapping[str, str] | None) -> frozenset[int]:
         """Indexes of the rules that serve ``namespace`` (cached per namespace and labels)."""
-        key = (namespace, tuple(sorted(labels.items())) if labels is not None else None)
-        cached = self._ns_cache.get(key)
-        if cached is not None:
-            return cached
+        return self.namespace_decisions(namespace, labels).admitted
+
+    def namespace_decisions(self, namespace: str, labels: Mapping[str, str] | None) -> NamespaceDecisions:
+        """The (cached) decisions for ``namespace``; ``labels`` is ``None`` when unknown.
+
+        Labels are part of the cache key only when some rule has a selector: otherwise no
+        decision depends on them.
+        """
+        key = (namespace, tuple(sorted(labels.items())) if labels is not None and self.uses_selectors else None)
+        found = self._ns_cache.get(key)
+        if found is not None:
+            return found
         if self.namespace_excluded(namespace):
-            result: frozenset[int] = frozenset()
+            found = NamespaceDecisions(self, frozenset(), f"namespace {namespace!r} is excluded by excludeNamespaces")
         else:
-            result = frozenset(
-                i
-                for i, rule in enumerate(self.policy.rules)
-                if namespace_verdict(rule, namespace, labels) == "admitted"
-            )
+            admitted = self._admit(namespace, labels)
+            found = self._by_admitted.get(admitted)
+            if found is None:
+                found = self._by_admitted[admitted] = NamespaceDecisions(self, admitted, None)
         if len(self._ns_cache) >= self._CACHE_LIMIT:
             self._ns_cache.clear()
-        self._ns_cache[key] = result
-        return result
+            self._by_admitted.clear()
+        self._ns_cache[key] = found
+        return found
+
+    def _admit(self, namespace: str, labels: Mapping[str, str] | None) -> frozenset[int]:
+        """Rules whose namespace scope admits ``namespace`` (:func:`namespace_verdict` is "admitted")."""
+        scoped = [
+            index
+            for index, include, exclude, selector in self._scoped
+            if (include is None or include(namespace) is not None)
+            and (exclude is None or exclude(namespace) is None)
+            and (selector is None or (labels is not None and selector.matches(labels)))
+        ]
+        return self._unscoped.union(scoped) if scoped else self._unscoped
 
     def decide(
         self, image: ImageRef, namespace: str, labels: Mapping[str, str] | None, *, explain: bool = False
@@ -435,6 +532,8 @@ class CompiledPolicy:
         then the longest repository pattern; then the earlier rule in the file. With
         ``explain`` the reason also says why closer rules did not apply (slower; for the CLI).
         """
+        if not explain:
+            return self.namespace_decisions(namespace, labels).decide(image)
         admitted = self.admitted_rules(namespace, labels)
         best: tuple[tuple[int, int], tuple[int, int], int] | None = None
         best_candidate: Candidate | None = None
@@ -468,6 +567,23 @@ class CompiledPolicy:
         if skipped:
             return Decision(rule=None, reason="no rule applies: " + "; ".join(skipped))
         return Decision(rule=None, reason=f"no rule names registry {image.registry}")
+
+    def _winner(self, image: ImageRef, admitted: frozenset[int]) -> Candidate | None:
+        """The candidate :meth:`decide` picks when not explaining (``admitted``: a namespace not excluded)."""
+        best: tuple[tuple[int, int], tuple[int, int], int] | None = None
+        best_candidate: Candidate | None = None
+        for candidate in self.candidates(image.registry):
+            if best is not None and candidate.pattern.specificity < best[0]:
+                break  # sorted by host specificity: nothing further can win
+            if candidate.index not in admitted:
+                continue
+            repo_rank = self._repository_rank(candidate.rule, image.repository)
+            if repo_rank is None:
+                continue
+            key = (candidate.pattern.specificity, repo_rank, -candidate.index)
+            if best is None or key > best:
+                best, best_candidate = key, candidate
+        return best_candidate
 
     @staticmethod
     def _repository_rank(rule: Rule, repository: str) -> tuple[int, int] | None:
