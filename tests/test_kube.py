@@ -8,22 +8,27 @@ the client or of our code is patched; faults are injected on the server side.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import kmock
 import orjson
 import pytest
+import yaml
 
 from tests.conftest import RuntimeFactory
-from tests.kube_fixtures import SECRETS, Apiserver, Cluster, Fault, closed_port, decoded, eventually
+from tests.kube_fixtures import LEASES, SECRETS, Apiserver, Cluster, Fault, closed_port, decoded, eventually
+from webhook.cli import build_parser
 from webhook.dockercfg import HASH_ANNOTATION, MANAGED_BY_LABEL, RULE_ANNOTATION, SOURCE_ANNOTATION, content_hash
 from webhook.handler import Handler
 from webhook.policy import CompiledPolicy, load_policy
 from webhook.reload import PolicyHolder
+from webhook.server import UserError, build_components
 from webhook.sync import KubeRuntime
 from webhook.wire import AdmissionReview, AdmissionReviewResponse
 
@@ -645,3 +650,82 @@ async def test_only_one_replica_leads_and_another_takes_over(make_runtime: Runti
     await make_runtime.stop(first)  # SIGTERM: the Lease is released, no need to wait for it to expire
 
     await eventually(lambda: second.stats.leader, timeout=2)
+
+
+# --------------------------------------------------------------------------- wiring into serve
+
+
+def kubeconfig(path: Path, host: str) -> Path:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "emulator", "cluster": {"server": host}}],
+                "users": [{"name": "webhook", "user": {"token": "not-checked"}}],
+                "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "webhook"}}],
+                "current-context": "emulator",
+            }
+        )
+    )
+    return path
+
+
+def serve_args(tmp_path: Path, *extra: str) -> argparse.Namespace:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY_TEXT)
+    return build_parser().parse_args(
+        ["serve", "--dev", "--policy", str(policy), "--namespace", "pullsecret-system", *extra]
+    )
+
+
+async def test_serve_wires_the_kube_side_when_a_cluster_is_configured(
+    apiserver: Apiserver, cluster: Cluster, api_host: str, tmp_path: Path
+) -> None:
+    await shared_source(cluster)
+    await cluster.namespace("team-a")
+    args = serve_args(
+        tmp_path, "--kubeconfig", str(kubeconfig(tmp_path / "kubeconfig", api_host)), "--ensure-timeout", "1"
+    )
+    components = build_components(args)
+    for start in components.on_start:
+        await start()
+    tasks = [asyncio.create_task(job()) for job in components.background]
+    try:
+        response = await components.handler.handle(review("team-a", "quay.io/acme/web:1"))
+        assert injected(response) == ["quay-pull"]
+        assert apiserver.secret("team-a", "quay-pull") is not None
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for metric in components.metrics.registry.collect()
+            for s in metric.samples
+        }
+        assert samples[("pullsecret_injector_secret_writes_total", (("operation", "create"), ("result", "ok")))] == 1
+        await eventually(lambda: any(r.resource == LEASES for r in apiserver.ours()))  # it runs for the Lease
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [pytest.param(["--no-kube"], id="no-kube"), pytest.param([], id="no-cluster-configured")],
+)
+def test_serve_runs_offline_without_a_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: list[str]
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    args = serve_args(tmp_path, *extra)
+    if extra:
+        args.kubeconfig = kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{closed_port()}")
+    components = build_components(args)
+    assert components.on_start == []
+    assert [job.__qualname__ for job in components.background] == ["PolicyHolder.watch", "ReloadingSSLContext.watch"]
+
+
+def test_a_broken_kubeconfig_is_a_one_line_user_error(tmp_path: Path) -> None:
+    broken = tmp_path / "kubeconfig"
+    broken.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\ncurrent-context: nowhere\n")
+    with pytest.raises(UserError, match="cannot configure the Kubernetes client"):
+        build_components(serve_args(tmp_path, "--kubeconfig", str(broken)))

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
@@ -37,6 +37,9 @@ from webhook.metrics import Metrics
 from webhook.protocol import guarded_protocol
 from webhook.reload import PolicyHolder
 from webhook.tls import ReloadingSSLContext, install_into_uvicorn
+
+if TYPE_CHECKING:
+    from webhook.sync import KubeRuntime
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +123,13 @@ def build_components(args: argparse.Namespace) -> Components:
     background: list[Callable[[], Coroutine[Any, Any, None]]] = [holder.watch]
     on_start: list[Callable[[], Coroutine[Any, Any, None]]] = []
 
+    if not args.no_kube and (args.kubeconfig is not None or os.environ.get("KUBERNETES_SERVICE_HOST")):
+        runtime = _kube_runtime(args, holder=holder, metrics=metrics)
+        namespaces, ensurer = runtime.namespaces, runtime.ensurer
+        holder.listeners.append(runtime.policy_changed)  # re-target the by-name watches
+        on_start.append(runtime.start)  # first lists of the watches, bounded
+        background.append(runtime.run)  # leader election, reconciler, Events
+
     tls = _tls_context(args)
     handler = Handler(policy=holder.current, namespaces=namespaces, ensurer=ensurer, observe=metrics.observe_admission)
     background.append(tls.watch)  # logs and keeps polling when a new file is broken
@@ -132,6 +142,33 @@ def build_components(args: argparse.Namespace) -> Components:
         background=background,
         on_start=on_start,
     )
+
+
+def _kube_runtime(args: argparse.Namespace, *, holder: PolicyHolder, metrics: Metrics) -> KubeRuntime:
+    """The Kubernetes side, its counters feeding the Prometheus metrics."""
+    from kubernetes.config.config_exception import ConfigException
+
+    from webhook.kube import Stats
+    from webhook.sync import build_kube_runtime, default_identity
+
+    stats = Stats(
+        on_write=metrics.observe_secret_write, on_error=metrics.observe_secret_error, on_sync=metrics.observe_sync
+    )
+    metrics.reconciler_lag.set_function(stats.current_lag)
+    try:
+        return build_kube_runtime(
+            kubeconfig=args.kubeconfig,
+            policy=holder.current,
+            namespace=args.namespace,
+            ensure_timeout=args.ensure_timeout,
+            cleanup=args.cleanup,
+            lease_name=args.leader_election_lease,
+            resync_seconds=args.resync_seconds,
+            identity=default_identity(),  # POD_NAME
+            stats=stats,
+        )
+    except (ConfigException, OSError) as exc:
+        raise UserError(f"cannot configure the Kubernetes client: {logs.redact(str(exc))}") from None
 
 
 def _tls_context(args: argparse.Namespace) -> ReloadingSSLContext:

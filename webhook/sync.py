@@ -492,6 +492,8 @@ class Reconciler:
         self.pending: set[Key] = set()
         self._wake = asyncio.Event()
         self._dirty_since: float | None = None
+        #: The oldest change not yet applied (kept across failed passes), for ``Stats.current_lag``.
+        self._behind_since: float | None = None
         self._retry_delay = 1.0
         self._warned_unmanaged: set[Key] = set()
         self.passes = 0
@@ -500,6 +502,7 @@ class Reconciler:
         """Something changed: run a pass soon. Call on the event loop."""
         if self._dirty_since is None:
             self._dirty_since = time.monotonic()
+            self._stats.behind(self._behind_since or self._dirty_since)
         self._wake.set()
 
     def handoff(self, key: Key) -> None:
@@ -532,6 +535,7 @@ class Reconciler:
     async def run_pass(self) -> bool:
         """One pass over every copy we know of; True when nothing failed."""
         dirty_since, self._dirty_since = self._dirty_since, None
+        self._behind_since = self._behind_since or dirty_since
         self._wake.clear()
         leader = self._is_leader()
         policy = self._policy()
@@ -553,6 +557,10 @@ class Reconciler:
         self.passes += 1
         lag = time.monotonic() - dirty_since if dirty_since is not None else None
         self._stats.reconciled(lag=lag, clean=clean and leader)
+        # Caught up only when this pass went through and nothing new came in meanwhile.
+        if clean and self._dirty_since is None:
+            self._behind_since = None
+        self._stats.behind(self._behind_since or self._dirty_since)
         if keys:
             log.debug("reconcile pass: %d copies, %s", len(keys), "clean" if clean else "with errors")
         return clean
