@@ -15,7 +15,6 @@ hosts, so comparing 1 with 1,000 rules measures only what the extra rules cost.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import orjson
@@ -417,21 +416,3 @@ def namespace_labels(index: int) -> dict[str, str]:
 
 def namespace_name(index: int) -> str:
     return f"team{index % 997:04d}-svc-{index:05d}"
-
-
-def secret_copy_record(namespace: str, name: str, resource_version: int) -> dict[str, Any]:
-    """What a cache of managed Secret copies keeps per copy (metadata only, not the data)."""
-    digest = hashlib.sha256(f"{namespace}/{name}/{resource_version}".encode()).hexdigest()
-    return {
-        "name": name,
-        "namespace": namespace,
-        "labels": {
-            "app.kubernetes.io/managed-by": "pullsecret-injector",
-            "pullsecret-injector.io/rule": "platform",
-        },
-        "annotations": {
-            "pullsecret-injector.io/source": "pullsecret-system/platform-credentials",
-            "pullsecret-injector.io/content-sha256": digest,
-        },
-        "resourceVersion": str(resource_version),
-    }

@@ -1,56 +1,215 @@
 """Resident memory of a server process that has seen 10,000 namespaces.
 
 Run in a fresh interpreter (``python -m bench.rss``; :func:`measure` does that) so that
-nothing else the benchmark did is counted. The process imports what ``serve`` imports,
-loads the policy, then for every namespace: keeps its labels (as the Namespace watch
-cache does), keeps one managed Secret-copy record (as the Secret-copy cache does:
-name, namespace, labels, annotations with a sha256, resourceVersion) and answers one
-3-container Pod review from it through the real handler, which fills the policy's
-per-namespace caches. RSS is ``VmRSS`` from ``/proc/self/status``.
+nothing else the benchmark did is counted. The process imports what ``serve`` imports
+(the Kubernetes side included), loads the policy, and fills the real caches of
+:mod:`webhook.kube` the way they fill in production, with no API server: a stand-in
+:class:`~webhook.kube.KubeApi` answers the first *list* with 10,000 Namespaces and 10,000
+managed Secret copies shaped as the API server returns them (``managedFields``,
+``.dockerconfigjson`` data, our label and annotations with the content hash), and then a
+watch that stays quiet. The real :class:`~webhook.kube.ListWatch` threads list them into the
+real :class:`~webhook.kube.NamespaceCache` and :class:`~webhook.kube.SecretCache` stores.
+Then every namespace sends one 3-container Pod review through the real handler, whose
+Namespace labels come from that cache, which fills the policy's per-namespace caches.
 
-Until ``webhook/kube.py`` (the watch-fed caches) lands, the two caches are plain dicts of
-the same shape; see ``CACHE_MODEL`` in the output.
+RSS is ``VmRSS`` from ``/proc/self/status`` (no psutil); the peak is ``VmHWM``.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import gc
 import importlib
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-CACHE_MODEL = "stand-in dicts (webhook/kube.py not available yet)"
+from webhook.kube import KubeApi, KubeObject, KubeSettings, NamespaceCache, Runner, SecretCache, Stats
+
+CACHE_MODEL = "webhook.kube NamespaceCache + SecretCache (real ListWatch/Store), fed by a stand-in API"
+SECRET_NAME = "platform-pull"
+
+
+def proc_status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def vm_rss_kb() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    return proc_status_kb("VmRSS")
 
 
-class _Labels:
-    def __init__(self, labels: Mapping[str, Mapping[str, str]]) -> None:
-        self._labels = labels
+# --------------------------------------------------------------------------- a quiet API server
 
-    async def labels(self, namespace: str) -> Mapping[str, str] | None:
-        return self._labels.get(namespace)
+
+class _QuietWatch:
+    """A watch response with no events, open until ``shutdown()`` (as a quiet cluster's is)."""
+
+    def __init__(self) -> None:
+        self._closed = threading.Event()
+
+    def stream(self, amt: int | None = None, decode_content: bool = True) -> Iterator[bytes]:
+        del amt, decode_content
+        self._closed.wait()
+        return iter(())
+
+    def shutdown(self) -> None:
+        self._closed.set()
+
+    def release_conn(self) -> None:
+        pass
+
+
+class ListOnlyApi(KubeApi):
+    """Answers lists from prepared JSON bodies and watches with silence; nothing else."""
+
+    def __init__(self, *, namespaces: bytes, secrets: bytes) -> None:
+        self._namespaces = namespaces
+        self._secrets = secrets
+
+    def list_namespaces(self, *, timeout: float) -> KubeObject:
+        listing: KubeObject = orjson.loads(self._namespaces)
+        return listing
+
+    def list_secrets(self, name: str, namespace: str | None, *, timeout: float) -> KubeObject:
+        listing: KubeObject = orjson.loads(self._secrets if name == SECRET_NAME else b'{"items": []}')
+        return listing
+
+    def watch_namespaces(self, *, resource_version: str, server_timeout: int, timeout: tuple[float, float]) -> Any:
+        return _QuietWatch()
+
+    def watch_secrets(
+        self,
+        name: str,
+        namespace: str | None,
+        *,
+        resource_version: str,
+        server_timeout: int,
+        timeout: tuple[float, float],
+    ) -> Any:
+        return _QuietWatch()
+
+    def get_namespace(self, name: str, *, timeout: float) -> KubeObject | None:
+        return None
+
+
+# --------------------------------------------------------------------------- objects as the API returns them
+
+
+def _managed_fields(manager: str, fields: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "manager": manager,
+            "operation": "Update",
+            "apiVersion": "v1",
+            "time": "2026-11-20T09:12:44Z",
+            "fieldsType": "FieldsV1",
+            "fieldsV1": fields,
+        }
+    ]
+
+
+def namespace_object(index: int) -> dict[str, Any]:
+    from bench.reviews import namespace_labels, namespace_name
+
+    labels = namespace_labels(index)
+    return {
+        "metadata": {
+            "name": namespace_name(index),
+            "uid": f"6b1d8a2c-{index:04x}-4e6f-9a51-0d5b1f7e9a21",
+            "resourceVersion": str(2_000_000 + index),
+            "creationTimestamp": "2026-11-01T10:00:00Z",
+            "labels": labels,
+            "managedFields": _managed_fields(
+                "argocd-controller", {"f:metadata": {"f:labels": {".": {}, **{f"f:{k}": {} for k in labels}}}}
+            ),
+        },
+        "spec": {"finalizers": ["kubernetes"]},
+        "status": {"phase": "Active"},
+    }
+
+
+def dockerconfig() -> bytes:
+    """What the platform rule's copy holds: one entry per registry, a robot token each."""
+    from bench.reviews import PLATFORM_REGISTRIES
+
+    auths = {}
+    for i, pattern in enumerate(PLATFORM_REGISTRIES):
+        registry = pattern.replace("*", "europe")
+        username, password = f"robot$platform-{i}", f"{i:02d}" + "tK9vQ2mX7pL4sN8rW1yB6cF3hJ5dG0aZ" * 2
+        auths[registry] = {
+            "username": username,
+            "password": password,
+            "auth": base64.b64encode(f"{username}:{password}".encode()).decode(),
+        }
+    return orjson.dumps({"auths": auths})
+
+
+def secret_copy_object(index: int, config: bytes) -> dict[str, Any]:
+    """A managed copy as the API server returns it (built with :class:`webhook.dockercfg.Copy`)."""
+    from bench.reviews import namespace_name
+    from webhook.dockercfg import Copy, content_hash
+
+    copy = Copy(
+        name=SECRET_NAME,
+        namespace=namespace_name(index),
+        config=config,
+        rules=("platform",),
+        source="pullsecret-system/platform-credentials",
+        digest=content_hash(config),
+    )
+    manifest = copy.manifest()
+    manifest["metadata"].update(
+        {
+            "uid": f"9c2e7f1a-{index:04x}-4b3d-8e0e-5d6c2b7e4f11",
+            "resourceVersion": str(3_000_000 + index),
+            "creationTimestamp": "2026-11-01T10:00:05Z",
+            "managedFields": _managed_fields(
+                "pullsecret-injector",
+                {
+                    "f:data": {".": {}, "f:.dockerconfigjson": {}},
+                    "f:metadata": {"f:annotations": {".": {}}, "f:labels": {".": {}}},
+                    "f:type": {},
+                },
+            ),
+        }
+    )
+    return manifest
+
+
+def listing(items: list[dict[str, Any]]) -> bytes:
+    return orjson.dumps(
+        {"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": "9000000"}, "items": items}
+    )
+
+
+# --------------------------------------------------------------------------- the measurement
+
+
+def _wait(predicate: Any, what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not sync within {timeout:.0f} s")
+        time.sleep(0.02)
 
 
 def populate(namespaces: int, rules: int) -> dict[str, Any]:
     """Fill the caches in this process and report RSS at each step (kB)."""
     importlib.import_module("webhook.server")  # what serve imports: uvicorn, fastapi, uvloop, ...
     from bench.inproc import run_sync
-    from bench.reviews import make_policy, make_review, namespace_labels, namespace_name, secret_copy_record
+    from bench.reviews import make_policy, make_review, namespace_name
     from webhook.handler import Handler
     from webhook.wire import parse_review
 
@@ -60,30 +219,67 @@ def populate(namespaces: int, rules: int) -> dict[str, Any]:
     gc.collect()
     steps["policy"] = vm_rss_kb()
 
-    labels_cache: dict[str, dict[str, str]] = {}
-    secret_cache: dict[tuple[str, str], dict[str, Any]] = {}
-    handler = Handler(policy=lambda: policy, namespaces=_Labels(labels_cache))
+    # The API server's answers exist only as bytes, like a response body on the wire.
+    config = dockerconfig()
+    api = ListOnlyApi(
+        namespaces=listing([namespace_object(i) for i in range(namespaces)]),
+        secrets=listing([secret_copy_object(i, config) for i in range(namespaces)]),
+    )
+    gc.collect()
+    listing_kb = (len(api._namespaces) + len(api._secrets)) // 1024
+    steps["api_bodies"] = vm_rss_kb()
+
+    settings = KubeSettings()
+    stats = Stats()
+    runner = Runner(workers=1)
+    namespace_cache = NamespaceCache(api=api, runner=runner, settings=settings, stats=stats, on_change=None)
+    secret_cache = SecretCache(api=api, settings=settings, stats=stats, on_change=None)
+    started = time.perf_counter()
+    namespace_cache.start()
+    secret_cache.sync_targets({(None, SECRET_NAME)})
+    _wait(lambda: namespace_cache.synced and secret_cache.synced(), "the caches")
+    sync_s = time.perf_counter() - started
+    # The bodies are gone once listed in production; only count what the caches keep.
+    del api._namespaces, api._secrets
+    gc.collect()
+    steps["kube_caches"] = vm_rss_kb()
+
+    handler = Handler(policy=lambda: policy, namespaces=namespace_cache)
     template = orjson.dumps(make_review(3, namespace="NAMESPACE-PLACEHOLDER"))
     started = time.perf_counter()
+    found_copies = 0
     for i in range(namespaces):
         name = namespace_name(i)
-        labels_cache[name] = namespace_labels(i)
-        secret_cache[(name, "platform-pull")] = secret_copy_record(name, "platform-pull", 1_000_000 + i)
+        known, secret = secret_cache.lookup(name, SECRET_NAME)
+        found_copies += known and secret is not None
         body = template.replace(b"NAMESPACE-PLACEHOLDER", name.encode())
         run_sync(handler.handle(parse_review(body)))
-    elapsed = time.perf_counter() - started
+    reviews_s = time.perf_counter() - started
     gc.collect()
     steps["cached"] = vm_rss_kb()
+    peak_kb = proc_status_kb("VmHWM")
+    cached_namespaces = len(policy._ns_cache)
+    distinct_scopes = len(policy._by_admitted)
+    for watch in [*namespace_cache.stop(), *secret_cache.stop()]:
+        watch.join(5)
+    runner.shutdown()
+    if found_copies != namespaces:
+        raise RuntimeError(f"only {found_copies} of {namespaces} Secret copies were in the cache")
     return {
         "namespaces": namespaces,
         "rules": rules,
         "cache_model": CACHE_MODEL,
         "rss_kb": steps,
         "rss_mb": round(steps["cached"] / 1024, 1),
-        "growth_mb": round((steps["cached"] - steps["policy"]) / 1024, 1),
-        "per_namespace_bytes": round((steps["cached"] - steps["policy"]) * 1024 / max(namespaces, 1)),
-        "populate_s": round(elapsed, 2),
-        "policy_ns_cache_entries": len(policy._ns_cache),
+        "peak_mb": round(peak_kb / 1024, 1),
+        "kube_caches_mb": round((steps["kube_caches"] - steps["api_bodies"]) / 1024, 1),
+        "policy_caches_mb": round((steps["cached"] - steps["kube_caches"]) / 1024, 1),
+        "api_list_bodies_kb": listing_kb,
+        "secret_config_bytes": len(config),
+        "sync_s": round(sync_s, 2),
+        "reviews_s": round(reviews_s, 2),
+        "policy_cached_namespaces": cached_namespaces,
+        "policy_distinct_scopes": distinct_scopes,
     }
 
 
@@ -91,16 +287,18 @@ def measure(namespaces: int, rules: int, timeout: float = 600) -> dict[str, Any]
     """Run :func:`populate` in a fresh interpreter and return its report."""
     repo = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
-    out = subprocess.run(
+    proc = subprocess.run(
         [sys.executable, "-m", "bench.rss", "--namespaces", str(namespaces), "--rules", str(rules)],
         capture_output=True,
         text=True,
         timeout=timeout,
-        check=True,
+        check=False,
         cwd=repo,
         env=env,
-    ).stdout
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench.rss failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
 
 
