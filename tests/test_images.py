@@ -35,7 +35,7 @@ VALID: list[tuple[str, str, str, str | None, str | None]] = [
     ("[fc00::1]:5000/app:1", "[fc00::1]:5000", "app", "1", None),
     ("[fc00::1]/app", "[fc00::1]", "app", None, None),
     ("Registry.Example.COM/app", "registry.example.com", "app", None, None),
-    ("Foo/bar", "foo", "bar", None, None),
+    ("Foo/bar", "Foo", "bar", None, None),
     (f"nginx@{D64}", "docker.io", "library/nginx", None, D64),
     (f"nginx:1.27@{D64}", "docker.io", "library/nginx", "1.27", D64),
     (f"quay.io/a/b@{D512}", "quay.io", "a/b", None, D512),
@@ -109,6 +109,14 @@ def test_there_are_at_least_forty_cases() -> None:
 )
 def test_canonical_string(reference: str, canonical: str) -> None:
     assert str(parse_image(reference)) == canonical
+
+
+def test_uppercase_registry_is_matched_lowercase_but_printed_as_written() -> None:
+    """``Foo/bar`` names registry ``Foo`` (uppercase makes it a host); DNS is case-insensitive."""
+    ref = parse_image("Foo/bar")
+    assert ref.registry == Registry(host="foo")
+    assert str(ref) == "Foo/bar:latest"
+    assert parse_image(str(ref)).registry == ref.registry
 
 
 def test_parsed_reference_has_port_and_host_apart() -> None:

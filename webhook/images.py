@@ -13,7 +13,7 @@ Everything here is pure and cached: the same dozen image strings come back on ev
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 DOCKER_HUB = "docker.io"
@@ -55,9 +55,15 @@ class Registry:
 
     host: str
     port: int | None = None
+    #: The host as written, kept only for display: ``Foo/bar`` names registry ``foo`` (DNS is
+    #: case-insensitive) but must be printed as ``Foo`` to still read as a registry.
+    written: str | None = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
-        return self.host if self.port is None else f"{self.host}:{self.port}"
+        host = self.host
+        if self.written and "." not in host and host != "localhost" and self.port is None:
+            host = self.written
+        return host if self.port is None else f"{host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,11 +104,11 @@ def parse_registry(text: str) -> Registry:
     value = value.split("/", 1)[0]
     if not value or _DOMAIN_RE.fullmatch(value) is None:
         raise InvalidReference(f"invalid registry host {text!r}")
-    host, port = _split_port(value)
-    host = host.lower()
+    written, port = _split_port(value)
+    host = written.lower()
     if host in DOCKER_HUB_ALIASES and port is None:
         host = DOCKER_HUB
-    return Registry(host=host, port=port)
+    return Registry(host=host, port=port, written=written if written != host else None)
 
 
 def _split_port(domain: str) -> tuple[str, int | None]:

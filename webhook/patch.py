@@ -67,6 +67,9 @@ def build_patch(*, pod: Mapping[str, Any], secrets: Sequence[str]) -> tuple[list
     """
     spec = pod.get("spec")
     spec = spec if isinstance(spec, dict) else {}
+    if spec.get("imagePullSecrets") is not None and not isinstance(spec["imagePullSecrets"], list):
+        # Not a shape the API server produces; never overwrite what we cannot merge with.
+        return [], []
     present = set(existing_pull_secrets(spec))
     added: list[str] = []
     for name in secrets:
