@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from bench import http, inproc, rss
+from bench import inproc, load, rss
 from bench.reviews import PLATFORM_SECRET, policy_yaml, review_bodies
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -131,7 +131,7 @@ def part_inproc(s: Settings) -> dict[str, Any]:
     scenarios = inproc.run(iterations=s.iterations, cold_iterations=s.cold_iterations)
     secrets = {tuple(sc.secrets) for sc in scenarios}
     if secrets != {(PLATFORM_SECRET,)}:
-        raise http.BenchError(f"the benchmark reviews got {secrets}, expected only {PLATFORM_SECRET}")
+        raise load.BenchError(f"the benchmark reviews got {secrets}, expected only {PLATFORM_SECRET}")
     by_key = {(sc.containers, sc.rules): sc for sc in scenarios}
     ratios = {
         str(n): round(by_key[(n, 1000)].handle.median_us / by_key[(n, 1)].handle.median_us, 2)
@@ -149,26 +149,26 @@ def part_http(s: Settings, workdir: Path) -> dict[str, Any]:
     policy_file.write_text(policy_yaml(HTTP_RULES))
     bodies = review_bodies(HTTP_CONTAINERS, 32)
     script = workdir / "mutate.lua"
-    script.write_text(http.lua_script(bodies))
-    server_cpus, load_cpus = http.cpu_plan()
+    script.write_text(load.lua_script(bodies))
+    server_cpus, load_cpus = load.cpu_plan()
     use_wrk = not s.quick
-    if use_wrk and http.wrk_path() is None:
-        raise http.BenchError("the full run needs wrk: apt-get install wrk (or run with --quick)")
+    if use_wrk and load.wrk_path() is None:
+        raise load.BenchError("the full run needs wrk: apt-get install wrk (or run with --quick)")
 
-    ours_port, base_port = http.free_port(), http.free_port()
-    ours_cmd = http.our_server_command(port=ours_port, cert=files["tls.crt"], key=files["tls.key"], policy=policy_file)
-    base_cmd = http.baseline_command(port=base_port, cert=files["tls.crt"], key=files["tls.key"])
-    runs: list[http.LoadResult] = []
+    ours_port, base_port = load.free_port(), load.free_port()
+    ours_cmd = load.our_server_command(port=ours_port, cert=files["tls.crt"], key=files["tls.key"], policy=policy_file)
+    base_cmd = load.baseline_command(port=base_port, cert=files["tls.crt"], key=files["tls.key"])
+    runs: list[load.LoadResult] = []
     _log(
         f"HTTP: {HTTP_CONTAINERS}-container review, {HTTP_RULES} rules, "
         + (f"wrk {s.http_duration_s}s x {s.rounds} round(s)" if use_wrk else "Python client")
         + f", connections {list(s.connections)}, server CPUs {server_cpus}, load CPUs {load_cpus}"
     )
     with (
-        http.running_server(
+        load.running_server(
             "ours", ours_cmd, port=ours_port, ca_file=files["ca.crt"], log_file=workdir / "ours.log", cpus=server_cpus
         ) as ours,
-        http.running_server(
+        load.running_server(
             "baseline",
             base_cmd,
             port=base_port,
@@ -177,27 +177,28 @@ def part_http(s: Settings, workdir: Path) -> dict[str, Any]:
             cpus=server_cpus,
         ) as base,
     ):
-        answer = http.post_once(ours, bodies[0])
+        answer = load.post_once(ours, bodies[0])
         secrets = inproc.check_answer(answer)
         if secrets != [PLATFORM_SECRET]:
-            raise http.BenchError(f"the server answered {answer} (secrets {secrets})")
-        http.post_once(base, bodies[0])
+            raise load.BenchError(f"the server answered {answer} (secrets {secrets})")
+        load.post_once(base, bodies[0])
         for round_index in range(s.rounds):
             for connections in s.connections:
                 # Alternate: whatever else the machine does then hits both servers alike.
                 pair = (ours, base) if round_index % 2 == 0 else (base, ours)
                 for server in pair:
                     if use_wrk:
-                        result = http.run_wrk(
+                        result = load.run_wrk(
                             server,
                             script,
                             connections=connections,
                             duration_s=s.http_duration_s,
                             warmup_s=s.http_warmup_s,
                             cpus=load_cpus,
+                            server_cpus=server_cpus,
                         )
                     else:
-                        result = http.run_python_client(
+                        result = load.run_python_client(
                             server,
                             bodies,
                             connections=connections,
@@ -208,6 +209,11 @@ def part_http(s: Settings, workdir: Path) -> dict[str, Any]:
                         f"{result.requests_per_s:8.1f} req/s p50 {result.p50_ms:6.2f} ms "
                         f"p99 {result.p99_ms:6.2f} ms cpu/req {result.server_cpu_us_per_request:6.1f} us "
                         f"errors {result.errors}"
+                        + (
+                            f" (other processes on the server's CPU: {other}%)"
+                            if (other := result.extra.get("other_processes_on_server_cpu_pct")) is not None
+                            else ""
+                        )
                     )
                     runs.append(result)
     summary = []
@@ -221,6 +227,9 @@ def part_http(s: Settings, workdir: Path) -> dict[str, Any]:
                 "p99_ms": round(statistics.median(r.p99_ms for r in mine), 3),
                 "server_cpu_us_per_request": round(statistics.median(r.server_cpu_us_per_request for r in mine), 1),
                 "errors": sum(r.errors for r in mine),
+                "other_processes_on_server_cpu_pct": _median_or_none(
+                    [r.extra.get("other_processes_on_server_cpu_pct") for r in mine]
+                ),
             }
         base_rps = row["baseline"]["requests_per_s"]
         row["throughput_ratio"] = round(row["ours"]["requests_per_s"] / base_rps, 3) if base_rps else None
@@ -244,6 +253,11 @@ def part_http(s: Settings, workdir: Path) -> dict[str, Any]:
     }
 
 
+def _median_or_none(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(statistics.median(present), 1) if present else None
+
+
 def part_rss(s: Settings) -> dict[str, Any]:
     results = []
     for rules in s.rss_rules:
@@ -255,7 +269,10 @@ def part_rss(s: Settings) -> dict[str, Any]:
 def part_apiserver(s: Settings) -> dict[str, Any]:
     if not s.apiserver:
         return {"status": "skipped", "reason": "--quick or --skip-apiserver"}
-    return {"status": "pending", "reason": "bench/apiserver.py not written yet"}
+    from bench import apiserver
+
+    _log("kube-apiserver: Pod-create latency with and without the webhook (starts a control plane)")
+    return apiserver.run()
 
 
 # --------------------------------------------------------------------------- report
@@ -373,16 +390,21 @@ def markdown(results: dict[str, Any]) -> str:
             f"{http_part['policy_rules']} rules, one uvicorn worker; median of {http_part['rounds']} alternating "
             f"round(s) of {http_part['duration_s']} s; server CPU time per request from /proc):",
             "",
-            "| connections | server | req/s | p50 | p99 | server CPU/req | ours / baseline |",
-            "|---:|---|---:|---:|---:|---:|---:|",
+            "| connections | server | req/s | p50 | p99 | server CPU/req | req/s ratio | CPU/req ratio "
+            "| other processes on the server's CPU |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for row in http_part["summary"]:
             for name in ("ours", "baseline"):
                 r = row[name]
-                ratio = f"{row['throughput_ratio']:.0%}" if name == "ours" and row["throughput_ratio"] else ""
+                ours = name == "ours"
+                ratio = f"{row['throughput_ratio']:.0%}" if ours and row["throughput_ratio"] else ""
+                cpu_ratio = f"{1 / row['cpu_per_request_ratio']:.0%}" if ours and row["cpu_per_request_ratio"] else ""
+                others = r.get("other_processes_on_server_cpu_pct")
                 lines.append(
                     f"| {row['connections']} | {name} | {r['requests_per_s']:.0f} | {r['p50_ms']:.2f} ms "
-                    f"| {r['p99_ms']:.2f} ms | {r['server_cpu_us_per_request']:.0f} us | {ratio} |"
+                    f"| {r['p99_ms']:.2f} ms | {r['server_cpu_us_per_request']:.0f} us | {ratio} | {cpu_ratio} "
+                    f"| {'n/a' if others is None else f'{others:.0f} %'} |"
                 )
     rss_part = results.get("rss", {}).get("runs", [])
     if rss_part:
@@ -456,7 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parts = args.only or ["inproc", "http", "rss", "apiserver"]
     try:
         results = run_all(s, output, parts)
-    except http.BenchError as exc:
+    except load.BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
     print(results["table"])
