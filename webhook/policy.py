@@ -416,9 +416,11 @@ class CompiledPolicy:
     _wildcards: dict[int, list[Candidate]] = field(default_factory=dict, init=False)
     _catch_all: list[Candidate] = field(default_factory=list, init=False)
     _host_cache: dict[Registry, tuple[Candidate, ...]] = field(default_factory=dict, init=False)
-    _ns_cache: dict[tuple[str, tuple[tuple[str, str], ...] | None], NamespaceDecisions] = field(
+    _ns_cache: dict[tuple[str, tuple[str | None, ...] | None], NamespaceDecisions] = field(
         default_factory=dict, init=False
     )
+    #: Every label key a selector reads (matchLabels and matchExpressions), sorted.
+    _selector_keys: tuple[str, ...] = field(default=(), init=False)
     #: One NamespaceDecisions per distinct set of admitted rules (namespaces share them).
     _by_admitted: dict[frozenset[int], NamespaceDecisions] = field(default_factory=dict, init=False)
     #: Rules with no namespace scope at all: admitted wherever the namespace is not excluded.
@@ -448,6 +450,16 @@ class CompiledPolicy:
             else:
                 unscoped.append(index)
         self._unscoped = frozenset(unscoped)
+        self._selector_keys = tuple(
+            sorted(
+                {
+                    key
+                    for rule in self.policy.rules
+                    if (selector := rule.namespaces.selector) is not None
+                    for key in (*selector.match_labels, *(req.key for req in selector.match_expressions))
+                }
+            )
+        )
         for index, rule in enumerate(self.policy.rules):
             for text in rule.registries:
                 pattern = RegistryPattern.parse(text)
@@ -491,10 +503,14 @@ class CompiledPolicy:
     def namespace_decisions(self, namespace: str, labels: Mapping[str, str] | None) -> NamespaceDecisions:
         """The (cached) decisions for ``namespace``; ``labels`` is ``None`` when unknown.
 
-        Labels are part of the cache key only when some rule has a selector: otherwise no
-        decision depends on them.
+        Of the labels, only the values (or absence) of the keys some selector looks at are
+        part of the cache key: no decision depends on any other label.
         """
-        key = (namespace, tuple(sorted(labels.items())) if labels is not None and self.uses_selectors else None)
+        # Known labels (even none of the keys, or an empty selector's no keys) differ from unknown ones.
+        selector_labels = (
+            tuple([labels.get(k) for k in self._selector_keys]) if labels is not None and self.uses_selectors else None
+        )
+        key = (namespace, selector_labels)
         found = self._ns_cache.get(key)
         if found is not None:
             return found
