@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,19 @@ class GracefulServer(uvicorn.Server):
     async def serve(self, sockets: Any = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        """As uvicorn's, minus re-raising the signal afterwards: a graceful stop exits 0."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._readiness.stopping or self._delay <= 0 or self._loop is None:
@@ -293,4 +307,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["Components", "GracefulServer", "build_components", "run", "serve", "signal"]
+__all__ = ["Components", "GracefulServer", "build_components", "run", "serve"]
