@@ -1,0 +1,785 @@
+"""Acceptance tests: the real webhook process against a real kube-apiserver + controllers.
+
+One ``pullsecret-injector serve`` subprocess (module fixture ``hook``) serves most tests;
+the fail-open test runs its own process, which it stops. Every test works in namespaces
+of its own, labelled so that only the webhook it means is called for them. Measurements
+(latencies, startup, rotation) are printed, recorded as properties and summarised at the
+end of the run under "pullsecret-injector e2e measurements".
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import shutil
+import statistics
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import pytest
+
+from .controlplane import ControlPlane
+from .webhook import HOOK_LABEL, WebhookProcess, wait_for
+
+SYSTEM_NS = "psi-e2e-system"
+MAIN_HOOK = "psi-e2e-main"
+
+EXAMPLE_IMAGE = "registry.example.com/team/app:1.0"
+QUAY_IMAGE = "quay.io/team/tool:2.0"
+ROTATE_IMAGE = "rotate.example.com/team/app:1.0"
+GAR_IMAGE = "europe-docker.pkg.dev/my-project/team/app:1.0"
+RELOAD_IMAGE = "reload.example.com/team/app:1.0"
+UNMATCHED_IMAGE = "ghcr.io/team/app:1.0"
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+INJECTED = "pullsecret-injector.io/injected"
+SKIP_LABEL = "pullsecret-injector.io/skip"
+DOCKERCONFIGJSON = "kubernetes.io/dockerconfigjson"
+
+ROTATION_BUDGET_SECONDS = 10.0
+
+
+# --------------------------------------------------------------------------- content
+
+
+def b64(text: str | bytes) -> str:
+    return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
+
+
+def auth_entry(username: str, password: str) -> dict[str, str]:
+    return {"username": username, "password": password, "auth": b64(f"{username}:{password}")}
+
+
+EXAMPLE_PASSWORD = "example-pass-1"
+
+
+def example_auths(password: str = EXAMPLE_PASSWORD) -> dict[str, dict[str, str]]:
+    """The source's three registries; a copy for the ``example`` rule must hold only the first."""
+    return {
+        "registry.example.com": auth_entry("robot", password),
+        "quay.io": auth_entry("quay-robot", "quay-pass"),
+        "https://index.docker.io/v1/": auth_entry("hub-user", "hub-pass"),
+    }
+
+
+#: A service-account key as GAR wants it for ``_json_key``: multi-line JSON with quotes,
+#: backslashes and HTML characters that Go's encoding/json escapes (\u003c, \u0026...).
+GAR_KEY_JSON = (
+    json.dumps(
+        {
+            "type": "service_account",
+            "project_id": "my-project",
+            "private_key_id": "0123456789abcdef",
+            "private_key": "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkq<&>hkiG9w0BAQEFAASC\n"
+            "-----END PRIVATE KEY-----\n",
+            "client_email": "puller@my-project.iam.gserviceaccount.com",
+        },
+        indent=2,
+    )
+    + "\n"
+)
+
+
+def go_json_string(value: str) -> str:
+    """A string as Go's json.Marshal writes it (HTML-escaped), written independently of webhook.dockercfg."""
+    encoded = json.dumps(value, ensure_ascii=False)
+    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028")):
+        encoded = encoded.replace(char, escape)
+    return encoded.replace("\u2029", "\\u2029")
+
+
+def kubectl_docker_registry_json(server: str, username: str, password: str) -> bytes:
+    """What ``kubectl create secret docker-registry`` stores (DockerConfigJSON, Go field order)."""
+    auth = b64(f"{username}:{password}")
+    return (
+        f'{{"auths":{{{go_json_string(server)}:{{"username":{go_json_string(username)},'
+        f'"password":{go_json_string(password)},"auth":"{auth}"}}}}}}'
+    ).encode()
+
+
+def dockerconfig_secret(name: str, auths: Mapping[str, Any], **metadata: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, **metadata},
+        "type": DOCKERCONFIGJSON,
+        "data": {".dockerconfigjson": b64(json.dumps({"auths": dict(auths)}))},
+    }
+
+
+def base_policy(
+    *, exclude_namespaces: Sequence[str] = (), extra_rules: Sequence[dict[str, Any]] = ()
+) -> dict[str, Any]:
+    """The shared webhook's policy; tests that change it restore it afterwards."""
+    return {
+        "excludeNamespaces": ["kube-system", "kube-public", "kube-node-lease", "e2e-excluded-*", *exclude_namespaces],
+        "rules": [
+            {
+                "name": "example",
+                "registries": ["registry.example.com"],
+                "namespaces": {"exclude": ["e2e-ruleexcl-*"]},
+                "secret": "example-pull",
+                "source": {"secret": {"namespace": SYSTEM_NS, "name": "example-credentials"}},
+            },
+            # name only: no source, nothing is ever created for it
+            {"name": "quay", "registries": ["quay.io"], "secret": "quay-pull"},
+            {
+                "name": "rotate",
+                "registries": ["rotate.example.com"],
+                "secret": "rotate-pull",
+                "source": {"secret": {"namespace": SYSTEM_NS, "name": "rotate-credentials"}},
+            },
+            {
+                "name": "artifact-registry",
+                "registries": ["europe-docker.pkg.dev"],
+                "repositories": ["my-project/*"],
+                "secret": "gar-pull",
+                "source": {
+                    "credentials": {
+                        "registry": "europe-docker.pkg.dev",
+                        "username": "_json_key",
+                        "passwordFrom": {"namespace": SYSTEM_NS, "name": "gar-key", "key": "key.json"},
+                    }
+                },
+            },
+            *extra_rules,
+        ],
+    }
+
+
+def pod_body(name: str | None, *images: str, labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name} if name else {"generateName": "pod-"}
+    if labels:
+        metadata["labels"] = dict(labels)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": metadata,
+        "spec": {"containers": [{"name": f"c{i}", "image": image} for i, image in enumerate(images)]},
+    }
+
+
+# --------------------------------------------------------------------------- API helpers
+
+
+def pull_secrets(pod: Any) -> list[str]:
+    return [ref.name for ref in (pod.spec.image_pull_secrets or [])]
+
+
+def read_secret(core: Any, namespace: str, name: str) -> Any:
+    """The Secret (a ``V1Secret``), or None when there is none."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return core.read_namespaced_secret(name, namespace)
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+
+
+def config_bytes(secret: Any) -> bytes:
+    return base64.b64decode(secret.data[".dockerconfigjson"])
+
+
+def config_json(secret: Any) -> Any:
+    return json.loads(config_bytes(secret))
+
+
+def assert_managed_copy(secret: Any, *, rule: str, source: str) -> None:
+    assert secret is not None, "the managed copy should exist"
+    assert secret.type == DOCKERCONFIGJSON
+    assert secret.metadata.labels == {MANAGED_BY: "pullsecret-injector"}
+    annotations = secret.metadata.annotations
+    assert annotations["pullsecret-injector.io/rule"] == rule
+    assert annotations["pullsecret-injector.io/source"] == source
+    assert annotations["pullsecret-injector.io/content-hash"].startswith("sha256:")
+    assert set(secret.data) == {".dockerconfigjson"}
+
+
+def assert_example_copy(secret: Any, password: str = EXAMPLE_PASSWORD) -> None:
+    """The ``example`` rule's copy: the source filtered to registry.example.com only."""
+    assert_managed_copy(secret, rule="example", source=f"secret:{SYSTEM_NS}/example-credentials")
+    assert config_json(secret) == {"auths": {"registry.example.com": auth_entry("robot", password)}}
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+class _Report:
+    """A pytest plugin registered at run time: prints the measurements after the test summary."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.lines:
+            terminalreporter.write_sep("-", "pullsecret-injector e2e measurements")
+            for line in self.lines:
+                terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def report(request: pytest.FixtureRequest) -> _Report:
+    plugin = _Report()
+    request.config.pluginmanager.register(plugin, "psi-e2e-measurements")
+    return plugin
+
+
+Note = Callable[[str, str], None]
+
+
+@pytest.fixture
+def note(report: _Report, record_property: Callable[[str, object], None], request: pytest.FixtureRequest) -> Note:
+    """``note(key, text)``: print it, record it as a property, list it in the end-of-run summary."""
+
+    def add(key: str, text: str) -> None:
+        line = f"{request.node.name}: {key}: {text}"
+        print(line)
+        record_property(key, text)
+        report.lines.append(line)
+
+    return add
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def core(api_client: Any) -> Any:
+    from kubernetes import client
+
+    return client.CoreV1Api(api_client)
+
+
+@pytest.fixture(scope="module")
+def apps(api_client: Any) -> Any:
+    from kubernetes import client
+
+    return client.AppsV1Api(api_client)
+
+
+def _delete_namespace(core: Any, name: str) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    with contextlib.suppress(ApiException):
+        core.delete_namespace(name)
+
+
+class Namespaces:
+    """Creates labelled namespaces ready for Pods; ``close()`` deletes them (asynchronously)."""
+
+    def __init__(self, control_plane: ControlPlane, core: Any) -> None:
+        self._control_plane = control_plane
+        self._core = core
+        self.created: list[str] = []
+
+    def make(self, prefix: str = "e2e-ws", *, count: int = 1, hook: str = MAIN_HOOK) -> list[str]:
+        names = [f"{prefix}-{uuid.uuid4().hex[:8]}" for _ in range(count)]
+        for name in names:
+            self._core.create_namespace({"metadata": {"name": name, "labels": {HOOK_LABEL: hook}}})
+            self.created.append(name)
+        for name in names:  # the token controller works on all of them meanwhile
+            self._control_plane.wait_for_default_service_account(name)
+        return names
+
+    def one(self, prefix: str = "e2e-ws", *, hook: str = MAIN_HOOK) -> str:
+        return self.make(prefix, hook=hook)[0]
+
+    def close(self) -> None:
+        for name in self.created:
+            _delete_namespace(self._core, name)
+        self.created.clear()
+
+
+@pytest.fixture
+def namespaces(control_plane: ControlPlane, core: Any) -> Iterator[Namespaces]:
+    factory = Namespaces(control_plane, core)
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+@pytest.fixture(scope="module")
+def system_namespace(core: Any) -> Iterator[str]:
+    """The webhook's own namespace with the three source Secrets."""
+    core.create_namespace({"metadata": {"name": SYSTEM_NS}})
+    try:
+        core.create_namespaced_secret(SYSTEM_NS, dockerconfig_secret("example-credentials", example_auths()))
+        core.create_namespaced_secret(
+            SYSTEM_NS, dockerconfig_secret("rotate-credentials", {"rotate.example.com": auth_entry("rot", "v1")})
+        )
+        core.create_namespaced_secret(
+            SYSTEM_NS,
+            {"metadata": {"name": "gar-key"}, "type": "Opaque", "data": {"key.json": b64(GAR_KEY_JSON)}},
+        )
+        yield SYSTEM_NS
+    finally:
+        _delete_namespace(core, SYSTEM_NS)
+
+
+def dry_run_probe(core: Any, namespace: str, image: str, secret: str) -> Callable[[], bool]:
+    """True once a dry-run Pod create in ``namespace`` comes back with ``secret`` injected."""
+
+    def probe() -> bool:
+        pod = core.create_namespaced_pod(namespace, pod_body("probe", image), dry_run="All")
+        return secret in pull_secrets(pod)
+
+    return probe
+
+
+def start_hook(
+    control_plane: ControlPlane,
+    api_client: Any,
+    core: Any,
+    *,
+    name: str,
+    policy: Mapping[str, Any],
+    probe_namespace: str,
+    extra_args: Sequence[str] = (),
+) -> WebhookProcess:
+    """Start a webhook process, register it and wait until the apiserver calls it."""
+    hook = WebhookProcess(
+        control_plane=control_plane, name=name, namespace=SYSTEM_NS, policy=policy, extra_args=extra_args
+    )
+    hook.start()
+    try:
+        hook.register(api_client, probe=dry_run_probe(core, probe_namespace, EXAMPLE_IMAGE, "example-pull"))
+    except BaseException:
+        hook.cleanup(keep=True)
+        raise
+    return hook
+
+
+@pytest.fixture(scope="module")
+def hook(
+    control_plane: ControlPlane, api_client: Any, core: Any, system_namespace: str, report: _Report
+) -> Iterator[WebhookProcess]:
+    """The shared webhook process, registered for namespaces labelled ``HOOK_LABEL=psi-e2e-main``."""
+    probe_ns = Namespaces(control_plane, core)
+    try:
+        (probe,) = probe_ns.make("e2e-probe")
+        hook = start_hook(
+            control_plane,
+            api_client,
+            core,
+            name=MAIN_HOOK,
+            policy=base_policy(),
+            probe_namespace=probe,
+            # a short full resync, as a safety net; watch events are what the tests measure
+            extra_args=("--resync-seconds", "30"),
+        )
+    finally:
+        probe_ns.close()
+    report.lines.append(
+        f"shared webhook: ready {hook.startup_seconds:.2f}s after spawn; "
+        f"apiserver calling it {hook.registration_seconds:.2f}s after registration"
+    )
+    try:
+        yield hook
+    finally:
+        hook.cleanup()
+
+
+@pytest.fixture
+def live_hook(hook: WebhookProcess) -> Iterator[WebhookProcess]:
+    """The shared hook, checked to be alive (and its log shown) after the test."""
+    mark = hook.log_mark()
+    yield hook
+    assert hook.running, f"the shared webhook died:\n{hook.log_tail()}"
+    tracebacks = [line for line in hook.logs(mark).splitlines() if "Traceback" in line]
+    assert not tracebacks, f"the webhook logged a traceback:\n{hook.logs(mark)}"
+
+
+# --------------------------------------------------------------------------- 1-4: injection
+
+
+def test_pod_gets_its_secret_and_the_secret_exists_when_create_returns(
+    live_hook: WebhookProcess, core: Any, namespaces: Namespaces, note: Note
+) -> None:
+    ns = namespaces.one()
+    assert read_secret(core, ns, "example-pull") is None
+
+    pod, first = timed(lambda: core.create_namespaced_pod(ns, pod_body("first", EXAMPLE_IMAGE)))
+    secret = read_secret(core, ns, "example-pull")  # read at once: no waiting, no polling
+
+    assert pull_secrets(pod) == ["example-pull"]
+    assert pod.metadata.annotations[INJECTED] == "example-pull"
+    assert_example_copy(secret)
+    assert "quay.io" not in config_bytes(secret).decode()  # least privilege: filtered to the rule's registry
+
+    warm: list[float] = []
+    for i in range(5):
+        again, seconds = timed(partial(core.create_namespaced_pod, ns, pod_body(f"warm-{i}", EXAMPLE_IMAGE)))
+        assert pull_secrets(again) == ["example-pull"]
+        warm.append(seconds)
+    unchanged = read_secret(core, ns, "example-pull")
+    assert unchanged.metadata.resource_version == secret.metadata.resource_version, "a current copy is not rewritten"
+    _, unmatched = timed(lambda: core.create_namespaced_pod(ns, pod_body("other", UNMATCHED_IMAGE)))
+    note(
+        "pod-create-latency",
+        f"first Pod in a new namespace (copy created on the admission path) {first * 1000:.0f} ms; "
+        f"warm Pods median {statistics.median(warm) * 1000:.0f} ms (max {max(warm) * 1000:.0f} ms); "
+        f"Pod needing no secret {unmatched * 1000:.0f} ms",
+    )
+
+
+def test_deployment_pods_get_the_secret(
+    live_hook: WebhookProcess, core: Any, apps: Any, namespaces: Namespaces
+) -> None:
+    ns = namespaces.one()
+    labels = {"app": "web"}
+    apps.create_namespaced_deployment(
+        ns,
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "web"},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": labels},
+                "template": {"metadata": {"labels": labels}, "spec": pod_body(None, EXAMPLE_IMAGE)["spec"]},
+            },
+        },
+    )
+
+    def both_pods() -> list[Any] | None:
+        items: list[Any] = core.list_namespaced_pod(ns, label_selector="app=web").items
+        return items if len(items) == 2 else None
+
+    pods = wait_for(both_pods, "the Deployment's two Pods", timeout=30)
+    for pod in pods:
+        assert pod.metadata.generate_name.startswith("web-"), "created by the ReplicaSet controller"
+        assert pod.metadata.owner_references[0].kind == "ReplicaSet"
+        assert pull_secrets(pod) == ["example-pull"]
+        assert pod.metadata.annotations[INJECTED] == "example-pull"
+    assert_example_copy(read_secret(core, ns, "example-pull"))
+    # The template itself is not mutated: only Pods are.
+    deployment = apps.read_namespaced_deployment("web", ns)
+    assert deployment.spec.template.spec.image_pull_secrets is None
+
+
+def test_dry_run_returns_the_mutated_pod_and_leaves_nothing_behind(
+    live_hook: WebhookProcess, core: Any, namespaces: Namespaces
+) -> None:
+    ns = namespaces.one()
+    mark = live_hook.log_mark()
+    pod = core.create_namespaced_pod(ns, pod_body("ghost", EXAMPLE_IMAGE), dry_run="All")
+    assert pull_secrets(pod) == ["example-pull"]
+    assert pod.metadata.annotations[INJECTED] == "example-pull"
+    assert read_secret(core, ns, "example-pull") is None
+    time.sleep(1.5)  # nothing is handed to the background either
+    assert read_secret(core, ns, "example-pull") is None
+    assert core.list_namespaced_pod(ns).items == []
+    assert f"Secret {ns}/" not in live_hook.logs(mark)
+
+
+@pytest.mark.parametrize(
+    ("service_account_secrets", "expected"),
+    [
+        pytest.param(["example-pull"], ["example-pull"], id="sa-lists-it"),
+        pytest.param(["other-pull", "example-pull"], ["other-pull", "example-pull"], id="sa-lists-it-second"),
+        pytest.param(["other-pull"], ["other-pull", "example-pull"], id="sa-lists-another"),
+    ],
+)
+def test_service_account_pull_secrets_are_not_duplicated(
+    live_hook: WebhookProcess,
+    core: Any,
+    namespaces: Namespaces,
+    service_account_secrets: list[str],
+    expected: list[str],
+) -> None:
+    ns = namespaces.one()
+    core.patch_namespaced_service_account(
+        "default", ns, {"imagePullSecrets": [{"name": n} for n in service_account_secrets]}
+    )
+    pod = core.create_namespaced_pod(ns, pod_body("app", EXAMPLE_IMAGE))
+    assert pull_secrets(pod) == expected
+    annotations = pod.metadata.annotations or {}
+    if "example-pull" in service_account_secrets:
+        assert INJECTED not in annotations, "nothing was added, so no patch at all"
+    else:
+        assert annotations[INJECTED] == "example-pull"
+    # present or added, the Secret the Pod names is there and current
+    assert_example_copy(read_secret(core, ns, "example-pull"))
+    assert read_secret(core, ns, "other-pull") is None
+
+
+# --------------------------------------------------------------------------- 5: exclusions
+
+
+@pytest.mark.parametrize(
+    ("prefix", "labels", "expected"),
+    [
+        pytest.param("e2e-excluded", None, [], id="excludeNamespaces"),
+        pytest.param("e2e-ruleexcl", None, ["quay-pull"], id="rule-namespaces-exclude"),
+        pytest.param("e2e-ws", {SKIP_LABEL: "true"}, [], id="skip-label"),
+    ],
+)
+def test_nothing_is_injected_where_the_policy_says_no(
+    live_hook: WebhookProcess,
+    core: Any,
+    namespaces: Namespaces,
+    prefix: str,
+    labels: dict[str, str] | None,
+    expected: list[str],
+) -> None:
+    ns = namespaces.one(prefix)
+    pod = core.create_namespaced_pod(ns, pod_body("app", EXAMPLE_IMAGE, QUAY_IMAGE, labels=labels))
+    assert pull_secrets(pod) == expected
+    time.sleep(0.5)
+    assert read_secret(core, ns, "example-pull") is None, "no Secret where no rule admits the namespace"
+    assert read_secret(core, ns, "quay-pull") is None, "a rule without source never creates anything"
+    if labels:
+        # the namespace itself is served: the same Pod without the label is injected
+        served = core.create_namespaced_pod(ns, pod_body("served", EXAMPLE_IMAGE, QUAY_IMAGE))
+        assert pull_secrets(served) == ["example-pull", "quay-pull"]
+
+
+# --------------------------------------------------------------------------- issue 3 on a real API server
+
+
+def test_credentials_source_is_identical_to_kubectl(
+    live_hook: WebhookProcess, core: Any, namespaces: Namespaces, control_plane: ControlPlane, note: Note
+) -> None:
+    ns = namespaces.one()
+    pod = core.create_namespaced_pod(ns, pod_body("app", GAR_IMAGE))
+    assert pull_secrets(pod) == ["gar-pull"]
+    copy = read_secret(core, ns, "gar-pull")
+    assert_managed_copy(copy, rule="artifact-registry", source=f"credentials:{SYSTEM_NS}/gar-key/key.json")
+    expected = kubectl_docker_registry_json("europe-docker.pkg.dev", "_json_key", GAR_KEY_JSON)
+    assert config_bytes(copy) == expected
+    assert "\\u003c" in expected.decode(), "the key exercises Go's HTML escaping"
+    assert "\\u0026" in expected.decode()
+
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        note("kubectl", "not installed: compared against the hand-written DockerConfigJSON only")
+        return
+    subprocess.run(
+        [
+            kubectl,
+            "--kubeconfig",
+            str(control_plane.kubeconfig_path),
+            "-n",
+            ns,
+            "create",
+            "secret",
+            "docker-registry",
+            "kubectl-reference",
+            "--docker-server=europe-docker.pkg.dev",
+            "--docker-username=_json_key",
+            f"--docker-password={GAR_KEY_JSON}",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    reference = read_secret(core, ns, "kubectl-reference")
+    assert reference.type == copy.type
+    assert reference.data == copy.data, "the copy's .dockerconfigjson is byte-for-byte kubectl's"
+
+
+def test_an_unmanaged_secret_is_referenced_but_never_touched(
+    live_hook: WebhookProcess, core: Any, namespaces: Namespaces
+) -> None:
+    ns = namespaces.one()
+    mine = core.create_namespaced_secret(
+        ns,
+        dockerconfig_secret(
+            "example-pull", {"registry.example.com": auth_entry("hand-made", "mine")}, labels={"owner": "team"}
+        ),
+    )
+    pod, _, headers = core.create_namespaced_pod_with_http_info(ns, pod_body("app", EXAMPLE_IMAGE))
+    assert pull_secrets(pod) == ["example-pull"]
+    warning = headers.get("Warning") or ""
+    assert "not managed by pullsecret-injector" in warning, f"expected an admission warning, got {warning!r}"
+    time.sleep(1.0)  # give the background every chance to (wrongly) touch it
+    after = read_secret(core, ns, "example-pull")
+    assert after.metadata.resource_version == mine.metadata.resource_version
+    assert after.metadata.labels == {"owner": "team"}
+    assert after.data == mine.data
+
+
+@pytest.mark.parametrize("drift", ["deleted", "edited"])
+def test_a_drifted_copy_is_restored(
+    live_hook: WebhookProcess, core: Any, namespaces: Namespaces, drift: str, note: Note
+) -> None:
+    ns = namespaces.one()
+    core.create_namespaced_pod(ns, pod_body("app", EXAMPLE_IMAGE))
+    original = read_secret(core, ns, "example-pull")
+    assert_example_copy(original)
+    t0 = time.monotonic()
+    if drift == "deleted":
+        core.delete_namespaced_secret("example-pull", ns)
+    else:
+        core.patch_namespaced_secret(
+            "example-pull", ns, {"data": {".dockerconfigjson": b64('{"auths":{}}'), "extra": b64("x")}}
+        )
+
+    def restored() -> Any | None:
+        secret = read_secret(core, ns, "example-pull")
+        if secret is None or secret.metadata.resource_version == original.metadata.resource_version:
+            return None
+        return secret if secret.data == original.data else None
+
+    secret = wait_for(restored, f"the {drift} copy to be restored", timeout=15)
+    elapsed = time.monotonic() - t0
+    assert_example_copy(secret)
+    if drift == "deleted":
+        assert secret.metadata.uid != original.metadata.uid, "recreated"
+    note(f"copy-{drift}-restored", f"{elapsed:.2f} s")
+
+
+# --------------------------------------------------------------------------- 6: rotation
+
+
+def test_a_rotated_source_reaches_every_copy_within_10s(
+    live_hook: WebhookProcess, core: Any, namespaces: Namespaces, note: Note
+) -> None:
+    spaces = namespaces.make(count=3)
+    for ns in spaces:
+        core.create_namespaced_pod(ns, pod_body("app", ROTATE_IMAGE))
+        assert config_json(read_secret(core, ns, "rotate-pull")) == {
+            "auths": {"rotate.example.com": auth_entry("rot", "v1")}
+        }
+    rotated = {"rotate.example.com": auth_entry("rot", "v2-" + uuid.uuid4().hex)}
+    want = json.dumps({"auths": rotated})
+
+    core.patch_namespaced_secret("rotate-credentials", SYSTEM_NS, {"data": {".dockerconfigjson": b64(want)}})
+    t0 = time.monotonic()
+    seen: dict[str, float] = {}
+
+    def all_rotated() -> bool:
+        for ns in spaces:
+            if ns not in seen:
+                secret = read_secret(core, ns, "rotate-pull")
+                if secret is not None and config_json(secret) == {"auths": rotated}:
+                    seen[ns] = time.monotonic() - t0
+        return len(seen) == len(spaces)
+
+    wait_for(all_rotated, "the rotated credentials in every copy", timeout=30, interval=0.05)
+    latency = max(seen.values())
+    note("rotation-latency", f"{latency:.2f} s for {len(spaces)} copies (budget {ROTATION_BUDGET_SECONDS:g} s)")
+    assert latency <= ROTATION_BUDGET_SECONDS
+    for ns in spaces:
+        assert_managed_copy(
+            read_secret(core, ns, "rotate-pull"), rule="rotate", source=f"secret:{SYSTEM_NS}/rotate-credentials"
+        )
+    # and a new Pod gets the rotated copy as it stands
+    core.create_namespaced_pod(spaces[0], pod_body("after", ROTATE_IMAGE))
+    assert config_json(read_secret(core, spaces[0], "rotate-pull")) == {"auths": rotated}
+
+
+# --------------------------------------------------------------------------- policy changes
+
+
+def test_copies_no_rule_allows_any_more_are_deleted(
+    live_hook: WebhookProcess, core: Any, namespaces: Namespaces, note: Note
+) -> None:
+    dropped, unmanaged, kept = namespaces.make(count=3)
+    core.create_namespaced_pod(dropped, pod_body("app", EXAMPLE_IMAGE))
+    core.create_namespaced_pod(kept, pod_body("app", EXAMPLE_IMAGE))
+    mine = core.create_namespaced_secret(
+        unmanaged, dockerconfig_secret("example-pull", {"registry.example.com": auth_entry("hand-made", "mine")})
+    )
+    assert_example_copy(read_secret(core, dropped, "example-pull"))
+    kept_copy = read_secret(core, kept, "example-pull")
+    assert_example_copy(kept_copy)
+
+    try:
+        reload_seconds = live_hook.reload_policy(base_policy(exclude_namespaces=[dropped, unmanaged]))
+        t0 = time.monotonic()
+        wait_for(
+            lambda: read_secret(core, dropped, "example-pull") is None,
+            "the copy in the newly excluded namespace to be deleted",
+            timeout=20,
+        )
+        note("cleanup", f"policy picked up in {reload_seconds:.2f} s, copy deleted {time.monotonic() - t0:.2f} s later")
+        time.sleep(0.5)
+        survivor = read_secret(core, unmanaged, "example-pull")
+        assert survivor is not None, "an unmanaged Secret is never deleted"
+        assert survivor.metadata.resource_version == mine.metadata.resource_version
+        still = read_secret(core, kept, "example-pull")
+        assert still.metadata.resource_version == kept_copy.metadata.resource_version, "other copies stay"
+        # and the excluded namespace gets nothing any more
+        pod = core.create_namespaced_pod(dropped, pod_body("after", EXAMPLE_IMAGE))
+        assert pull_secrets(pod) == []
+    finally:
+        live_hook.reload_policy(base_policy())
+
+
+def test_an_invalid_policy_keeps_the_last_good_one_and_a_valid_change_is_picked_up(
+    live_hook: WebhookProcess, core: Any, namespaces: Namespaces, note: Note
+) -> None:
+    first, second = namespaces.make(count=2)
+    invalid = {
+        "yaml-syntax": "rules: [ {name: broken\n",
+        "schema": "rules:\n  - name: no-registries\n    secret: x\n    unknownKey: 1\n",
+    }
+    try:
+        for ns, (kind, text) in zip((first, second), invalid.items(), strict=True):
+            live_hook.reload_policy(text, expect="new policy rejected")
+            assert live_hook.ready(), f"{kind}: still ready"
+            pod = core.create_namespaced_pod(ns, pod_body(f"after-{kind}", EXAMPLE_IMAGE, RELOAD_IMAGE))
+            assert pull_secrets(pod) == ["example-pull"], f"{kind}: the last good policy still serves"
+            assert_example_copy(read_secret(core, ns, "example-pull"))
+
+        reload_rule = {"name": "reload", "registries": ["reload.example.com"], "secret": "reload-pull"}
+        changed = base_policy(extra_rules=[reload_rule])
+        seconds = live_hook.reload_policy(changed)
+        pod = core.create_namespaced_pod(first, pod_body("after-change", EXAMPLE_IMAGE, RELOAD_IMAGE))
+        assert pull_secrets(pod) == ["example-pull", "reload-pull"]
+        note("policy-reload", f"valid change effective {seconds:.2f} s after the file was replaced")
+    finally:
+        live_hook.reload_policy(base_policy())
+    pod = core.create_namespaced_pod(first, pod_body("after-restore", RELOAD_IMAGE))
+    assert pull_secrets(pod) == []
+
+
+# --------------------------------------------------------------------------- 8: fail open (last: stops its webhook)
+
+
+def test_pods_are_still_created_when_the_webhook_is_down(
+    control_plane: ControlPlane,
+    api_client: Any,
+    core: Any,
+    system_namespace: str,
+    namespaces: Namespaces,
+    note: Note,
+) -> None:
+    name = "psi-e2e-failopen"
+    ns = namespaces.one(hook=name)
+    hook = start_hook(control_plane, api_client, core, name=name, policy=base_policy(), probe_namespace=ns)
+    try:
+        pod = core.create_namespaced_pod(ns, pod_body("before", EXAMPLE_IMAGE))
+        assert pull_secrets(pod) == ["example-pull"], "the webhook is in the path before it is stopped"
+
+        code = hook.stop()
+        assert code == 0, f"SIGTERM is a clean shutdown, exit code {code}:\n{hook.log_tail()}"
+        assert not hook.ready()
+
+        pod, seconds = timed(lambda: core.create_namespaced_pod(ns, pod_body("after", EXAMPLE_IMAGE)))
+        assert pod.metadata.uid, "created although the webhook is down"
+        assert pull_secrets(pod) == [], "nobody injected anything"
+        assert INJECTED not in (pod.metadata.annotations or {})
+        note(
+            "FAIL-OPEN",
+            f"webhook process stopped (exit {code}, {hook.stop_seconds:.2f} s after SIGTERM); Pod {ns}/after "
+            f"was still created in {seconds * 1000:.0f} ms, without imagePullSecrets (failurePolicy Ignore)",
+        )
+        note("failopen-webhook-startup", f"ready {hook.startup_seconds:.2f} s after spawn")
+    finally:
+        hook.cleanup()

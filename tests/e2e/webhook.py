@@ -1,0 +1,364 @@
+"""The real webhook under test, as a subprocess, wired to the e2e control plane.
+
+``WebhookProcess`` runs ``python -m webhook serve`` on a free 127.0.0.1 port with:
+
+- certificates from the project's own ``webhook.certs.write_local_certs`` (so what the
+  apiserver trusts is what the project generates),
+- the control plane's admin kubeconfig,
+- a policy file in its own directory, rewritten atomically by ``write_policy`` (reload tests),
+- its own Lease, so processes never wait for each other's leadership.
+
+``start()`` returns once ``GET /readyz`` answers 200 over TLS (verified against the CA);
+``stop()`` sends SIGTERM to the PID it started, then SIGKILL if it lingers. The combined
+stdout/stderr goes to ``log_path`` (``logs()``, ``wait_for_log()``).
+
+``register()`` creates the MutatingWebhookConfiguration pointing at the process (selecting
+only namespaces labelled ``HOOK_LABEL=<name>``, so concurrent hooks and the rest of the
+session do not see each other) and polls dry-run Pod creates until the webhook is seen
+to act: the 1.20 apiserver picks new configurations up asynchronously.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import yaml
+
+from webhook.certs import write_local_certs
+
+from .controlplane import (
+    LOOPBACK,
+    ControlPlane,
+    _pdeathsig_preexec,
+    free_port,
+    register_webhook,
+    tail,
+    unregister_webhook,
+)
+
+T = TypeVar("T")
+REPO = Path(__file__).resolve().parents[2]
+#: Namespaces carrying ``HOOK_LABEL: <webhook name>`` are the ones that webhook's configuration selects.
+HOOK_LABEL = "e2e.pullsecret-injector.io/hook"
+#: Environment variables the ``serve`` command reads as defaults: never inherited by the subprocess.
+_SCRUBBED_ENV = ("KUBECONFIG", "POD_NAME", "POD_NAMESPACE", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")
+
+
+class WebhookError(RuntimeError):
+    """The webhook process could not be started or did not become ready (message has the log tail)."""
+
+
+def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 30.0, interval: float = 0.1) -> T:
+    """Call ``fn`` until it returns something truthy; AssertionError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def policy_text(policy: Mapping[str, Any] | str) -> str:
+    return policy if isinstance(policy, str) else yaml.safe_dump(dict(policy), sort_keys=False)
+
+
+@dataclass(eq=False)
+class WebhookProcess:
+    """One ``pullsecret-injector serve`` subprocess (see the module docstring)."""
+
+    control_plane: ControlPlane
+    name: str
+    """Names the Lease, the MutatingWebhookConfiguration and the namespace label value."""
+    namespace: str
+    """The webhook's own namespace (``--namespace``): its Lease and Events live there."""
+    policy: Mapping[str, Any] | str
+    extra_args: Sequence[str] = ()
+    workdir: Path | None = None
+
+    port: int = field(default=0, init=False)
+    startup_seconds: float = field(default=0.0, init=False)
+    """From spawning the process to the first 200 from ``/readyz``."""
+    registration_seconds: float = field(default=0.0, init=False)
+    """From creating the MutatingWebhookConfiguration to the first mutated dry-run Pod."""
+    stop_seconds: float = field(default=0.0, init=False)
+    returncode: int | None = field(default=None, init=False)
+    _popen: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _log_file: IO[bytes] | None = field(default=None, init=False, repr=False)
+    _dir: Path | None = field(default=None, init=False, repr=False)
+    _certs: dict[str, Path] = field(default_factory=dict, init=False, repr=False)
+    _api_client: Any = field(default=None, init=False, repr=False)  # set by register()
+
+    # ----------------------------------------------------------------- paths
+
+    @property
+    def dir(self) -> Path:
+        if self._dir is None:
+            raise WebhookError("webhook not started")
+        return self._dir
+
+    @property
+    def policy_path(self) -> Path:
+        return self.dir / "policy" / "policy.yaml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "webhook.log"
+
+    @property
+    def ca_pem(self) -> bytes:
+        return self._certs["ca.crt"].read_bytes()
+
+    @property
+    def url(self) -> str:
+        return f"https://{LOOPBACK}:{self.port}/mutate"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._popen is None else self._popen.pid
+
+    @property
+    def running(self) -> bool:
+        return self._popen is not None and self._popen.poll() is None
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self, timeout: float = 60.0) -> WebhookProcess:
+        """Spawn the process and wait for ``/readyz``; a port lost to a race is retried with another."""
+        if self._popen is not None:
+            raise WebhookError("already started")
+        self._dir = self.workdir or Path(tempfile.mkdtemp(prefix=f"psi-{self.name}-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "policy").mkdir(exist_ok=True)
+        self.write_policy(self.policy)
+        self._certs = write_local_certs(
+            service=self.name, namespace=self.namespace, out_dir=self.dir / "certs", ip_addresses=(LOOPBACK,)
+        )
+        last: WebhookError | None = None
+        for _ in range(3):
+            try:
+                self._spawn_and_wait(timeout)
+                return self
+            except WebhookError as err:
+                last = err
+                if "address already in use" not in str(err).lower():
+                    break
+        self.stop()
+        assert last is not None
+        raise last
+
+    def _argv(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "webhook",
+            "serve",
+            "--policy",
+            str(self.policy_path),
+            "--cert-mode",
+            "files",
+            "--tls-cert",
+            str(self._certs["tls.crt"]),
+            "--tls-key",
+            str(self._certs["tls.key"]),
+            "--kubeconfig",
+            str(self.control_plane.kubeconfig_path),
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(self.port),
+            "--metrics-port",
+            "0",
+            "--namespace",
+            self.namespace,
+            "--leader-election-lease",
+            f"{self.name}-leader",
+            "--log-format",
+            "text",
+            *self.extra_args,
+        ]
+
+    def _spawn_and_wait(self, timeout: float) -> None:
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PSI_") and k not in _SCRUBBED_ENV}
+        env["PYTHONUNBUFFERED"] = "1"
+        env["POD_NAME"] = f"{self.name}-{os.getpid()}"  # the Lease identity
+        log_file = self.log_path.open("ab")
+        argv = self._argv()
+        log_file.write(("$ " + " ".join(argv) + "\n").encode())
+        log_file.flush()
+        t0 = time.monotonic()
+        self._log_file = log_file
+        self._popen = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_pdeathsig_preexec(),
+        )
+        deadline = t0 + timeout
+        while not self.ready():
+            code = self._popen.poll()
+            if code is not None:
+                self._reap()
+                raise WebhookError(f"webhook {self.name} exited with code {code}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise WebhookError(f"webhook {self.name} not ready after {timeout:g}s:\n{self.log_tail()}")
+            time.sleep(0.05)
+        self.startup_seconds = time.monotonic() - t0
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """Trusts only the webhook's CA; the certificate must carry the IP SAN 127.0.0.1."""
+        return ssl.create_default_context(cafile=str(self._certs["ca.crt"]))
+
+    def get(self, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+        """GET ``path`` on the webhook over verified TLS; (status, body), never raises on HTTP errors."""
+        url = f"https://{LOOPBACK}:{self.port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout, context=self.ssl_context()) as resp:
+                return int(resp.status), bytes(resp.read())
+        except urllib.error.HTTPError as err:
+            return int(err.code), bytes(err.read())
+
+    def ready(self) -> bool:
+        try:
+            status, _ = self.get("/readyz")
+        except (OSError, urllib.error.URLError):
+            return False
+        return status == 200
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM the process started here, SIGKILL after ``timeout``; returns its exit code."""
+        popen = self._popen
+        if popen is None:
+            return self.returncode
+        t0 = time.monotonic()
+        if popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                popen.send_signal(signal.SIGTERM)
+            try:
+                popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    popen.kill()
+                popen.wait(timeout=10)
+        self.stop_seconds = time.monotonic() - t0
+        self._reap()
+        return self.returncode
+
+    def _reap(self) -> None:
+        if self._popen is not None:
+            self.returncode = self._popen.wait()
+            self._popen = None
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def cleanup(self, keep: bool = False) -> None:
+        """Stop, unregister, and remove the temp dir (unless ``keep``)."""
+        self.stop()
+        if self._api_client is not None:
+            self.unregister()
+        if not keep and self.workdir is None and self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    # ----------------------------------------------------------------- policy
+
+    def write_policy(self, policy: Mapping[str, Any] | str) -> None:
+        """Replace the policy file atomically (the server polls it by content every 2 s)."""
+        target = self.policy_path
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(policy_text(policy))
+        os.replace(tmp, target)
+
+    def reload_policy(self, policy: Mapping[str, Any] | str, *, expect: str = "policy reloaded") -> float:
+        """Write ``policy`` and wait for the server's log line ``expect``; returns the seconds it took."""
+        mark = self.log_mark()
+        t0 = time.monotonic()
+        self.write_policy(policy)
+        self.wait_for_log(expect, since=mark, timeout=15)
+        return time.monotonic() - t0
+
+    # ----------------------------------------------------------------- logs
+
+    def logs(self, since: int = 0) -> str:
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(since)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def log_mark(self) -> int:
+        """The log's current size: pass it as ``since`` to look only at what comes next."""
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def log_tail(self, lines: int = 40) -> str:
+        return tail(self.log_path, lines)
+
+    def wait_for_log(self, pattern: str, *, since: int = 0, timeout: float = 15.0) -> str:
+        """Wait until a log line (after offset ``since``) matches the regex ``pattern``; returns the line."""
+        regex = re.compile(pattern)
+
+        def find() -> str | None:
+            for line in self.logs(since).splitlines():
+                if regex.search(line):
+                    return line
+            return None
+
+        try:
+            return wait_for(find, f"log line /{pattern}/ from webhook {self.name}", timeout=timeout)
+        except AssertionError as err:
+            raise AssertionError(f"{err}\n--- webhook log tail:\n{self.log_tail()}") from None
+
+    # ----------------------------------------------------------------- registration
+
+    def register(self, api_client: Any, *, probe: Callable[[], bool], timeout: float = 30.0, **options: Any) -> None:
+        """Register this process for Pod CREATE in namespaces labelled ``HOOK_LABEL=<name>``.
+
+        ``probe`` (typically a dry-run Pod create checking the result) is polled until it
+        returns True: only then is the apiserver known to call this webhook.
+        """
+        t0 = time.monotonic()
+        register_webhook(
+            api_client,
+            self.name,
+            self.url,
+            self.ca_pem,
+            namespace_selector={"matchLabels": {HOOK_LABEL: self.name}},
+            replace=True,
+            **options,
+        )
+        self._api_client = api_client
+        wait_for(probe, f"the apiserver to call webhook {self.name}", timeout=timeout, interval=0.2)
+        self.registration_seconds = time.monotonic() - t0
+
+    def unregister(self) -> None:
+        """Delete the MutatingWebhookConfiguration made by ``register`` (if any)."""
+        if self._api_client is not None:
+            unregister_webhook(self._api_client, self.name)
+            self._api_client = None
+
+
+__all__ = ["HOOK_LABEL", "REPO", "WebhookError", "WebhookProcess", "policy_text", "wait_for"]
