@@ -17,6 +17,7 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -44,6 +45,23 @@ class BenchError(RuntimeError):
 
 
 def free_port() -> int:
+    """A free port on 127.0.0.1 *outside* the ephemeral range when possible.
+
+    A port from ``bind(0)`` is an ephemeral one: between picking it and the server binding
+    it, an outgoing connection (the webhook opens dozens of watches) can take it.
+    """
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(200):
+        candidate = rng.randrange(10000, max(10001, low))
+        with socket.socket() as sock:
+            try:
+                sock.bind((LOOPBACK, candidate))
+            except OSError:
+                continue
+            return candidate
     with socket.socket() as sock:
         sock.bind((LOOPBACK, 0))
         port: int = sock.getsockname()[1]
@@ -178,10 +196,13 @@ def running_server(
 
 
 def _tail(path: Path, lines: int = 15) -> str:
+    """The log's error lines (or its last lines when there are none)."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        text = path.read_text(errors="replace").splitlines()
     except OSError:
         return "(no log)"
+    errors = [line for line in text if "ERROR" in line or "Error" in line or "error:" in line]
+    return "\n".join((errors or text)[-lines:])
 
 
 def post_once(server: Server, body: bytes) -> dict[str, Any]:
