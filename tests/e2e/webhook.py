@@ -290,7 +290,14 @@ class WebhookProcess:
         os.replace(tmp, target)
 
     def reload_policy(self, policy: Mapping[str, Any] | str, *, expect: str = "policy reloaded") -> float:
-        """Write ``policy`` and wait for the server's log line ``expect``; returns the seconds it took."""
+        """Write ``policy`` and wait for the server's log line ``expect``; returns the seconds it took.
+
+        A policy equal to the file's current content is no change for the server (it compares
+        contents), so nothing is written or awaited then.
+        """
+        with contextlib.suppress(OSError):
+            if self.policy_path.read_text() == policy_text(policy):
+                return 0.0
         mark = self.log_mark()
         t0 = time.monotonic()
         self.write_policy(policy)
