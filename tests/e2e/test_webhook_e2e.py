@@ -37,6 +37,9 @@ RELOAD_IMAGE = "reload.example.com/team/app:1.0"
 UNMATCHED_IMAGE = "ghcr.io/team/app:1.0"
 LENIENT_IMAGE = "lenient.example.com/team/app:1.0"
 STRICT_IMAGE = "strict.example.com/team/app:1.0"
+LABELLED_IMAGE = "labelled.example.com/team/app:1.0"
+#: Namespaces opt in to the ``labelled`` rule with this label (a namespaces.selector rule).
+OPT_IN_LABEL = "e2e.pullsecret-injector.io/pull-secrets"
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 INJECTED = "pullsecret-injector.io/injected"
@@ -148,6 +151,13 @@ def base_policy(
                         "passwordFrom": {"namespace": SYSTEM_NS, "name": "gar-key", "key": "key.json"},
                     }
                 },
+            },
+            {
+                "name": "labelled",
+                "registries": ["labelled.example.com"],
+                "namespaces": {"selector": {"matchLabels": {OPT_IN_LABEL: "enabled"}}},
+                "secret": "labelled-pull",
+                "source": {"secret": {"namespace": SYSTEM_NS, "name": "labelled-credentials"}},
             },
             # sources that do not exist (yet): admitted with a warning / denied
             {
@@ -301,17 +311,25 @@ class Namespaces:
         self._core = core
         self.created: list[str] = []
 
-    def make(self, prefix: str = "e2e-ws", *, count: int = 1, hook: str = MAIN_HOOK) -> list[str]:
+    def make(
+        self,
+        prefix: str = "e2e-ws",
+        *,
+        count: int = 1,
+        hook: str = MAIN_HOOK,
+        labels: Mapping[str, str] | None = None,
+    ) -> list[str]:
         names = [f"{prefix}-{uuid.uuid4().hex[:8]}" for _ in range(count)]
         for name in names:
-            self._core.create_namespace({"metadata": {"name": name, "labels": {HOOK_LABEL: hook}}})
+            metadata = {"name": name, "labels": {HOOK_LABEL: hook, **(labels or {})}}
+            self._core.create_namespace({"metadata": metadata})
             self.created.append(name)
         for name in names:  # the token controller works on all of them meanwhile
             self._control_plane.wait_for_default_service_account(name)
         return names
 
-    def one(self, prefix: str = "e2e-ws", *, hook: str = MAIN_HOOK) -> str:
-        return self.make(prefix, hook=hook)[0]
+    def one(self, prefix: str = "e2e-ws", *, hook: str = MAIN_HOOK, labels: Mapping[str, str] | None = None) -> str:
+        return self.make(prefix, hook=hook, labels=labels)[0]
 
     def close(self) -> None:
         for name in self.created:
@@ -340,6 +358,9 @@ def system_namespace(core: Any) -> Iterator[str]:
         core.create_namespaced_secret(
             SYSTEM_NS,
             {"metadata": {"name": "gar-key"}, "type": "Opaque", "data": {"key.json": b64(GAR_KEY_JSON)}},
+        )
+        core.create_namespaced_secret(
+            SYSTEM_NS, dockerconfig_secret("labelled-credentials", {"labelled.example.com": auth_entry("lab", "pw")})
         )
         yield SYSTEM_NS
     finally:
@@ -456,6 +477,7 @@ def test_deployment_pods_get_the_secret(
     live_hook: WebhookProcess, core: Any, apps: Any, namespaces: Namespaces
 ) -> None:
     ns = namespaces.one()
+    mark = live_hook.log_mark()
     labels = {"app": "web"}
     apps.create_namespaced_deployment(
         ns,
@@ -482,6 +504,8 @@ def test_deployment_pods_get_the_secret(
         assert pull_secrets(pod) == ["example-pull"]
         assert pod.metadata.annotations[INJECTED] == "example-pull"
     assert_example_copy(read_secret(core, ns, "example-pull"))
+    created = [line for line in live_hook.logs(mark).splitlines() if f"created Secret {ns}/example-pull" in line]
+    assert len(created) == 1, "four Pods at once, one copy written"
     # The template itself is not mutated: only Pods are.
     deployment = apps.read_namespaced_deployment("web", ns)
     assert deployment.spec.template.spec.image_pull_secrets is None
@@ -657,6 +681,56 @@ def test_a_drifted_copy_is_restored(
     if drift == "deleted":
         assert secret.metadata.uid != original.metadata.uid, "recreated"
     note(f"copy-{drift}-restored", f"{elapsed:.2f} s")
+
+
+def test_a_managed_secret_of_the_wrong_type_is_replaced(
+    live_hook: WebhookProcess, core: Any, namespaces: Namespaces
+) -> None:
+    """``type`` is immutable: a managed Opaque leftover is deleted and recreated before the Pod is answered."""
+    ns = namespaces.one()
+    stale = core.create_namespaced_secret(
+        ns,
+        {
+            "metadata": {"name": "example-pull", "labels": {MANAGED_BY: "pullsecret-injector"}},
+            "type": "Opaque",
+            "data": {"leftover": b64("x")},
+        },
+    )
+    pod = core.create_namespaced_pod(ns, pod_body("app", EXAMPLE_IMAGE))
+    assert pull_secrets(pod) == ["example-pull"]
+    copy = read_secret(core, ns, "example-pull")
+    assert copy.metadata.uid != stale.metadata.uid
+    assert_example_copy(copy)
+
+
+def test_a_namespace_selector_rule_follows_the_namespace_labels(
+    live_hook: WebhookProcess, core: Any, namespaces: Namespaces, note: Note
+) -> None:
+    opted_in = namespaces.one(labels={OPT_IN_LABEL: "enabled"})
+    other = namespaces.one()
+    pod = core.create_namespaced_pod(opted_in, pod_body("app", LABELLED_IMAGE))
+    assert pull_secrets(pod) == ["labelled-pull"]
+    copy = read_secret(core, opted_in, "labelled-pull")
+    assert_managed_copy(copy, rule="labelled", source=f"secret:{SYSTEM_NS}/labelled-credentials")
+    assert config_json(copy) == {"auths": {"labelled.example.com": auth_entry("lab", "pw")}}
+    pod = core.create_namespaced_pod(other, pod_body("app", LABELLED_IMAGE))
+    assert pull_secrets(pod) == []
+    assert read_secret(core, other, "labelled-pull") is None
+
+    # opting out: the copy no rule allows any more goes, new Pods get nothing
+    core.patch_namespace(opted_in, {"metadata": {"labels": {OPT_IN_LABEL: None}}})
+    t0 = time.monotonic()
+    wait_for(lambda: read_secret(core, opted_in, "labelled-pull") is None, "the opted-out copy to go", timeout=15)
+    note("selector-opt-out-cleanup", f"copy deleted {time.monotonic() - t0:.2f} s after the label was removed")
+    pod = core.create_namespaced_pod(opted_in, pod_body("after-opt-out", LABELLED_IMAGE))
+    assert pull_secrets(pod) == []
+
+    # opting in later: once the webhook has seen the label, Pods get the Secret again
+    core.patch_namespace(other, {"metadata": {"labels": {OPT_IN_LABEL: "enabled"}}})
+    wait_for(dry_run_probe(core, other, LABELLED_IMAGE, "labelled-pull"), "the new label to be seen", timeout=10)
+    pod = core.create_namespaced_pod(other, pod_body("after-opt-in", LABELLED_IMAGE))
+    assert pull_secrets(pod) == ["labelled-pull"]
+    assert read_secret(core, other, "labelled-pull") is not None
 
 
 def test_a_missing_source_admits_with_a_warning_or_denies_a_fail_closed_rule(
@@ -943,6 +1017,8 @@ def test_pods_are_still_created_when_the_webhook_is_down(
     namespaces: Namespaces,
     note: Note,
 ) -> None:
+    from kubernetes.client.exceptions import ApiException
+
     name = "psi-e2e-failopen"
     ns = namespaces.one(hook=name)
     hook = start_hook(control_plane, api_client, core, name=name, policy=base_policy(), probe_namespace=ns)
@@ -954,7 +1030,10 @@ def test_pods_are_still_created_when_the_webhook_is_down(
         assert code == 0, f"SIGTERM is a clean shutdown, exit code {code}:\n{hook.log_tail()}"
         assert not hook.ready()
 
-        pod, seconds = timed(lambda: core.create_namespaced_pod(ns, pod_body("after", EXAMPLE_IMAGE)))
+        try:
+            pod, seconds = timed(lambda: core.create_namespaced_pod(ns, pod_body("after", EXAMPLE_IMAGE)))
+        except ApiException as err:
+            pytest.fail(f"NOT FAIL-OPEN: with the webhook down the apiserver refused the Pod: {err}")
         assert pod.metadata.uid, "created although the webhook is down"
         assert pull_secrets(pod) == [], "nobody injected anything"
         assert INJECTED not in (pod.metadata.annotations or {})
