@@ -25,6 +25,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -72,18 +73,19 @@ class _QuietWatch:
 
 
 class ListOnlyApi(KubeApi):
-    """Answers lists from prepared JSON bodies and watches with silence; nothing else."""
+    """Answers lists from prepared JSON files (read when listed, like a response body) and
+    watches with silence; nothing else."""
 
-    def __init__(self, *, namespaces: bytes, secrets: bytes) -> None:
+    def __init__(self, *, namespaces: Path, secrets: Path) -> None:
         self._namespaces = namespaces
         self._secrets = secrets
 
     def list_namespaces(self, *, timeout: float) -> KubeObject:
-        listing: KubeObject = orjson.loads(self._namespaces)
+        listing: KubeObject = orjson.loads(self._namespaces.read_bytes())
         return listing
 
     def list_secrets(self, name: str, namespace: str | None, *, timeout: float) -> KubeObject:
-        listing: KubeObject = orjson.loads(self._secrets if name == SECRET_NAME else b'{"items": []}')
+        listing: KubeObject = orjson.loads(self._secrets.read_bytes() if name == SECRET_NAME else b'{"items": []}')
         return listing
 
     def watch_namespaces(self, *, resource_version: str, server_timeout: int, timeout: tuple[float, float]) -> Any:
@@ -205,9 +207,19 @@ def _wait(predicate: Any, what: str, timeout: float = 120.0) -> None:
         time.sleep(0.02)
 
 
-def populate(namespaces: int, rules: int) -> dict[str, Any]:
+def write_lists(namespaces: int, directory: Path) -> tuple[Path, Path]:
+    """The API server's list answers for ``namespaces`` Namespaces and their Secret copies, as files."""
+    config = dockerconfig()
+    ns_file, secret_file = directory / "namespaces.json", directory / "secrets.json"
+    ns_file.write_bytes(listing([namespace_object(i) for i in range(namespaces)]))
+    secret_file.write_bytes(listing([secret_copy_object(i, config) for i in range(namespaces)]))
+    return ns_file, secret_file
+
+
+def populate(namespaces: int, rules: int, namespace_list: Path, secret_list: Path) -> dict[str, Any]:
     """Fill the caches in this process and report RSS at each step (kB)."""
     importlib.import_module("webhook.server")  # what serve imports: uvicorn, fastapi, uvloop, ...
+    importlib.import_module("webhook.sync")
     from bench.inproc import run_sync
     from bench.reviews import make_policy, make_review, namespace_name
     from webhook.handler import Handler
@@ -219,16 +231,7 @@ def populate(namespaces: int, rules: int) -> dict[str, Any]:
     gc.collect()
     steps["policy"] = vm_rss_kb()
 
-    # The API server's answers exist only as bytes, like a response body on the wire.
-    config = dockerconfig()
-    api = ListOnlyApi(
-        namespaces=listing([namespace_object(i) for i in range(namespaces)]),
-        secrets=listing([secret_copy_object(i, config) for i in range(namespaces)]),
-    )
-    gc.collect()
-    listing_kb = (len(api._namespaces) + len(api._secrets)) // 1024
-    steps["api_bodies"] = vm_rss_kb()
-
+    api = ListOnlyApi(namespaces=namespace_list, secrets=secret_list)
     settings = KubeSettings()
     stats = Stats()
     runner = Runner(workers=1)
@@ -239,8 +242,6 @@ def populate(namespaces: int, rules: int) -> dict[str, Any]:
     secret_cache.sync_targets({(None, SECRET_NAME)})
     _wait(lambda: namespace_cache.synced and secret_cache.synced(), "the caches")
     sync_s = time.perf_counter() - started
-    # The bodies are gone once listed in production; only count what the caches keep.
-    del api._namespaces, api._secrets
     gc.collect()
     steps["kube_caches"] = vm_rss_kb()
 
@@ -272,10 +273,10 @@ def populate(namespaces: int, rules: int) -> dict[str, Any]:
         "rss_kb": steps,
         "rss_mb": round(steps["cached"] / 1024, 1),
         "peak_mb": round(peak_kb / 1024, 1),
-        "kube_caches_mb": round((steps["kube_caches"] - steps["api_bodies"]) / 1024, 1),
+        "kube_caches_mb": round((steps["kube_caches"] - steps["policy"]) / 1024, 1),
         "policy_caches_mb": round((steps["cached"] - steps["kube_caches"]) / 1024, 1),
-        "api_list_bodies_kb": listing_kb,
-        "secret_config_bytes": len(config),
+        "api_list_bodies_kb": (namespace_list.stat().st_size + secret_list.stat().st_size) // 1024,
+        "secret_config_bytes": len(dockerconfig()),
         "sync_s": round(sync_s, 2),
         "reviews_s": round(reviews_s, 2),
         "policy_cached_namespaces": cached_namespaces,
@@ -287,15 +288,11 @@ def measure(namespaces: int, rules: int, timeout: float = 600) -> dict[str, Any]
     """Run :func:`populate` in a fresh interpreter and return its report."""
     repo = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.rss", "--namespaces", str(namespaces), "--rules", str(rules)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        cwd=repo,
-        env=env,
-    )
+    with tempfile.TemporaryDirectory(prefix="pullsecret-bench-rss-") as tmp:
+        ns_file, secret_file = write_lists(namespaces, Path(tmp))
+        command = [sys.executable, "-m", "bench.rss", "--namespaces", str(namespaces), "--rules", str(rules)]
+        command += ["--namespace-list", str(ns_file), "--secret-list", str(secret_file)]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False, cwd=repo, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"bench.rss failed ({proc.returncode}): {proc.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -306,8 +303,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.rss", description=__doc__)
     parser.add_argument("--namespaces", type=int, default=10000)
     parser.add_argument("--rules", type=int, default=100)
+    parser.add_argument("--namespace-list", type=Path, help="(internal) the Namespace list body to serve")
+    parser.add_argument("--secret-list", type=Path, help="(internal) the Secret list body to serve")
     args = parser.parse_args(argv)
-    print(json.dumps(populate(args.namespaces, args.rules)))
+    if args.namespace_list is None or args.secret_list is None:
+        # Prepare the API answers here, measure in a fresh interpreter that only reads them.
+        print(json.dumps(measure(args.namespaces, args.rules)))
+    else:
+        print(json.dumps(populate(args.namespaces, args.rules, args.namespace_list, args.secret_list)))
     return 0
 
 
