@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -47,6 +48,8 @@ SKIP_LABEL = "pullsecret-injector.io/skip"
 DOCKERCONFIGJSON = "kubernetes.io/dockerconfigjson"
 
 ROTATION_BUDGET_SECONDS = 10.0
+#: As for the control plane: keep the webhooks' temp dirs (logs, policy, certs) for a post-mortem.
+KEEP = os.environ.get("PSI_E2E_KEEP") == "1"
 
 
 # --------------------------------------------------------------------------- content
@@ -427,7 +430,7 @@ def hook(
     try:
         yield hook
     finally:
-        hook.cleanup()
+        hook.cleanup(keep=KEEP)
 
 
 @pytest.fixture
@@ -1044,4 +1047,4 @@ def test_pods_are_still_created_when_the_webhook_is_down(
         )
         note("failopen-webhook-startup", f"ready {hook.startup_seconds:.2f} s after spawn")
     finally:
-        hook.cleanup()
+        hook.cleanup(keep=KEEP)
