@@ -267,6 +267,10 @@ class ControlPlane:
     extra_apiserver_args: Sequence[str] = ()
     extra_controller_manager_args: Sequence[str] = ()
     verbosity: int = 1
+    service_cluster_ip_range: str = SERVICE_CLUSTER_IP_RANGE
+    """Where Service ClusterIPs are allocated. A loopback range (e.g. ``127.100.0.0/24``) lets a process
+    on this machine listen on a Service's ClusterIP, which is what the apiserver dials for a webhook's
+    ``clientConfig.service`` (there is no kube-proxy): see tests/e2e/chart_support.py."""
 
     token: str = field(default_factory=lambda: secrets.token_hex(16), init=False)
     apiserver_port: int = field(default=0, init=False)
@@ -398,7 +402,7 @@ class ControlPlane:
         self.apiserver_port = free_port()
         tls = make_serving_cert(
             common_name="kube-apiserver",
-            ips=(LOOPBACK, "10.0.0.1"),
+            ips=(LOOPBACK, str(next(ipaddress.ip_network(self.service_cluster_ip_range).hosts()))),
             dns_names=(
                 "localhost",
                 "kubernetes",
@@ -503,7 +507,7 @@ class ControlPlane:
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
                 f"--service-account-key-file={d / 'sa.pub'}",
                 f"--service-account-signing-key-file={d / 'sa.key'}",
-                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+                f"--service-cluster-ip-range={self.service_cluster_ip_range}",
                 # 127.0.0.1 is not a valid Endpoints address: do not maintain default/kubernetes endpoints
                 "--endpoint-reconciler-type=none",
                 "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,"
@@ -530,7 +534,7 @@ class ControlPlane:
                 "--leader-elect=false",
                 "--secure-port=0",  # no serving at all: nothing else needs to reach it
                 "--port=0",
-                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+                f"--service-cluster-ip-range={self.service_cluster_ip_range}",
                 "--profiling=false",
                 f"--v={self.verbosity}",
                 *self.extra_controller_manager_args,

@@ -1,0 +1,518 @@
+"""Helpers for test_chart_e2e.py: the Helm chart installed by real Helm into the e2e control
+plane, and the webhook run exactly as the chart's Deployment runs it, with its ServiceAccount.
+
+How the API server reaches a process on this machine
+----------------------------------------------------
+The chart's MutatingWebhookConfiguration names the webhook by ``clientConfig.service``
+(``<svc>.<ns>``, port 443). kube-apiserver (without ``--enable-aggregator-routing``)
+resolves that reference to the Service's **ClusterIP** and dials ``<clusterIP>:<port>``,
+checking the certificate against the caBundle for the name ``<svc>.<ns>.svc``. There is
+no kube-proxy here, so the control plane for these tests allocates ClusterIPs from a
+*loopback* range (``ControlPlane(service_cluster_ip_range=loopback_service_range())``):
+every 127.0.0.0/8 address is local on Linux, the webhook process listens on
+``<clusterIP>:443`` itself, and the traffic never leaves the machine. (Endpoints cannot
+help: the API server rejects loopback Endpoints addresses.)
+
+What is *not* the chart as shipped
+----------------------------------
+- ``Chart.yaml`` says ``kubeVersion: >=1.25.0-0``; the harness runs kube-apiserver 1.20,
+  so Helm would refuse it. :func:`chart_copy` installs a copy whose only change is that
+  constraint (the templates, values and schema are the real ones).
+- Features the chart relies on that 1.20 lacks are kept out of the way by values or
+  emulated: ``replicaCount: 1`` + ``podDisruptionBudget.enabled: false`` (no policy/v1
+  PodDisruptionBudget before 1.21), and namespaces are labelled
+  ``kubernetes.io/metadata.name=<name>`` by hand, as 1.21+ does by itself (the webhook's
+  namespaceSelector excludes the release namespace through that label).
+- :class:`DeploymentProcess` runs the container args of the *installed* Deployment with a
+  handful of overrides, each for a reason listed there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import http.client
+import ipaddress
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+
+from .controlplane import ControlPlane, _pdeathsig_preexec, tail
+from .webhook import REPO, wait_for
+
+CHART = REPO / "charts" / "pullsecret-injector"
+#: Set by Kubernetes >= 1.21 on every namespace; emulated here (the chart's namespaceSelector uses it).
+METADATA_NAME_LABEL = "kubernetes.io/metadata.name"
+#: The ``kubeVersion`` the chart copy declares so Helm accepts the 1.20 apiserver of the harness.
+HARNESS_KUBE_VERSION = ">=1.20.0-0"
+#: Environment variables ``serve`` reads as defaults: never inherited by the process.
+_SCRUBBED_ENV = ("KUBECONFIG", "POD_NAME", "POD_NAMESPACE", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")
+
+
+class ChartE2EError(RuntimeError):
+    """Something in the chart set-up failed (the message carries the relevant log tail)."""
+
+
+# --------------------------------------------------------------------------- network
+
+
+def loopback_service_range() -> str:
+    """A random ``127.X.Y.0/24`` (X in 64..254): ClusterIPs that are local addresses.
+
+    Random so that concurrent test sessions on this machine (each with its own control
+    plane) practically never hand out the same ClusterIP, which the webhook binds with port 443.
+    """
+    rng = secrets.SystemRandom()
+    return f"127.{rng.randint(64, 254)}.{rng.randint(0, 255)}.0/24"
+
+
+def is_loopback(address: str) -> bool:
+    return ipaddress.ip_address(address).is_loopback
+
+
+def can_bind(host: str, port: int) -> str | None:
+    """None if ``host:port`` can be bound right now, else why not."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            return f"cannot bind {host}:{port}: {exc.strerror}"
+    return None
+
+
+@dataclass(frozen=True)
+class TLSAnswer:
+    status: int
+    body: bytes
+    peer_cert_der: bytes
+
+
+def https_get(
+    host: str, port: int, path: str, *, ca_pem: bytes, server_hostname: str, timeout: float = 3.0
+) -> TLSAnswer:
+    """GET over TLS to ``host:port`` verifying the certificate for ``server_hostname`` against ``ca_pem``.
+
+    That is what the API server does for a ``clientConfig.service`` webhook: it dials the
+    ClusterIP and verifies the name ``<svc>.<ns>.svc``. Raises ``ssl.SSLError`` when the
+    certificate does not verify.
+    """
+    context = ssl.create_default_context(cadata=ca_pem.decode())
+    with (
+        socket.create_connection((host, port), timeout=timeout) as raw,
+        context.wrap_socket(raw, server_hostname=server_hostname) as conn,
+    ):
+        peer = conn.getpeercert(binary_form=True) or b""
+        request = f"GET {path} HTTP/1.1\r\nHost: {server_hostname}\r\nConnection: close\r\n\r\n"
+        conn.sendall(request.encode())
+        chunks: list[bytes] = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return TLSAnswer(status=status, body=body, peer_cert_der=peer)
+
+
+# --------------------------------------------------------------------------- Helm
+
+
+def chart_copy(dest: Path, *, kube_version: str = HARNESS_KUBE_VERSION) -> Path:
+    """Copy the chart to ``dest`` with ``kubeVersion`` set to ``kube_version``; nothing else changes."""
+    shutil.copytree(CHART, dest)
+    chart_yaml = dest / "Chart.yaml"
+    text = chart_yaml.read_text()
+    line = f'kubeVersion: "{kube_version}"'
+    text, count = re.subn(r"(?m)^kubeVersion:.*$", line, text)
+    if count == 0:
+        text += f"\n{line}\n"
+    chart_yaml.write_text(text)
+    return dest
+
+
+@dataclass(eq=False)
+class HelmRelease:
+    """One release of the chart, installed and uninstalled through the real Helm SDK."""
+
+    control_plane: ControlPlane
+    name: str
+    namespace: str
+    chart_dir: Path
+    values: Mapping[str, Any]
+    installed: bool = field(default=False, init=False)
+    info: dict[str, Any] = field(default_factory=dict, init=False)
+
+    def _config(self) -> Any:
+        import helm_sdkpy
+
+        kubeconfig = self.control_plane.kubeconfig_path.read_text()
+        return helm_sdkpy.Configuration(namespace=self.namespace, kubeconfig=kubeconfig)
+
+    def install(self, timeout: int = 60) -> dict[str, Any]:
+        import helm_sdkpy
+
+        release: dict[str, Any] = asyncio.run(
+            helm_sdkpy.Install(self._config()).run(
+                self.name, str(self.chart_dir), values=dict(self.values), wait=False, timeout=timeout
+            )
+        )
+        self.installed = True
+        self.info = release
+        return release
+
+    def uninstall(self, timeout: int = 60) -> dict[str, Any]:
+        import helm_sdkpy
+
+        result: dict[str, Any] = asyncio.run(
+            helm_sdkpy.Uninstall(self._config()).run(self.name, wait=False, timeout=timeout)
+        )
+        self.installed = False
+        return result
+
+    @property
+    def manifests(self) -> list[dict[str, Any]]:
+        """The objects Helm rendered and applied (from the release's manifest)."""
+        return [doc for doc in yaml.safe_load_all(str(self.info.get("manifest", ""))) if isinstance(doc, dict)]
+
+    def rendered(self, kind: str) -> list[dict[str, Any]]:
+        return [doc for doc in self.manifests if doc.get("kind") == kind]
+
+
+# --------------------------------------------------------------------------- ServiceAccount credentials
+
+
+def service_account_user(namespace: str, name: str) -> str:
+    return f"system:serviceaccount:{namespace}:{name}"
+
+
+def service_account_groups(namespace: str) -> list[str]:
+    """The groups a ServiceAccount token authenticates with."""
+    return ["system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"]
+
+
+def service_account_token(core: Any, namespace: str, name: str, timeout: float = 60.0) -> str:
+    """The token of the ``kubernetes.io/service-account-token`` Secret the 1.20 token controller made."""
+
+    def find() -> str | None:
+        sa = core.read_namespaced_service_account(name, namespace)
+        for ref in sa.secrets or []:
+            secret = core.read_namespaced_secret(ref.name, namespace)
+            token = (secret.data or {}).get("token")
+            if secret.type == "kubernetes.io/service-account-token" and token:
+                return base64.b64decode(token).decode()
+        return None
+
+    return wait_for(find, f"the token Secret of ServiceAccount {namespace}/{name}", timeout=timeout, interval=0.2)
+
+
+def write_token_kubeconfig(path: Path, control_plane: ControlPlane, *, user: str, token: str) -> Path:
+    """A kubeconfig authenticating with ``token`` (what the in-cluster config would use in the Pod)."""
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "e2e",
+                "cluster": {"server": control_plane.server, "certificate-authority": str(control_plane.ca_path)},
+            }
+        ],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": user}}],
+        "current-context": "e2e",
+    }
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    path.chmod(0o600)
+    return path
+
+
+# --------------------------------------------------------------------------- RBAC probes
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body) if self.body else None
+
+    @property
+    def message(self) -> str:
+        with contextlib.suppress(ValueError, AttributeError):
+            return str(self.json().get("message", ""))
+        return self.body[:200].decode(errors="replace")
+
+
+def request_as(
+    control_plane: ControlPlane,
+    method: str,
+    path: str,
+    *,
+    user: str,
+    groups: Sequence[str] = (),
+    query: Mapping[str, str] | None = None,
+    body: Any = None,
+    content_type: str = "application/json",
+    timeout: float = 10.0,
+) -> Answer:
+    """One real API request by the admin, impersonating ``user`` (and ``groups``).
+
+    The admin is in ``system:masters``, so it may impersonate; the API server then
+    authorizes the request as ``user`` alone. A watch (``query`` with ``watch=1``) should
+    carry ``timeoutSeconds``: only its status and the first bytes are read.
+    """
+    url = urllib.parse.urlsplit(control_plane.server)
+    target = path + ("?" + urllib.parse.urlencode(dict(query)) if query else "")
+    conn = http.client.HTTPSConnection(
+        url.hostname or "127.0.0.1", url.port, context=control_plane.ssl_context(), timeout=timeout
+    )
+    try:
+        payload = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        conn.putrequest(method, target)
+        conn.putheader("Authorization", f"Bearer {control_plane.token}")
+        conn.putheader("Impersonate-User", user)
+        for group in groups:
+            conn.putheader("Impersonate-Group", group)  # repeated header: one per group
+        conn.putheader("Accept", "application/json")
+        if payload is not None:
+            conn.putheader("Content-Type", content_type)
+            conn.putheader("Content-Length", str(len(payload)))
+        conn.endheaders(payload)
+        resp = conn.getresponse()
+        is_watch = bool(query and query.get("watch") in ("1", "true"))
+        data = resp.read(4096) if is_watch and resp.status == 200 else resp.read()
+        return Answer(status=int(resp.status), body=bytes(data))
+    finally:
+        conn.close()
+
+
+def subject_access_review(
+    api_client: Any,
+    *,
+    user: str,
+    groups: Sequence[str],
+    verb: str,
+    resource: str,
+    group: str = "",
+    namespace: str | None = None,
+    name: str | None = None,
+) -> tuple[bool, str]:
+    """(allowed, reason) of a SubjectAccessReview for ``user``: the authorizer's own answer."""
+    from kubernetes import client
+
+    attributes: dict[str, str] = {"verb": verb, "group": group, "resource": resource}
+    if namespace:
+        attributes["namespace"] = namespace
+    if name:
+        attributes["name"] = name
+    body = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": {"user": user, "groups": list(groups), "resourceAttributes": attributes},
+    }
+    api: Any = client.AuthorizationV1Api(api_client)
+    review = api.create_subject_access_review(body)
+    return bool(review.status.allowed), str(review.status.reason or review.status.evaluation_error or "")
+
+
+# --------------------------------------------------------------------------- the Deployment, as a process
+
+
+def container_args(deployment: Mapping[str, Any], container: str = "webhook") -> list[str]:
+    for c in deployment["spec"]["template"]["spec"]["containers"]:
+        if c["name"] == container:
+            return [str(a) for a in c.get("args") or []]
+    raise ChartE2EError(f"no container {container!r} in Deployment {deployment['metadata']['name']}")
+
+
+def override_args(args: Sequence[str], overrides: Mapping[str, str]) -> list[str]:
+    """Replace ``--flag=value`` items by ``overrides[flag]``; flags not present are appended."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for arg in args:
+        flag = arg.split("=", 1)[0]
+        if flag in overrides:
+            out.append(f"{flag}={overrides[flag]}")
+            seen.add(flag)
+        else:
+            out.append(arg)
+    out += [f"{flag}={value}" for flag, value in overrides.items() if flag not in seen]
+    return out
+
+
+@dataclass(eq=False)
+class DeploymentProcess:
+    """``python -m webhook <the installed Deployment's container args>``, as that Pod would run.
+
+    Overrides, and why:
+
+    - ``--policy``: the policy ConfigMap's ``policy.yaml``, read from the cluster and written
+      to a file, as the kubelet would mount it;
+    - ``--host=<clusterIP>`` and ``--port=<service port>``: there is no kube-proxy forwarding
+      ``<clusterIP>:443`` to the container port, so the process listens there itself
+      (``--metrics-port`` stays as rendered, on the same ClusterIP, like the Service's port);
+    - ``--kubeconfig``: the ServiceAccount's token and the cluster CA, what the in-cluster
+      config reads from the mounted token in a Pod (the chart's RBAC is all it has);
+    - ``--shutdown-delay=0``: there are no Endpoints to drain, so stopping does not wait.
+
+    ``POD_NAME``/``POD_NAMESPACE`` come from the environment as the downward API would set them.
+    """
+
+    args: Sequence[str]
+    """The Deployment's container args (``serve ...``)."""
+    policy_yaml: str
+    host: str
+    port: int
+    kubeconfig: Path
+    pod_name: str
+    pod_namespace: str
+    workdir: Path | None = None
+
+    returncode: int | None = field(default=None, init=False)
+    _popen: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _log_file: IO[bytes] | None = field(default=None, init=False, repr=False)
+    _dir: Path | None = field(default=None, init=False, repr=False)
+
+    @property
+    def dir(self) -> Path:
+        if self._dir is None:
+            raise ChartE2EError("process not started")
+        return self._dir
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "webhook.log"
+
+    @property
+    def policy_path(self) -> Path:
+        return self.dir / "etc" / "policy.yaml"
+
+    @property
+    def running(self) -> bool:
+        return self._popen is not None and self._popen.poll() is None
+
+    def argv(self) -> list[str]:
+        args = list(self.args)
+        if not args or args[0] != "serve":
+            raise ChartE2EError(f"the Deployment's args do not start with 'serve': {args}")
+        overridden = override_args(
+            args[1:],
+            {
+                "--policy": str(self.policy_path),
+                "--host": self.host,
+                "--port": str(self.port),
+                "--kubeconfig": str(self.kubeconfig),
+                "--shutdown-delay": "0",
+            },
+        )
+        return [sys.executable, "-m", "webhook", "serve", *overridden]
+
+    def start(self) -> DeploymentProcess:
+        if self._popen is not None:
+            raise ChartE2EError("already started")
+        self._dir = self.workdir or Path(tempfile.mkdtemp(prefix="psi-chart-webhook-"))
+        self.policy_path.parent.mkdir(parents=True, exist_ok=True)
+        self.policy_path.write_text(self.policy_yaml)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PSI_") and k not in _SCRUBBED_ENV}
+        env.update(PYTHONUNBUFFERED="1", POD_NAME=self.pod_name, POD_NAMESPACE=self.pod_namespace)
+        argv = self.argv()
+        log_file = self.log_path.open("ab")
+        log_file.write(("$ " + " ".join(argv) + "\n").encode())
+        log_file.flush()
+        self._log_file = log_file
+        self._popen = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_pdeathsig_preexec(),
+        )
+        return self
+
+    def check_alive(self) -> None:
+        """Raise with the log tail if the process has exited."""
+        if self._popen is not None and self._popen.poll() is not None:
+            code = self._popen.returncode
+            self._reap()
+            raise ChartE2EError(f"the webhook exited with code {code}:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM the process started here, SIGKILL if it lingers; its exit code."""
+        popen = self._popen
+        if popen is None:
+            return self.returncode
+        if popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                popen.send_signal(signal.SIGTERM)
+            try:
+                popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    popen.kill()
+                popen.wait(timeout=10)
+        self._reap()
+        return self.returncode
+
+    def _reap(self) -> None:
+        if self._popen is not None:
+            self.returncode = self._popen.wait()
+            self._popen = None
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def cleanup(self, keep: bool = False) -> None:
+        self.stop()
+        if not keep and self.workdir is None and self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    def logs(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        return tail(self.log_path, lines)
+
+
+__all__ = [
+    "CHART",
+    "HARNESS_KUBE_VERSION",
+    "METADATA_NAME_LABEL",
+    "Answer",
+    "ChartE2EError",
+    "DeploymentProcess",
+    "HelmRelease",
+    "TLSAnswer",
+    "can_bind",
+    "chart_copy",
+    "container_args",
+    "https_get",
+    "is_loopback",
+    "loopback_service_range",
+    "override_args",
+    "request_as",
+    "service_account_groups",
+    "service_account_token",
+    "service_account_user",
+    "subject_access_review",
+    "write_token_kubeconfig",
+]
