@@ -175,6 +175,24 @@ class HelmRelease:
         self.info = release
         return release
 
+    def upgrade(self, *, server_side_apply: bool | str = "auto", timeout: int = 60) -> dict[str, Any]:
+        """``helm upgrade`` with the same values (``server_side_apply``: "auto" keeps the install's method)."""
+        import helm_sdkpy
+
+        release: dict[str, Any] = asyncio.run(
+            helm_sdkpy.Upgrade(self._config()).run(
+                self.name,
+                str(self.chart_dir),
+                values=dict(self.values),
+                wait=False,
+                timeout=timeout,
+                server_side_apply=server_side_apply,
+                force_conflicts=server_side_apply is True,
+            )
+        )
+        self.info = release
+        return release
+
     def uninstall(self, timeout: int = 60) -> dict[str, Any]:
         import helm_sdkpy
 

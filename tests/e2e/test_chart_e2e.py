@@ -874,6 +874,43 @@ def test_subject_access_review_table(release: Installed) -> None:
     assert not wrong, "\n".join(wrong)
 
 
+# --------------------------------------------------------------------------- upgrade
+
+
+@pytest.mark.parametrize("server_side_apply", ["auto", True], ids=["client-side-apply", "server-side-apply"])
+def test_helm_upgrade_keeps_the_runtime_ca_bundle(
+    server_side_apply: bool | str, webhook: Running, release: Installed, core: Any, team_namespace: str
+) -> None:
+    """The chart re-renders the live caBundle (``lookup``): an upgrade must not wipe what the webhook patched."""
+    cp = release.control_plane
+    before = ca_bundle(cp)
+    assert before
+    upgraded = release.helm.upgrade(server_side_apply=server_side_apply)
+    assert upgraded["info"]["status"] == "deployed"
+    assert ca_bundle(cp) == before
+    # ... and the API server still calls the webhook, still trusting it.
+    pod = core.create_namespaced_pod(team_namespace, pod_body(EXAMPLE_IMAGE), dry_run="All")
+    assert pull_secrets(pod) == ["example-pull"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="RBAC finding: source Secret names are granted by the ClusterRole, so they are readable in every "
+    "namespace, not only where the policy's source lives",
+)
+def test_source_secrets_are_readable_only_in_their_own_namespace(release: Installed) -> None:
+    allowed, reason = subject_access_review(
+        release.admin,
+        user=release.user,
+        groups=release.groups,
+        verb="get",
+        resource="secrets",
+        namespace=release.rbac_namespace,  # a namespace no source lives in
+        name="registry-credentials",  # the example rule's source name (its source lives in RELEASE_NS)
+    )
+    assert not allowed, reason
+
+
 # --------------------------------------------------------------------------- uninstall (last)
 
 
@@ -881,6 +918,8 @@ def test_helm_uninstall_leaves_no_webhook_configuration(release: Installed, core
     from kubernetes.client.exceptions import ApiException
 
     cp = release.control_plane
+    tls_secret_path = f"/api/v1/namespaces/{RELEASE_NS}/secrets/{TLS_SECRET}"
+    had_tls_secret = cp.get(tls_secret_path)[0] == 200
     release.helm.uninstall()
     wait_for(lambda: cp.get(WEBHOOK_CONFIG_PATH)[0] == 404, "the MutatingWebhookConfiguration to be deleted")
     for path in (
@@ -900,6 +939,9 @@ def test_helm_uninstall_leaves_no_webhook_configuration(release: Installed, core
         for item in get_json(cp, "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations")["items"]
     ]
     assert names == [], names
+    # The runtime Secret of self mode is not a release resource: it stays, as the chart README says.
+    if had_tls_secret:
+        assert cp.get(tls_secret_path)[0] == 200
     # With failurePolicy Fail, a leftover configuration would block every Pod: Pods are admitted again.
     ns = f"psi-chart-after-{uuid.uuid4().hex[:6]}"
     core.create_namespace({"metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}}})
