@@ -26,6 +26,7 @@ from tests.kube_fixtures import LEASES, SECRETS, Apiserver, Cluster, Fault, clos
 from webhook.cli import build_parser
 from webhook.dockercfg import HASH_ANNOTATION, MANAGED_BY_LABEL, RULE_ANNOTATION, SOURCE_ANNOTATION, content_hash
 from webhook.handler import Handler
+from webhook.kube import Stats
 from webhook.policy import CompiledPolicy, load_policy
 from webhook.reload import PolicyHolder
 from webhook.server import UserError, build_components
@@ -391,7 +392,7 @@ async def test_a_missing_source_is_a_warning_and_an_event(
     assert event["type"] == "Warning"
     assert event["involvedObject"] == {"apiVersion": "v1", "kind": "Namespace", "name": "team-a", "namespace": "team-a"}
     assert "ops/shared" in event["message"]
-    assert runtime.stats.events["ok"] == 1
+    await eventually(lambda: runtime.stats.events["ok"] == 1)
 
 
 # --------------------------------------------------------------------------- the background
@@ -567,6 +568,25 @@ async def test_api_trouble_is_answered_within_the_budget_with_a_warning(
     assert ("team-a", "quay-pull") in runtime.reconciler.pending
 
 
+async def test_a_hung_api_with_every_worker_busy_still_answers_within_the_budget(
+    apiserver: Apiserver, cluster: Cluster, make_runtime: RuntimeFactory
+) -> None:
+    """Calls queued behind hung ones are bounded too, not only those on a socket."""
+    await shared_source(cluster)
+    namespaces = [f"team-{i}" for i in range(6)]
+    for namespace in namespaces:
+        await cluster.namespace(namespace)
+    runtime = await make_runtime(POLICY, elect=False, ensure_timeout=0.4, workers=1)
+    apiserver.faults.append(Fault(delay=1.5))
+    handler = handler_for(runtime)
+
+    started = time.monotonic()
+    responses = await asyncio.gather(*(handler.handle(review(ns, "quay.io/acme/web:1")) for ns in namespaces))
+
+    assert time.monotonic() - started < 0.4 * 1.25 + 0.2
+    assert all(injected(r) == ["quay-pull"] and warnings(r) for r in responses)
+
+
 @pytest.mark.parametrize("trouble", ["500", "slow"])
 async def test_the_background_finishes_what_the_admission_could_not(
     apiserver: Apiserver, cluster: Cluster, make_runtime: RuntimeFactory, trouble: str
@@ -729,3 +749,24 @@ def test_a_broken_kubeconfig_is_a_one_line_user_error(tmp_path: Path) -> None:
     broken.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\ncurrent-context: nowhere\n")
     with pytest.raises(UserError, match="cannot configure the Kubernetes client"):
         build_components(serve_args(tmp_path, "--kubeconfig", str(broken)))
+
+
+def test_stats_count_report_to_callbacks_and_measure_lag() -> None:
+    seen: list[tuple[str, ...]] = []
+    stats = Stats(
+        on_write=lambda operation, result: seen.append(("write", operation, result)),
+        on_error=lambda kind: seen.append(("error", kind)),
+        on_sync=lambda at: seen.append(("sync",)),
+    )
+    stats.write("create", "ok")
+    stats.error("timeout")
+    stats.reconciled(lag=0.25, clean=False)
+    stats.reconciled(lag=None, clean=True)
+    assert seen == [("write", "create", "ok"), ("error", "timeout"), ("sync",)]
+    assert stats.current_lag() == 0.0
+    stats.behind(time.monotonic() - 5)
+    assert 4.9 < stats.current_lag() < 6
+    snapshot = stats.snapshot()
+    assert snapshot["secret_writes"] == {("create", "ok"): 1}
+    assert snapshot["reconcile_lag_seconds"] == 0.25
+    assert snapshot["last_sync_timestamp"] is not None

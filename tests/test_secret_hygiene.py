@@ -233,7 +233,7 @@ async def test_malformed_sources_keep_the_password_out_of_logs(
         pytest.param(Fault(method="POST", status=500), id="500-on-create"),
         pytest.param(Fault(method="POST", status=403), id="403-on-create"),
         pytest.param(Fault(method="POST", status=422), id="422-on-create"),
-        pytest.param(Fault(method="POST", delay=3.0), id="timeout-on-create"),
+        pytest.param(Fault(method="POST", delay=1.5), id="timeout-on-create"),
         pytest.param(Fault(method="PATCH", status=409), id="409-on-update"),
     ],
 )

@@ -98,7 +98,7 @@ class KubeSettings:
     #: The same Event (namespace, reason, Secret) is posted at most once per this many seconds.
     event_interval: float = 300.0
     #: How long ``start`` waits for the first list of every watch before serving anyway.
-    sync_timeout: float = 30.0
+    sync_timeout: float = 15.0
 
 
 class Stats:
@@ -301,8 +301,13 @@ class KubeApi:
     """
 
     def __init__(self, api_client: k8s.ApiClient) -> None:
+        self._client = api_client
         self._core = k8s.CoreV1Api(api_client)
         self._coordination = k8s.CoordinationV1Api(api_client)
+
+    def close(self) -> None:
+        """Close the idle pooled connections (calls in flight finish on theirs)."""
+        self._client.close()  # type: ignore[no-untyped-call]
 
     @staticmethod
     def _call(action: str, fn: Callable[..., Any], *args: Any, timeout: float, **kwargs: Any) -> KubeObject:
@@ -467,18 +472,28 @@ class KubeApi:
 
 
 class Runner:
-    """Runs blocking API calls in a bounded thread pool, off the event loop.
+    """Runs blocking API calls in a bounded thread pool, off the event loop, each within a timeout.
 
-    Bounded on purpose: when the API server hangs, at most ``workers`` threads wait on it
-    (each for no longer than its call's timeout) and further calls queue; callers on the
-    admission path stop waiting at their deadline regardless.
+    ``fn`` receives the timeout to pass to the client, and the wait for it is bounded by
+    the same timeout (plus a little grace) on the asyncio side: the socket timeout cannot
+    cover the time a call waits for a free worker, nor a server trickling bytes. Bounded
+    pool on purpose: when the API server hangs, at most ``workers`` threads wait on it,
+    each no longer than its own timeout.
     """
+
+    GRACE: Final = 0.25
 
     def __init__(self, workers: int) -> None:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube-api")
 
-    async def __call__(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+    async def __call__(self, fn: Callable[[float], T], *, timeout: float, action: str) -> T:
+        if timeout <= 0:
+            raise ApiError("timeout", action=action)
+        future = asyncio.get_running_loop().run_in_executor(self._executor, fn, timeout)
+        try:
+            return await asyncio.wait_for(future, timeout + self.GRACE)
+        except TimeoutError:
+            raise ApiError("timeout", action=action) from None
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -538,15 +553,22 @@ class EventRecorder:
 
     async def run(self) -> None:
         """Drain the queue until cancelled."""
-        api, timeout = self._api, self._settings.request_timeout
+        api = self._api
         while True:
             event = await self._queue.get()
             namespace = event["metadata"]["namespace"]
             try:
-                await self._runner(lambda: api.create_event(namespace, event, timeout=timeout))  # noqa: B023
+                await self._runner(
+                    lambda timeout: api.create_event(namespace, event, timeout=timeout),  # noqa: B023
+                    timeout=self._settings.request_timeout,
+                    action=f"create Event in {namespace}",
+                )
             except ApiError as exc:
                 self._stats.event("error")
                 log.info("event in %s not recorded (%s)", namespace, exc.kind)
+            except Exception:
+                self._stats.event("error")
+                log.exception("event in %s not recorded", namespace)
             else:
                 self._stats.event("ok")
 
@@ -709,6 +731,7 @@ class ListWatch:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the thread: the flag, plus a shutdown of the open stream to wake its blocked read."""
         self._stop.set()
         with self._response_lock:
             response = self._response
@@ -716,7 +739,7 @@ class ListWatch:
             try:
                 response.shutdown()
             except Exception:
-                log.debug("closing the watch %s failed", self.name)
+                log.debug("interrupting the watch %s failed", self.name)
 
     def join(self, timeout: float) -> None:
         if self._thread.is_alive():
@@ -752,7 +775,7 @@ class ListWatch:
             with self._response_lock:
                 self._response = response
             if self._stop.is_set():
-                response.shutdown()
+                response.close()
                 return
             try:
                 for line in _iter_lines(response):
@@ -779,7 +802,9 @@ class ListWatch:
             finally:
                 with self._response_lock:
                     self._response = None
-                response.release_conn()
+                # Close, never hand back to the pool: after a shutdown from ``stop`` the
+                # socket is only half closed, and the server would keep streaming to it.
+                response.close()
 
 
 @dataclass
@@ -897,11 +922,16 @@ class SecretCache:
 class NamespaceCache:
     """Namespace labels from a cluster-wide Namespace watch; implements ``NamespaceLabels``.
 
+    (After a failed GET the labels of that namespace stay unknown for ``RETRY_AFTER``
+    seconds without asking again.)
+
     A namespace the cache does not know yet (created a moment ago, or the watch is not
     synced) costs one GET bounded by ``timeout``; the answer is cached. When even that
     fails the labels are unknown (``None``) and selector rules simply do not apply: the
     safe direction, since a namespace no rule admits must never receive a Secret.
     """
+
+    RETRY_AFTER: Final = 2.0
 
     def __init__(
         self, *, api: KubeApi, runner: Runner, settings: KubeSettings, stats: Stats, on_change: ChangeFn | None
@@ -912,6 +942,7 @@ class NamespaceCache:
         self._stats = stats
         self.store = Store(on_change=on_change, slim=_slim_namespace)
         self._watch: ListWatch | None = None
+        self._failed: dict[str, float] = {}
 
     @property
     def synced(self) -> bool:
@@ -923,10 +954,15 @@ class NamespaceCache:
     async def labels(self, namespace: str) -> Mapping[str, str] | None:
         obj = self.get(namespace)
         if obj is None:
+            if time.monotonic() < self._failed.get(namespace, 0.0):
+                return None  # just failed: the API is struggling, do not make every admission wait on it
             try:
                 obj = await self.fetch(namespace, timeout=self._settings.ensure_timeout / 4)
             except ApiError as exc:
                 self._stats.error(exc.kind)
+                if len(self._failed) > 1024:
+                    self._failed.clear()
+                self._failed[namespace] = time.monotonic() + self.RETRY_AFTER
                 log.info("namespace %s: labels unknown (%s)", namespace, exc.kind)
                 return None
         return None if obj is None else namespace_labels(obj)
@@ -934,8 +970,11 @@ class NamespaceCache:
     async def fetch(self, namespace: str, *, timeout: float) -> KubeObject | None:
         """One bounded GET of a namespace the watch has not shown us (yet); ``None`` if it does not exist."""
         api = self._api
-        obj = await self._runner(lambda: api.get_namespace(namespace, timeout=timeout))
+        obj = await self._runner(
+            lambda t: api.get_namespace(namespace, timeout=t), timeout=timeout, action=f"get Namespace {namespace}"
+        )
         if obj is not None:
+            self._failed.pop(namespace, None)
             self.store.put(obj)
         return obj
 

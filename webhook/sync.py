@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from webhook.dockercfg import (
     Copy,
@@ -78,6 +78,7 @@ from webhook.policy import CompiledPolicy, Rule, Source
 log = logging.getLogger(__name__)
 
 PolicyFn = Callable[[], CompiledPolicy]
+T = TypeVar("T")
 Outcome = Literal["current", "created", "updated", "unmanaged", "dry-run"]
 
 
@@ -197,14 +198,16 @@ class SecretSync:
         self._stats = stats
         self._memo: dict[tuple[Any, ...], Copy] = {}
 
+    async def _call(self, action: str, deadline: _Deadline, call: Callable[[float], T]) -> T:
+        """One API call with what remains of ``deadline`` (none is started past it)."""
+        return await self._runner(call, timeout=deadline.remaining(action), action=action)
+
     async def _source_object(self, source: Source, deadline: _Deadline) -> KubeObject | None:
         namespace, name = source_target(source)
         known, obj = self.secrets.lookup(namespace, name)
         if known:
             return obj
-        api = self._api
-        timeout = deadline.remaining(f"get Secret {namespace}/{name}")
-        return await self._runner(lambda: api.get_secret(namespace, name, timeout=timeout))
+        return await self._get(namespace, name, deadline)
 
     async def desired(self, namespace: str, name: str, grant: Grant, deadline: _Deadline) -> Copy:
         """The copy ``grant`` gives ``namespace``; raises ``SourceError`` or ``ApiError``."""
@@ -235,9 +238,9 @@ class SecretSync:
 
     async def _get(self, namespace: str, name: str, deadline: _Deadline) -> KubeObject | None:
         api = self._api
-        timeout = deadline.remaining(f"get Secret {namespace}/{name}")
-        obj = await self._runner(lambda: api.get_secret(namespace, name, timeout=timeout))
-        return obj
+        return await self._call(
+            f"get Secret {namespace}/{name}", deadline, lambda t: api.get_secret(namespace, name, timeout=t)
+        )
 
     async def converge(self, desired: Copy, *, deadline: _Deadline, dry_run: bool) -> Outcome:
         """Make the Secret in the API equal ``desired``, never touching one that is not ours.
@@ -257,9 +260,12 @@ class SecretSync:
                 if dry_run:
                     return "dry-run"
                 manifest = desired.manifest()
-                timeout = deadline.remaining(f"create Secret {namespace}/{name}")
                 try:
-                    created = await self._runner(lambda: api.create_secret(namespace, manifest, timeout=timeout))  # noqa: B023
+                    created = await self._call(
+                        f"create Secret {namespace}/{name}",
+                        deadline,
+                        lambda t: api.create_secret(namespace, manifest, timeout=t),  # noqa: B023
+                    )
                 except ApiError as exc:
                     if exc.kind != "conflict":
                         self._stats.write("create", "error")
@@ -282,9 +288,12 @@ class SecretSync:
                 existing = None
                 continue
             patch = update_patch(existing, desired)
-            timeout = deadline.remaining(f"update Secret {namespace}/{name}")
             try:
-                updated = await self._runner(lambda: api.patch_secret(namespace, name, patch, timeout=timeout))  # noqa: B023
+                updated = await self._call(
+                    f"update Secret {namespace}/{name}",
+                    deadline,
+                    lambda t: api.patch_secret(namespace, name, patch, timeout=t),  # noqa: B023
+                )
             except ApiError as exc:
                 if exc.kind not in ("conflict", "not_found"):
                     self._stats.write("update", "error")
@@ -306,10 +315,11 @@ class SecretSync:
             raise ApiError("forbidden", action=f"delete Secret {namespace}/{name}: not managed by us")
         api = self._api
         uid, version = metadata.get("uid"), metadata.get("resourceVersion")
-        timeout = deadline.remaining(f"delete Secret {namespace}/{name}")
         try:
-            await self._runner(
-                lambda: api.delete_secret(namespace, name, uid=uid, resource_version=version, timeout=timeout)
+            await self._call(
+                f"delete Secret {namespace}/{name}",
+                deadline,
+                lambda t: api.delete_secret(namespace, name, uid=uid, resource_version=version, timeout=t),
             )
         except ApiError:
             self._stats.write("delete", "error")
@@ -529,7 +539,13 @@ class Reconciler:
                     self._dirty_since = time.monotonic()
             self._wake.clear()
             await asyncio.sleep(self._settings.debounce)
-            clean = await self.run_pass()
+            try:
+                clean = await self.run_pass()
+            except Exception:
+                # A bug must not end reconciliation for the life of the process.
+                log.exception("reconcile pass failed")
+                self._stats.error("internal")
+                clean = False
             self._retry_delay = 1.0 if clean else min(self._retry_delay * 2, 30.0)
 
     async def run_pass(self) -> bool:
@@ -658,15 +674,21 @@ class LeaseElector:
         settings = self._settings
         try:
             while True:
+                # The renewal counts from before the call: the Lease holds from then on.
+                attempt = time.monotonic()
                 try:
                     ok = await self.try_acquire_or_renew()
                 except ApiError as exc:
                     self._stats.error(exc.kind)
                     log.info("leader election: %s", exc)
                     ok = False
+                except Exception:
+                    log.exception("leader election failed unexpectedly")
+                    self._stats.error("internal")
+                    ok = False
                 now = time.monotonic()
                 if ok:
-                    self._renewed_at = now
+                    self._renewed_at = attempt
                     self._set_leader(True)
                 elif self.is_leader and now - self._renewed_at >= settings.renew_deadline:
                     self._set_leader(False)
@@ -687,7 +709,9 @@ class LeaseElector:
         settings, api = self._settings, self._api
         timeout = max(0.5, min(settings.request_timeout, settings.renew_deadline / 3))
         namespace, name, me = settings.namespace, settings.lease_name, settings.identity
-        lease = await self._runner(lambda: api.get_lease(namespace, name, timeout=timeout))
+        lease = await self._runner(
+            lambda t: api.get_lease(namespace, name, timeout=t), timeout=timeout, action="get the Lease"
+        )
         now = self._now()
         duration = int(settings.lease_duration)
         if lease is None:
@@ -704,7 +728,9 @@ class LeaseElector:
                 },
             }
             try:
-                await self._runner(lambda: api.create_lease(namespace, body, timeout=timeout))
+                await self._runner(
+                    lambda t: api.create_lease(namespace, body, timeout=t), timeout=timeout, action="create the Lease"
+                )
             except ApiError as exc:
                 if exc.kind == "conflict":
                     return False
@@ -733,7 +759,9 @@ class LeaseElector:
         if version:
             patch["metadata"] = {"resourceVersion": version}
         try:
-            await self._runner(lambda: api.patch_lease(namespace, name, patch, timeout=timeout))
+            await self._runner(
+                lambda t: api.patch_lease(namespace, name, patch, timeout=t), timeout=timeout, action="renew the Lease"
+            )
         except ApiError as exc:
             if exc.kind == "conflict":
                 return False
@@ -751,7 +779,11 @@ class LeaseElector:
         settings, api = self._settings, self._api
         patch = {"spec": {"holderIdentity": None, "leaseDurationSeconds": 1, "renewTime": self._now()}}
         try:
-            await self._runner(lambda: api.patch_lease(settings.namespace, settings.lease_name, patch, timeout=1.0))
+            await self._runner(
+                lambda t: api.patch_lease(settings.namespace, settings.lease_name, patch, timeout=t),
+                timeout=1.0,
+                action="release the Lease",
+            )
         except ApiError as exc:
             log.info("Lease not released (%s); it expires on its own", exc.kind)
         else:
@@ -786,6 +818,7 @@ class KubeRuntime:
     ) -> None:
         self.settings = settings
         self.stats = stats or Stats()
+        self._api, self._watch_api = api, watch_api
         self._policy = policy
         self._loop: asyncio.AbstractEventLoop | None = None
         self.runner = Runner(settings.workers)
@@ -948,6 +981,8 @@ class KubeRuntime:
 
         await asyncio.to_thread(join)
         self.runner.shutdown()
+        self._api.close()
+        self._watch_api.close()
 
 
 def build_kube_runtime(
