@@ -395,6 +395,26 @@ async def test_a_missing_source_is_a_warning_and_an_event(
     await eventually(lambda: runtime.stats.events["ok"] == 1)
 
 
+async def test_a_copy_appears_once_its_missing_source_is_created(
+    apiserver: Apiserver, cluster: Cluster, make_runtime: RuntimeFactory
+) -> None:
+    """The admitted Pod names the Secret: fixing the source must make it appear (on any replica)."""
+    await cluster.namespace("ops")
+    await cluster.namespace("team-a")
+    runtime = await make_runtime(POLICY, elect=False)
+    response = await handler_for(runtime).handle(review("team-a", "quay.io/acme/web:1"))
+    assert injected(response) == ["quay-pull"]
+    assert apiserver.secret("team-a", "quay-pull") is None
+
+    started = time.monotonic()
+    await cluster.secret("ops", "shared", {".dockerconfigjson": json.dumps(SHARED_CONFIG)})
+
+    await eventually(lambda: apiserver.secret("team-a", "quay-pull") is not None, timeout=10)
+    assert time.monotonic() - started < 2
+    assert decoded(apiserver.secret("team-a", "quay-pull") or {}) == QUAY_ONLY
+    await eventually(lambda: not runtime.reconciler.pending)
+
+
 # --------------------------------------------------------------------------- the background
 
 

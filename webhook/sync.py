@@ -440,6 +440,9 @@ class Ensurer:
             self._stats.error(exc.reason)
             self._stats.ensure("failed")
             if not dry_run:
+                # The Pod is admitted naming this Secret: it must appear as soon as the source
+                # is fixed (the source's watch event triggers the reconciler), not never.
+                self._handoff((namespace, name))
                 self._events.warn(namespace=namespace, secret=name, reason=exc.reason, message=f"Secret {name}: {exc}")
             return False, f"Secret {name} not provided: {exc}"
         except ApiError as exc:
@@ -506,6 +509,7 @@ class Reconciler:
         self._behind_since: float | None = None
         self._retry_delay = 1.0
         self._warned_unmanaged: set[Key] = set()
+        self._failures: dict[Key, str] = {}
         self.passes = 0
 
     def notify(self) -> None:
@@ -581,6 +585,14 @@ class Reconciler:
             log.debug("reconcile pass: %d copies, %s", len(keys), "clean" if clean else "with errors")
         return clean
 
+    def _log_failure(self, key: Key, kind: str, message: str) -> None:
+        """WARNING when a copy starts failing (or fails differently), DEBUG while it keeps failing alike."""
+        level = logging.DEBUG if self._failures.get(key) == kind else logging.WARNING
+        if len(self._failures) > 65536:
+            self._failures.clear()
+        self._failures[key] = kind
+        log.log(level, "%s", message)
+
     async def _reconcile(self, key: Key, policy: CompiledPolicy, leader: bool) -> bool:
         namespace, name = key
         deadline = _Deadline(self._settings.request_timeout)
@@ -610,11 +622,11 @@ class Reconciler:
         except SourceError as exc:
             self._stats.error(exc.reason)
             self._events.warn(namespace=namespace, secret=name, reason=exc.reason, message=f"Secret {name}: {exc}")
-            log.warning("Secret %s/%s not reconciled: %s", namespace, name, exc)
+            self._log_failure(key, exc.reason, f"Secret {namespace}/{name} not reconciled: {exc}")
             return False
         except ApiError as exc:
             self._stats.error(exc.kind)
-            log.warning("Secret %s/%s not reconciled: %s", namespace, name, exc)
+            self._log_failure(key, exc.kind, f"Secret {namespace}/{name} not reconciled: {exc}")
             if key in self.pending:
                 self._events.warn(
                     namespace=namespace,
@@ -624,6 +636,7 @@ class Reconciler:
                 )
             return False
         self.pending.discard(key)
+        self._failures.pop(key, None)
         if outcome == "unmanaged":
             self.tracked.discard(key)
             if key not in self._warned_unmanaged:
