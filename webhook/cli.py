@@ -73,6 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="self mode: MutatingWebhookConfiguration whose caBundle to keep current",
     )
     serve.add_argument(
+        "--cert-check-interval",
+        type=float,
+        default=float(_env("CERT_CHECK_INTERVAL", "300")),
+        help="self mode: seconds between checks of the certificate, the CA and the caBundle (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--cert-startup-timeout",
+        type=float,
+        default=float(_env("CERT_STARTUP_TIMEOUT", "60")),
+        help="self mode: how long start-up retries an unreachable API server for the certificate",
+    )
+    serve.add_argument(
         "--namespace",
         default=_env("NAMESPACE", os.environ.get("POD_NAMESPACE", "pullsecret-system")),
         help="the webhook's own namespace (default: $POD_NAMESPACE)",

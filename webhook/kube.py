@@ -304,6 +304,7 @@ class KubeApi:
         self._client = api_client
         self._core = k8s.CoreV1Api(api_client)
         self._coordination = k8s.CoordinationV1Api(api_client)
+        self._admission = k8s.AdmissionregistrationV1Api(api_client)
 
     def close(self) -> None:
         """Close the idle pooled connections (calls in flight finish on theirs)."""
@@ -463,6 +464,37 @@ class KubeApi:
             self._coordination.patch_namespaced_lease,
             name,
             namespace,
+            patch,
+            timeout=timeout,
+        )
+
+    # Self-managed certificates (webhook.selfcert) --------------------------------
+
+    def replace_secret(self, namespace: str, name: str, body: KubeObject, *, timeout: float) -> KubeObject:
+        """PUT: with ``metadata.resourceVersion`` set, a concurrent change answers 409."""
+        return self._call(
+            f"replace Secret {namespace}/{name}",
+            self._core.replace_namespaced_secret,
+            name,
+            namespace,
+            body,
+            timeout=timeout,
+        )
+
+    def get_webhook_config(self, name: str, *, timeout: float) -> KubeObject | None:
+        return self._get(
+            f"get MutatingWebhookConfiguration {name}",
+            self._admission.read_mutating_webhook_configuration,
+            name,
+            timeout=timeout,
+        )
+
+    def patch_webhook_config(self, name: str, patch: list[KubeObject], *, timeout: float) -> KubeObject:
+        """A JSON patch (a list): the client sends lists as application/json-patch+json."""
+        return self._call(
+            f"patch MutatingWebhookConfiguration {name}",
+            self._admission.patch_mutating_webhook_configuration,
+            name,
             patch,
             timeout=timeout,
         )

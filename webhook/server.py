@@ -17,6 +17,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,7 +145,11 @@ def build_components(args: argparse.Namespace) -> Components:
         on_start.append(runtime.start)  # first lists of the watches, bounded
         background.append(runtime.run)  # leader election, reconciler, Events
 
-    tls = _tls_context(args)
+    if args.cert_mode == "self":
+        tls, keep_certs = _self_managed_tls(args)
+        background.append(keep_certs)
+    else:
+        tls = _tls_context(args)
     handler = Handler(policy=holder.current, namespaces=namespaces, ensurer=ensurer, observe=metrics.observe_admission)
     background.append(tls.watch)  # logs and keeps polling when a new file is broken
     return Components(
@@ -185,6 +190,56 @@ def _kube_runtime(args: argparse.Namespace, *, holder: PolicyHolder, metrics: Me
         raise UserError(f"cannot configure the Kubernetes client: {logs.redact(str(exc))}") from None
 
 
+def _self_managed_tls(
+    args: argparse.Namespace,
+) -> tuple[ReloadingSSLContext, Callable[[], Coroutine[Any, Any, None]]]:
+    """``--cert-mode self``: get (or make) the certificate from the cluster before serving.
+
+    Blocking on purpose: nothing can be served without a certificate, and the loop is not
+    running yet. Replicas starting together race on the Secret; 409 resolves it.
+    """
+    from kubernetes.config.config_exception import ConfigException
+
+    from webhook.certs import CertBundle
+    from webhook.kube import ApiError, KubeApi, build_api_client, load_configuration
+    from webhook.selfcert import CertState, SelfCertManager, keep_current
+
+    if args.no_kube or (args.kubeconfig is None and not os.environ.get("KUBERNETES_SERVICE_HOST")):
+        raise UserError("--cert-mode self needs a cluster connection (--kubeconfig, or run in a Pod)")
+    try:
+        configuration = load_configuration(kubeconfig=args.kubeconfig)
+    except (ConfigException, OSError) as exc:
+        raise UserError(f"cannot configure the Kubernetes client: {logs.redact(str(exc))}") from None
+    api = KubeApi(build_api_client(configuration=configuration, pool_size=2))
+    manager = SelfCertManager(
+        api=api,
+        namespace=args.namespace,
+        secret_name=args.cert_secret,
+        service=args.service,
+        webhook_config=args.webhook_config,
+    )
+    deadline = time.monotonic() + args.cert_startup_timeout
+    while True:
+        try:
+            state = manager.ensure()
+            break
+        except ApiError as exc:
+            if not exc.transient or time.monotonic() > deadline:
+                raise UserError(f"cannot set up the self-managed certificate: {exc}") from None
+            log.warning("certificate set-up failed, retrying: %s", exc)
+            time.sleep(2)
+    staging = Path(tempfile.mkdtemp(prefix="pullsecret-injector-tls-"))
+    tls = ReloadingSSLContext.from_bundle(CertBundle(state.ca_bundle, state.ca_key, state.cert, state.key), staging)
+
+    def apply(new: CertState) -> None:
+        tls.update(cert_pem=new.cert, key_pem=new.key)
+
+    async def keep() -> None:
+        await keep_current(manager, initial=state, apply=apply, interval=args.cert_check_interval)
+
+    return tls, keep
+
+
 def _tls_context(args: argparse.Namespace) -> ReloadingSSLContext:
     from webhook.certs import write_local_certs
 
@@ -197,16 +252,7 @@ def _tls_context(args: argparse.Namespace) -> ReloadingSSLContext:
         if args.tls_cert is None or args.tls_key is None:
             raise UserError("--tls-cert and --tls-key are required with --cert-mode files (or use --dev)")
         return ReloadingSSLContext(args.tls_cert, args.tls_key)
-    raise UserError(f"--cert-mode {args.cert_mode} needs a cluster connection")
-
-
-def _tls_watch(tls: ReloadingSSLContext, interval: float = 10.0) -> Callable[[], Coroutine[Any, Any, None]]:
-    async def watch() -> None:
-        while True:
-            await asyncio.sleep(interval)
-            tls.maybe_reload()
-
-    return watch
+    raise UserError(f"unknown --cert-mode {args.cert_mode}")
 
 
 async def serve(
