@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
 
@@ -77,8 +78,12 @@ class Metrics:
         self._last_sync_at: float | None = None
         self.since_last_sync.set_function(self._seconds_since_sync)
         self.ready = Gauge(f"{PREFIX}_ready", "1 when the server is ready to serve admissions.", registry=r)
-        for outcome in ("mutated", "unchanged", "skipped", "ignored", "denied", "error"):
-            self.admission_requests.labels(outcome)
+        # Bound once: a labels() lookup per admission is measurable on the hot path.
+        self._outcomes = {
+            outcome: self.admission_requests.labels(outcome)
+            for outcome in ("mutated", "unchanged", "skipped", "ignored", "denied", "error")
+        }
+        self._injections: dict[str, Any] = {}
         for result in ("accepted", "rejected"):
             self.policy_reloads.labels(result)
 
@@ -87,14 +92,18 @@ class Metrics:
     def observe_admission(self, review: AdmissionReview, outcome: Outcome, seconds: float) -> None:
         """``Handler(observe=...)``: count the outcome, its latency, and each injected secret by rule."""
         del review
-        self.admission_requests.labels(outcome.result).inc()
+        counter = self._outcomes.get(outcome.result)
+        (counter if counter is not None else self.admission_requests.labels(outcome.result)).inc()
         self.admission_duration.observe(seconds)
         plan = outcome.plan
         if plan is not None and outcome.result == "mutated":
             for name in plan.added:
                 rule = plan.secrets.get(name)
                 if rule is not None:
-                    self.injections.labels(rule.name).inc()
+                    child = self._injections.get(rule.name)
+                    if child is None:
+                        child = self._injections[rule.name] = self.injections.labels(rule.name)
+                    child.inc()
 
     def observe_http_error(self, code: int) -> None:
         self.http_errors.labels(str(code)).inc()

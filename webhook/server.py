@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -309,6 +310,10 @@ async def serve(
     try:
         for start in components.on_start:
             await start()
+        # Everything loaded so far lives as long as the process: keep the collector from
+        # walking it again and again (a full collection was a 26 ms pause every few seconds).
+        gc.collect()
+        gc.freeze()
         components.readiness.started = True
         await server.serve()
     finally:
