@@ -765,12 +765,6 @@ def test_a_missing_source_admits_with_a_warning_or_denies_a_fail_closed_rule(
     assert read_secret(core, ns, "strict-pull") is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="webhook bug: an admission that fails with a SourceError (source missing) is not handed to the "
-    "reconciler (sync.Ensurer._ensure_one_unguarded), and the Reconciler only visits tracked/pending keys, "
-    "so the Secret the admitted Pod names is never created when the source appears",
-)
 def test_a_copy_appears_once_its_missing_source_is_created(
     live_hook: WebhookProcess, core: Any, namespaces: Namespaces, note: Note
 ) -> None:
