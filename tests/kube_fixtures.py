@@ -19,7 +19,11 @@ the client or of our code is patched. What this module adds to kmock 0.8, and wh
 Other differences worth knowing: kmock has no resourceVersion, uid or generateName; a
 create answers 200, not 201; PUT is not supported (we only patch); patches are recursive
 merges (``null`` deletes a key, as in a strategic-merge patch of a map); watches replay
-every existing object as ADDED and ignore ``resourceVersion`` and ``timeoutSeconds``.
+every existing object as ADDED and ignore ``resourceVersion`` and ``timeoutSeconds``;
+listing a resource it has never stored an object of is a 404 (the ``apiserver`` fixture
+declares the resources we use); kmock's own reactions run *after* it has stored a write.
+Its aiohttp test server waits up to 60 s at shutdown for any connection still open, so
+a client that leaves a watch connection open (or pooled) shows up as a slow teardown.
 """
 
 from __future__ import annotations
