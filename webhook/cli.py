@@ -43,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--policy", type=Path, default=_env("POLICY", "") or None, help="policy YAML file (re-read on change)"
     )
+    serve.add_argument(
+        "--policy-configmap",
+        default=_env("POLICY_CONFIGMAP", "") or None,
+        help="name of the ConfigMap (in --namespace) the policy file comes from: a rejected policy is "
+        "reported as an Event on it",
+    )
     serve.add_argument("--host", default=_env("HOST", "0.0.0.0"), help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=int(_env("PORT", "8443")), help="HTTPS port (default: %(default)s)")
     serve.add_argument(

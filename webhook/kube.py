@@ -549,8 +549,16 @@ class EventRecorder:
         self._last: dict[tuple[str, str, str], float] = {}
 
     def warn(self, *, namespace: str, secret: str, reason: str, message: str) -> None:
+        self._post(namespace=namespace, name=secret, reason=reason, message=message, involved=None)
+
+    def warn_configmap(self, *, namespace: str, name: str, reason: str, message: str) -> None:
+        """An Event on a ConfigMap (the policy's, when a new version is rejected)."""
+        involved = {"apiVersion": "v1", "kind": "ConfigMap", "name": name, "namespace": namespace}
+        self._post(namespace=namespace, name=f"configmap/{name}", reason=reason, message=message, involved=involved)
+
+    def _post(self, *, namespace: str, name: str, reason: str, message: str, involved: dict[str, str] | None) -> None:
         now = time.monotonic()
-        key = (namespace, reason, secret)
+        key = (namespace, reason, name)
         last = self._last.get(key)
         if last is not None and now - last < self._settings.event_interval:
             return
@@ -558,11 +566,13 @@ class EventRecorder:
             self._last = {k: t for k, t in self._last.items() if now - t < self._settings.event_interval}
         self._last[key] = now
         try:
-            self._queue.put_nowait(self._event(namespace=namespace, reason=reason, message=redact(message)))
+            self._queue.put_nowait(
+                self._event(namespace=namespace, reason=reason, message=redact(message), involved=involved)
+            )
         except asyncio.QueueFull:
             self._stats.event("dropped")
 
-    def _event(self, *, namespace: str, reason: str, message: str) -> KubeObject:
+    def _event(self, *, namespace: str, reason: str, message: str, involved: dict[str, str] | None) -> KubeObject:
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return {
             "apiVersion": "v1",
@@ -571,7 +581,8 @@ class EventRecorder:
             # A Namespace is cluster-scoped, but a core/v1 Event must live in the namespace
             # of its involvedObject: naming the namespace there too puts the Event where
             # `kubectl get events -n <namespace>` shows it.
-            "involvedObject": {"apiVersion": "v1", "kind": "Namespace", "name": namespace, "namespace": namespace},
+            "involvedObject": involved
+            or {"apiVersion": "v1", "kind": "Namespace", "name": namespace, "namespace": namespace},
             "reason": reason,
             "message": message[:1024],
             "type": "Warning",

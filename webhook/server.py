@@ -143,6 +143,10 @@ def build_components(args: argparse.Namespace) -> Components:
         runtime = _kube_runtime(args, holder=holder, metrics=metrics)
         namespaces, ensurer = runtime.namespaces, runtime.ensurer
         holder.listeners.append(runtime.policy_changed)  # re-target the by-name watches
+        if args.policy_configmap:
+            holder.listeners.append(
+                policy_rejected_event(runtime, namespace=args.namespace, configmap=args.policy_configmap)
+            )
         on_start.append(runtime.start)  # first lists of the watches, bounded
         background.append(runtime.run)  # leader election, reconciler, Events
 
@@ -162,6 +166,21 @@ def build_components(args: argparse.Namespace) -> Components:
         background=background,
         on_start=on_start,
     )
+
+
+def policy_rejected_event(runtime: KubeRuntime, *, namespace: str, configmap: str) -> Callable[[bool, list[str]], None]:
+    """A reload listener: a rejected policy becomes a Warning Event on its ConfigMap."""
+
+    def listener(accepted: bool, errors: list[str]) -> None:
+        if not accepted:
+            runtime.events.warn_configmap(
+                namespace=namespace,
+                name=configmap,
+                reason="PolicyRejected",
+                message="new policy rejected, the last good one keeps serving: " + "; ".join(errors),
+            )
+
+    return listener
 
 
 def _kube_runtime(args: argparse.Namespace, *, holder: PolicyHolder, metrics: Metrics) -> KubeRuntime:
