@@ -64,7 +64,7 @@ class Process:
         return self.context().wrap_socket(raw, server_hostname="127.0.0.1")
 
 
-def start_server(tmp_path: Path, *extra: str) -> Process:
+def start_server(tmp_path: Path, *extra: str, command: list[str] | None = None) -> Process:
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     port, metrics_port = free_port(), free_port()
@@ -73,9 +73,7 @@ def start_server(tmp_path: Path, *extra: str) -> Process:
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "webhook",
+                *(command or [sys.executable, "-m", "webhook"]),
                 "serve",
                 "--dev",
                 "--no-kube",
@@ -288,3 +286,19 @@ def test_sigterm_turns_readiness_off_first_and_finishes_in_flight_reviews(tmp_pa
     assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
     assert b'"allowed":true' in answer
     assert process.proc.wait(timeout=15) == 0
+
+
+def test_the_image_entrypoint_command_serves(tmp_path: Path) -> None:
+    """The Dockerfile runs ``pullsecret-injector serve``: the installed console script, not a module."""
+    dockerfile = (Path(__file__).parent.parent / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["pullsecret-injector"]' in dockerfile
+    assert 'CMD ["serve"]' in dockerfile
+    script = Path(sys.executable).parent / "pullsecret-injector"
+    assert script.is_file(), "the package does not install the pullsecret-injector command"
+    process = start_server(tmp_path, command=[str(script)])
+    try:
+        with process.client() as c:
+            assert c.get("/healthz").text == "ok"
+            assert c.post("/mutate", json=review()).json()["response"]["patchType"] == "JSONPatch"
+    finally:
+        assert stop(process) == 0
