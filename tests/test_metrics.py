@@ -1,0 +1,95 @@
+"""The Kubernetes-side metrics carry the values the test drove, and never a credential.
+
+The runtime runs against the API emulator on loopback with its ``Stats`` wired into
+``Metrics`` exactly as ``serve`` wires them; the exposition text is what ``/metrics`` serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+
+import pytest
+from prometheus_client import generate_latest
+
+from tests.conftest import FAST_SETTINGS
+from tests.kube_fixtures import Apiserver, Cluster, Fault, client_configuration, eventually
+from tests.test_secret_hygiene import CANARY, POLICY, config, forms, gar_key, review
+from webhook.handler import Handler
+from webhook.kube import KubeSettings, Stats
+from webhook.metrics import Metrics
+from webhook.sync import KubeRuntime, build_runtime_from_configuration
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    label_text = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = re.escape(name + (f"{{{label_text}}}" if labels else "")) + r" ([0-9.e+-]+)"
+    match = re.search(r"^" + pattern + "$", text, re.MULTILINE)
+    assert match, f"{name} {labels} not exposed"
+    return float(match.group(1))
+
+
+@pytest.fixture
+async def wired(api_host: str) -> AsyncIterator[tuple[KubeRuntime, Metrics, Handler]]:
+    metrics = Metrics()
+    stats = Stats(
+        on_write=metrics.observe_secret_write, on_error=metrics.observe_secret_error, on_sync=metrics.observe_sync
+    )
+    metrics.reconciler_lag.set_function(stats.current_lag)
+    runtime = build_runtime_from_configuration(
+        configuration=client_configuration(api_host),
+        policy=lambda: POLICY,
+        settings=KubeSettings(**{**FAST_SETTINGS, "identity": "metrics-test"}),
+        stats=stats,
+    )
+    await runtime.start()
+    task = asyncio.create_task(runtime.run())
+    handler = Handler(
+        policy=lambda: POLICY, namespaces=runtime.namespaces, ensurer=runtime.ensurer, observe=metrics.observe_admission
+    )
+    try:
+        yield runtime, metrics, handler
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await runtime.close()
+
+
+async def test_secret_metrics_follow_what_happened(
+    wired: tuple[KubeRuntime, Metrics, Handler], apiserver: Apiserver, cluster: Cluster
+) -> None:
+    runtime, metrics, handler = wired
+    await cluster.namespace("ops")
+    await cluster.secret("ops", "shared", {".dockerconfigjson": config(CANARY)})
+    await cluster.secret("ops", "gar-key", {"key.json": gar_key(CANARY)}, type="Opaque")
+    for namespace in ("team-a", "team-b"):
+        await cluster.namespace(namespace, pull="yes")
+    await eventually(lambda: runtime.stats.leader)
+
+    responses = [
+        await handler.handle(review("team-a", "quay.io/x/y")),  # create
+        await handler.handle(review("team-a", "quay.io/x/y")),  # cached: no write
+        await handler.handle(review("team-a", "europe-docker.pkg.dev/p/x:1")),  # create from credentials
+    ]
+    apiserver.faults.append(Fault(method="POST", path=r"/api/v1/namespaces/team-b/secrets", status=500, times=1))
+    responses.append(await handler.handle(review("team-b", "quay.io/x/y")))  # API 500: warning, handed off
+    await eventually(lambda: apiserver.secret("team-b", "quay-pull") is not None)  # the background recovers
+    await eventually(lambda: runtime.stats.secret_writes[("create", "ok")] == 3)  # and has counted it
+    await eventually(
+        lambda: "last_successful_sync_timestamp_seconds 0.0" not in generate_latest(metrics.registry).decode()
+    )
+
+    text = generate_latest(metrics.registry).decode()
+    prefix = "pullsecret_injector_"
+    assert value(text, prefix + "secret_writes_total", operation="create", result="ok") == 3
+    assert value(text, prefix + "secret_writes_total", operation="create", result="error") == 1
+    assert value(text, prefix + "secret_errors_total", kind="server_error") >= 1
+    assert value(text, prefix + "admission_requests_total", outcome="mutated") == 4
+    assert value(text, prefix + "injections_total", rule="quay") == 3
+    assert value(text, prefix + "injections_total", rule="gar") == 1
+    assert 0 <= value(text, prefix + "seconds_since_last_successful_sync") < 30
+    assert value(text, prefix + "reconciler_lag_seconds") >= 0
+    assert responses[-1]["response"]["allowed"] is True
+    for form in forms(CANARY):
+        assert form not in text, "credential material on /metrics"
