@@ -34,10 +34,13 @@ from typing import Any
 
 import orjson
 
-from webhook.kube import KubeApi, KubeObject, KubeSettings, NamespaceCache, Runner, SecretCache, Stats
+from webhook.kube import LIST_PAGE_SIZE, KubeApi, KubeObject, KubeSettings, NamespaceCache, Runner, SecretCache, Stats
 
-CACHE_MODEL = "webhook.kube NamespaceCache + SecretCache (real ListWatch/Store), fed by a stand-in API"
+CACHE_MODEL = "webhook.kube NamespaceCache + SecretCache (real ListWatch/Store, paged lists), fed by a stand-in API"
 SECRET_NAME = "platform-pull"
+#: The real watches' page size (``limit``); the stand-in serves its lists in pages of it.
+PAGE_SIZE = LIST_PAGE_SIZE
+LIST_VERSION = "9000000"
 
 
 def proc_status_kb(field: str) -> int:
@@ -73,20 +76,46 @@ class _QuietWatch:
 
 
 class ListOnlyApi(KubeApi):
-    """Answers lists from prepared JSON files (read when listed, like a response body) and
-    watches with silence; nothing else."""
+    """Answers lists from prepared JSON files and watches with silence; nothing else.
+
+    Each list page is its own file (``<kind>-<n>.json``, written by :func:`write_lists`),
+    read and decoded only when asked for, like a response body: a paged list (``limit``,
+    the default of the real watches) never has more than one page decoded at a time, an
+    unpaged one (``limit`` ``None``) gets every page merged into one body.
+    """
 
     def __init__(self, *, namespaces: Path, secrets: Path) -> None:
         self._namespaces = namespaces
         self._secrets = secrets
 
-    def list_namespaces(self, *, timeout: float) -> KubeObject:
-        listing: KubeObject = orjson.loads(self._namespaces.read_bytes())
+    @staticmethod
+    def _page(directory: Path, limit: int | None, continue_: str | None) -> KubeObject:
+        pages = sorted(directory.glob("page-*.json"))
+        if limit is None:
+            items: list[Any] = []
+            for page in pages:
+                items.extend(orjson.loads(page.read_bytes())["items"])
+            return {"metadata": {"resourceVersion": LIST_VERSION}, "items": items}
+        if limit != PAGE_SIZE:
+            raise ValueError(f"the prepared lists are in pages of {PAGE_SIZE}, not {limit}")
+        listing: KubeObject = orjson.loads(pages[int(continue_ or 0)].read_bytes())
         return listing
 
-    def list_secrets(self, name: str, namespace: str | None, *, timeout: float) -> KubeObject:
-        listing: KubeObject = orjson.loads(self._secrets.read_bytes() if name == SECRET_NAME else b'{"items": []}')
-        return listing
+    def list_namespaces(self, *, timeout: float, limit: int | None = None, continue_: str | None = None) -> KubeObject:
+        return self._page(self._namespaces, limit, continue_)
+
+    def list_secrets(
+        self,
+        name: str,
+        namespace: str | None,
+        *,
+        timeout: float,
+        limit: int | None = None,
+        continue_: str | None = None,
+    ) -> KubeObject:
+        if name != SECRET_NAME:
+            return {"metadata": {"resourceVersion": LIST_VERSION}, "items": []}
+        return self._page(self._secrets, limit, continue_)
 
     def watch_namespaces(self, *, resource_version: str, server_timeout: int, timeout: tuple[float, float]) -> Any:
         return _QuietWatch()
@@ -190,10 +219,18 @@ def secret_copy_object(index: int, config: bytes) -> dict[str, Any]:
     return manifest
 
 
-def listing(items: list[dict[str, Any]]) -> bytes:
-    return orjson.dumps(
-        {"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": "9000000"}, "items": items}
-    )
+def write_pages(items: list[dict[str, Any]], directory: Path) -> Path:
+    """A list as the API server pages it (``limit`` :data:`PAGE_SIZE`), one file per page."""
+    directory.mkdir(parents=True, exist_ok=True)
+    count = max(1, -(-len(items) // PAGE_SIZE))
+    for index in range(count):
+        metadata: dict[str, Any] = {"resourceVersion": LIST_VERSION}
+        if index + 1 < count:
+            metadata["continue"] = str(index + 1)
+        page = items[index * PAGE_SIZE : (index + 1) * PAGE_SIZE]
+        body = {"kind": "List", "apiVersion": "v1", "metadata": metadata, "items": page}
+        (directory / f"page-{index:05d}.json").write_bytes(orjson.dumps(body))
+    return directory
 
 
 # --------------------------------------------------------------------------- the measurement
@@ -208,12 +245,15 @@ def _wait(predicate: Any, what: str, timeout: float = 120.0) -> None:
 
 
 def write_lists(namespaces: int, directory: Path) -> tuple[Path, Path]:
-    """The API server's list answers for ``namespaces`` Namespaces and their Secret copies, as files."""
+    """The API server's list answers for ``namespaces`` Namespaces and their Secret copies, as page files."""
     config = dockerconfig()
-    ns_file, secret_file = directory / "namespaces.json", directory / "secrets.json"
-    ns_file.write_bytes(listing([namespace_object(i) for i in range(namespaces)]))
-    secret_file.write_bytes(listing([secret_copy_object(i, config) for i in range(namespaces)]))
-    return ns_file, secret_file
+    ns_pages = write_pages([namespace_object(i) for i in range(namespaces)], directory / "namespaces")
+    secret_pages = write_pages([secret_copy_object(i, config) for i in range(namespaces)], directory / "secrets")
+    return ns_pages, secret_pages
+
+
+def _size(directory: Path) -> int:
+    return sum(page.stat().st_size for page in directory.glob("page-*.json"))
 
 
 def populate(namespaces: int, rules: int, namespace_list: Path, secret_list: Path) -> dict[str, Any]:
@@ -275,7 +315,8 @@ def populate(namespaces: int, rules: int, namespace_list: Path, secret_list: Pat
         "peak_mb": round(peak_kb / 1024, 1),
         "kube_caches_mb": round((steps["kube_caches"] - steps["policy"]) / 1024, 1),
         "policy_caches_mb": round((steps["cached"] - steps["kube_caches"]) / 1024, 1),
-        "api_list_bodies_kb": (namespace_list.stat().st_size + secret_list.stat().st_size) // 1024,
+        "api_list_bodies_kb": (_size(namespace_list) + _size(secret_list)) // 1024,
+        "list_page_size": PAGE_SIZE,
         "secret_config_bytes": len(dockerconfig()),
         "sync_s": round(sync_s, 2),
         "reviews_s": round(reviews_s, 2),
@@ -303,8 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.rss", description=__doc__)
     parser.add_argument("--namespaces", type=int, default=10000)
     parser.add_argument("--rules", type=int, default=100)
-    parser.add_argument("--namespace-list", type=Path, help="(internal) the Namespace list body to serve")
-    parser.add_argument("--secret-list", type=Path, help="(internal) the Secret list body to serve")
+    parser.add_argument("--namespace-list", type=Path, help="(internal) the Namespace list pages to serve")
+    parser.add_argument("--secret-list", type=Path, help="(internal) the Secret list pages to serve")
     args = parser.parse_args(argv)
     if args.namespace_list is None or args.secret_list is None:
         # Prepare the API answers here, measure in a fresh interpreter that only reads them.

@@ -12,6 +12,11 @@ the client or of our code is patched. What this module adds to kmock 0.8, and wh
   that one selector by setting the request's name (``object.__setattr__``: kmock matches
   reactions by request identity, so the request must stay the same object), and refuses
   any other selector with a 400 so a test would notice.
+* **Paginated lists.** kmock ignores ``limit`` and ``continue`` and answers every list in
+  one piece, so our paged lists would never see a second page. A list with ``limit`` is
+  served a page at a time here, with a ``metadata.continue`` token (the offset) while more
+  remain; ``expire_continues`` makes that many of the next continued lists a 410 Expired,
+  as a real API server answers once the token's snapshot is compacted away.
 * **Faults.** :class:`Fault` delays and/or fails matching requests *before* kmock stores
   anything (kmock's own reactions run after its bookkeeping, so a "500" there would
   still create the object, unlike a failing API server).
@@ -72,6 +77,11 @@ class Apiserver(kmock.KubernetesEmulator):
     """kmock's Kubernetes emulator plus Namespaces, name field selectors and faults."""
 
     faults: list[Fault] = attrs.field(factory=list)
+    #: Answer this many of the next lists carrying a ``continue`` token with 410 Expired.
+    expire_continues: int = 0
+    #: Lists served with a ``limit`` (pages), and how many of them carried a ``continue`` token.
+    pages_served: int = 0
+    continued_pages: int = 0
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         match = NAMESPACE_PATH.fullmatch(raw_request.path)
@@ -100,6 +110,26 @@ class Apiserver(kmock.KubernetesEmulator):
             object.__setattr__(request, "name", value)
         response: aiohttp.web.StreamResponse = await super()._handle(request)
         return response
+
+    async def _serve_list(self, request: Any) -> Any:
+        listing: dict[str, Any] = await super()._serve_list(request)  # type: ignore[assignment]
+        limit, token = request.params.get("limit"), request.params.get("continue")
+        if not limit and not token:
+            return listing
+        offset = 0
+        if token:
+            if self.expire_continues > 0:
+                self.expire_continues -= 1
+                raise kmock.KubernetesError(status=410, reason="Expired", message="continue token expired")
+            offset = int(token)
+            self.continued_pages += 1
+        self.pages_served += 1
+        items = listing["items"][offset:]
+        metadata = dict(listing.get("metadata") or {})
+        if limit and len(items) > int(limit):
+            items = items[: int(limit)]
+            metadata["continue"] = str(offset + int(limit))
+        return {**listing, "metadata": metadata, "items": items}
 
     # What the tests look at ------------------------------------------------------
 

@@ -33,7 +33,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -99,6 +99,8 @@ class KubeSettings:
     event_interval: float = 300.0
     #: How long ``start`` waits for the first list of every watch before serving anyway.
     sync_timeout: float = 15.0
+    #: Objects per page when a watch lists (``limit``); 0 lists in one piece.
+    list_page_size: int = 500
 
 
 class Stats:
@@ -293,6 +295,15 @@ def _json(response: Any) -> KubeObject:
     return value
 
 
+def _paging(limit: int | None, continue_: str | None) -> dict[str, Any]:
+    paging: dict[str, Any] = {}
+    if limit:
+        paging["limit"] = limit
+    if continue_:
+        paging["_continue"] = continue_
+    return paging
+
+
 class KubeApi:
     """Synchronous raw-JSON API calls, each bounded by an explicit timeout (seconds).
 
@@ -369,16 +380,30 @@ class KubeApi:
             if exc.kind != "not_found":
                 raise
 
-    def list_secrets(self, name: str, namespace: str | None, *, timeout: float) -> KubeObject:
-        """Secrets named ``name`` in one namespace or cluster-wide: a list RBAC ``resourceNames`` allows."""
+    def list_secrets(
+        self,
+        name: str,
+        namespace: str | None,
+        *,
+        timeout: float,
+        limit: int | None = None,
+        continue_: str | None = None,
+    ) -> KubeObject:
+        """Secrets named ``name`` in one namespace or cluster-wide: a list RBAC ``resourceNames`` allows.
+
+        With ``limit``, one page of at most that many objects; the next page is asked for
+        with the ``metadata.continue`` token of this one (a 410 ``gone`` when it expired).
+        """
         selector = f"metadata.name={name}"
         where = f"in {namespace}" if namespace else "cluster-wide"
+        paging = _paging(limit, continue_)
         if namespace is None:
             return self._call(
                 f"list Secrets {name} {where}",
                 self._core.list_secret_for_all_namespaces,
                 field_selector=selector,
                 timeout=timeout,
+                **paging,
             )
         return self._call(
             f"list Secrets {name} {where}",
@@ -386,6 +411,7 @@ class KubeApi:
             namespace,
             field_selector=selector,
             timeout=timeout,
+            **paging,
         )
 
     def watch_secrets(
@@ -420,8 +446,9 @@ class KubeApi:
     def get_namespace(self, name: str, *, timeout: float) -> KubeObject | None:
         return self._get(f"get Namespace {name}", self._core.read_namespace, name, timeout=timeout)
 
-    def list_namespaces(self, *, timeout: float) -> KubeObject:
-        return self._call("list Namespaces", self._core.list_namespace, timeout=timeout)
+    def list_namespaces(self, *, timeout: float, limit: int | None = None, continue_: str | None = None) -> KubeObject:
+        """All Namespaces, or one page of them (see :meth:`list_secrets`)."""
+        return self._call("list Namespaces", self._core.list_namespace, timeout=timeout, **_paging(limit, continue_))
 
     def watch_namespaces(self, *, resource_version: str, server_timeout: int, timeout: tuple[float, float]) -> Any:
         kwargs: dict[str, Any] = {
@@ -685,9 +712,24 @@ class Store:
         with self._lock:
             return list(self._objects.items())
 
-    def replace(self, objects: list[KubeObject]) -> None:
+    def replace(self, objects: Iterable[KubeObject]) -> None:
         """A fresh list: the new truth, with the differences reported as changes."""
-        fresh = {key: self._slim(obj) for obj in objects if self._wanted(key := object_key(obj))}
+        fresh: dict[Key, KubeObject] = {}
+        self.slim_into(fresh, objects)
+        self.install(fresh)
+
+    def slim_into(self, fresh: dict[Key, KubeObject], objects: Iterable[Any]) -> None:
+        """Add the slim form of the wanted ``objects`` (one page of a list) to ``fresh``.
+
+        Only the slim objects are kept: the page as decoded can be freed right after.
+        """
+        slim, wanted = self._slim, self._wanted
+        for obj in objects:
+            if isinstance(obj, dict) and wanted(key := object_key(obj)):
+                fresh[key] = slim(obj)
+
+    def install(self, fresh: dict[Key, KubeObject]) -> None:
+        """Make ``fresh`` (filled by :meth:`slim_into`) the new truth; the differences are changes."""
         with self._lock:
             old = self._objects
             self._objects = fresh
@@ -740,8 +782,24 @@ def _iter_lines(response: Any) -> Iterator[bytes]:
         yield buffer
 
 
+#: Objects per page of a list (``limit``); client-go's reflector asks for 500 as well.
+LIST_PAGE_SIZE: Final = 500
+
+#: ``lister(limit, continue_token)``: one page of the list (``limit`` ``None``: all of it at once).
+Lister = Callable[[int | None, str | None], KubeObject]
+
+
 class ListWatch:
     """List, then watch from the list's resourceVersion, in a daemon thread, forever.
+
+    The list is read in pages of ``page_size`` objects (``limit``/``continue``), each page
+    slimmed into the store's new contents and dropped before the next is read: 10,000
+    objects decoded in one piece would leave the process tens of MB larger for good (the
+    allocator does not give back memory freed between the objects that stay). A
+    ``continue`` token that expires mid-list (410 Gone: the list took longer than the API
+    server keeps its snapshot) starts the list again from the first page; after
+    ``PAGED_RESTARTS`` such restarts the list is read in one piece, as client-go's pager
+    falls back to a full list.
 
     A watch that ends (server timeout, read timeout on a quiet stream) is resumed from the
     last resourceVersion seen; a 410 Gone or any error goes back to a fresh list, after a
@@ -749,18 +807,25 @@ class ListWatch:
     thread ends at once rather than at its next read timeout.
     """
 
+    PAGED_RESTARTS: Final = 2
+
     def __init__(
         self,
         *,
         name: str,
-        lister: Callable[[], KubeObject],
+        lister: Lister,
         watcher: Callable[[str], Any],
         store: Store,
         stats: Stats,
         backoff: tuple[float, float] = (0.5, 30.0),
+        page_size: int | None = LIST_PAGE_SIZE,
     ) -> None:
         self.name = name
         self._lister = lister
+        self._page_size = page_size
+        #: Pages read and continue-token expiries (410) seen, for tests and logs.
+        self.pages = 0
+        self.expired_continues = 0
         self._watcher = watcher
         self.store = store
         self._stats = stats
@@ -807,12 +872,45 @@ class ListWatch:
                 self._stop.wait(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, self._backoff[1])
 
+    def _list(self) -> str | None:
+        """Fill the store from a fresh list, page by page; the list's resourceVersion (``None``: stopped)."""
+        restarts = 0
+        while True:
+            limit = self._page_size if restarts < self.PAGED_RESTARTS else None
+            fresh: dict[Key, KubeObject] = {}
+            token: str | None = None
+            resource_version = ""
+            try:
+                while True:
+                    page = self._lister(limit, token)
+                    self.pages += 1
+                    self.store.slim_into(fresh, page.get("items") or ())
+                    metadata = page.get("metadata") or {}
+                    resource_version = str(metadata.get("resourceVersion") or "")
+                    token = str(metadata.get("continue") or "") or None
+                    del page, metadata  # nothing of the decoded page outlives its slim objects
+                    if token is None or limit is None:
+                        break
+                    if self._stop.is_set():
+                        return None
+            except ApiError as exc:
+                if exc.kind != "gone" or token is None:
+                    raise
+                # The continue token expired: the pages read so far are of an older snapshot.
+                self.expired_continues += 1
+                restarts += 1
+                log.debug("%s: list continue token expired, listing again from the start", self.name)
+                continue
+            count = len(fresh)
+            self.store.install(fresh)
+            log.debug("%s: listed %d object(s)", self.name, count)
+            return resource_version
+
     def _list_and_watch(self) -> None:
-        listing = self._lister()
-        items = listing.get("items") or []
-        self.store.replace([item for item in items if isinstance(item, dict)])
-        resource_version = str((listing.get("metadata") or {}).get("resourceVersion") or "")
-        log.debug("%s: listed %d object(s)", self.name, len(items))
+        listed = self._list()
+        if listed is None:
+            return
+        resource_version = listed
         while not self._stop.is_set():
             response = self._watcher(resource_version)
             with self._response_lock:
@@ -945,8 +1043,8 @@ class SecretCache:
         namespace, name = target
         api, settings = self._api, self._settings
 
-        def lister() -> KubeObject:
-            return api.list_secrets(name, namespace, timeout=settings.request_timeout)
+        def lister(limit: int | None, continue_: str | None) -> KubeObject:
+            return api.list_secrets(name, namespace, timeout=settings.request_timeout, limit=limit, continue_=continue_)
 
         def watcher(resource_version: str) -> Any:
             server, timeouts = _watch_timeouts(settings)
@@ -956,7 +1054,14 @@ class SecretCache:
 
         store = Store(on_change=self._on_change, slim=_slim_secret, only_name=name)
         where = f"in {namespace}" if namespace else "cluster-wide"
-        return ListWatch(name=f"Secrets {name} {where}", lister=lister, watcher=watcher, store=store, stats=self._stats)
+        return ListWatch(
+            name=f"Secrets {name} {where}",
+            lister=lister,
+            watcher=watcher,
+            store=store,
+            stats=self._stats,
+            page_size=settings.list_page_size or None,
+        )
 
     def stop(self) -> list[ListWatch]:
         return self._watches.stop_all()
@@ -1024,14 +1129,21 @@ class NamespaceCache:
     def start(self) -> None:
         api, settings = self._api, self._settings
 
-        def lister() -> KubeObject:
-            return api.list_namespaces(timeout=settings.request_timeout)
+        def lister(limit: int | None, continue_: str | None) -> KubeObject:
+            return api.list_namespaces(timeout=settings.request_timeout, limit=limit, continue_=continue_)
 
         def watcher(resource_version: str) -> Any:
             server, timeouts = _watch_timeouts(settings)
             return api.watch_namespaces(resource_version=resource_version, server_timeout=server, timeout=timeouts)
 
-        self._watch = ListWatch(name="Namespaces", lister=lister, watcher=watcher, store=self.store, stats=self._stats)
+        self._watch = ListWatch(
+            name="Namespaces",
+            lister=lister,
+            watcher=watcher,
+            store=self.store,
+            stats=self._stats,
+            page_size=settings.list_page_size or None,
+        )
         self._watch.start()
 
     def stop(self) -> list[ListWatch]:
@@ -1042,12 +1154,14 @@ class NamespaceCache:
 
 
 __all__ = [
+    "LIST_PAGE_SIZE",
     "ApiError",
     "EventRecorder",
     "KubeApi",
     "KubeObject",
     "KubeSettings",
     "ListWatch",
+    "Lister",
     "NamespaceCache",
     "Runner",
     "SecretCache",
