@@ -165,3 +165,18 @@ def test_readme_check_example_matches_the_bundled_files() -> None:
     block = text[start:end].split("```", 2)[1].removeprefix("text\n")
     _, output = run("check")
     assert block.strip() == output.strip()
+
+
+def test_certs_writes_a_ca_and_a_serving_pair_for_the_service(tmp_path: Path) -> None:
+    from webhook.certs import load_certificates, verify_chain
+
+    code, text = run("certs", "--service", "psi", "--namespace", "tools", "--out", str(tmp_path / "certs"))
+    assert code == 0
+    files = {p.name for p in (tmp_path / "certs").iterdir()}
+    assert files == {"ca.crt", "tls.crt", "tls.key"}
+    assert "tls.key" in text
+    assert (tmp_path / "certs" / "tls.key").stat().st_mode & 0o077 == 0
+    ca = (tmp_path / "certs" / "ca.crt").read_bytes()
+    cert = (tmp_path / "certs" / "tls.crt").read_bytes()
+    verify_chain(cert, ca, dns_name="psi.tools.svc")
+    assert len(load_certificates(ca)) == 1
