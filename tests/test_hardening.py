@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.metrics_text import value
 from tests.servers import free_port
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -212,14 +213,6 @@ def test_a_body_that_never_completes_gets_408(server: Process) -> None:
         sock.settimeout(5)
         answer = sock.recv(4096)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
-
-
-def value(metrics: str, name: str, **labels: str) -> float:
-    label_text = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = re.escape(name + (f"{{{label_text}}}" if labels else "")) + r" ([0-9.e+-]+)"
-    match = re.search(r"^" + pattern + "$", metrics, re.MULTILINE)
-    assert match, f"{name} {labels} not in /metrics"
-    return float(match.group(1))
 
 
 def test_metrics_count_what_the_test_drove(tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ The runtime runs against the API emulator on loopback with its ``Stats`` wired i
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator
 
 import pytest
@@ -15,19 +14,12 @@ from prometheus_client import generate_latest
 
 from tests.conftest import FAST_SETTINGS
 from tests.kube_fixtures import Apiserver, Cluster, Fault, client_configuration, eventually
+from tests.metrics_text import value
 from tests.test_secret_hygiene import CANARY, POLICY, config, forms, gar_key, review
 from webhook.handler import Handler
 from webhook.kube import KubeSettings, Stats
 from webhook.metrics import Metrics
 from webhook.sync import KubeRuntime, build_runtime_from_configuration
-
-
-def value(text: str, name: str, **labels: str) -> float:
-    label_text = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = re.escape(name + (f"{{{label_text}}}" if labels else "")) + r" ([0-9.e+-]+)"
-    match = re.search(r"^" + pattern + "$", text, re.MULTILINE)
-    assert match, f"{name} {labels} not exposed"
-    return float(match.group(1))
 
 
 @pytest.fixture

@@ -275,6 +275,22 @@ def _tls_context(args: argparse.Namespace) -> ReloadingSSLContext:
     raise UserError(f"unknown --cert-mode {args.cert_mode}")
 
 
+def _uvicorn_config(app: Any, *, host: str, port: int, read_timeout: float, **extra: Any) -> uvicorn.Config:
+    """Our loop (uvloop, started by ``run``), guarded httptools, our logging, no lifespan."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="none",
+        http=guarded_protocol(read_timeout),
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        **extra,
+    )
+
+
 async def serve(
     components: Components,
     *,
@@ -296,32 +312,14 @@ async def serve(
         on_transport_error=components.metrics.observe_http_error,
         on_internal_error=lambda _reason: components.metrics.admission_requests.labels("error").inc(),
     )
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        loop="none",
-        http=guarded_protocol(read_timeout),
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        timeout_keep_alive=30,
-        server_header=False,
-    )
+    config = _uvicorn_config(app, host=host, port=port, read_timeout=read_timeout, timeout_keep_alive=30)
     install_into_uvicorn(config, components.tls)
     server = GracefulServer(config, readiness=components.readiness, delay=shutdown_delay)
     jobs = list(components.background)
     metrics_server: uvicorn.Server | None = None
     if metrics_port:
-        metrics_config = uvicorn.Config(
-            components.metrics.asgi_app(),
-            host=host,
-            port=metrics_port,
-            loop="none",
-            http=guarded_protocol(read_timeout),
-            lifespan="off",
-            log_config=None,
-            access_log=False,
+        metrics_config = _uvicorn_config(
+            components.metrics.asgi_app(), host=host, port=metrics_port, read_timeout=read_timeout
         )
         metrics_server = _SignalBlindServer(metrics_config)
         jobs.append(metrics_server.serve)
