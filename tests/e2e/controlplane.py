@@ -45,10 +45,10 @@ from types import TracebackType
 from typing import IO, Any
 
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from webhook.certs import build_ca, build_serving_cert
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_ASSETS_DIR = Path.home() / ".cache" / "pullsecret-injector" / "kube-assets"
@@ -127,76 +127,23 @@ class TLSBundle:
         return ca, crt, key
 
 
-def _pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
 def make_serving_cert(
     common_name: str = "localhost",
     ips: Sequence[str] = (LOOPBACK,),
     dns_names: Sequence[str] = ("localhost",),
     days: int = 2,
 ) -> TLSBundle:
-    """Make a fresh CA and a server certificate for ``ips``/``dns_names`` (SANs) signed by it.
+    """A fresh CA and a server certificate for ``ips``/``dns_names`` (SANs), by the project's own code.
 
     Use it for webhooks too: the apiserver checks the webhook's certificate against the
     ``caBundle`` (``TLSBundle.ca_pem``) and needs a SAN for the IP in the URL.
     """
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{common_name}-ca")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
+    validity = datetime.timedelta(days=days)
+    ca_pem, ca_key = build_ca(common_name=f"{common_name}-ca", valid_for=validity)
+    cert_pem, key_pem = build_serving_cert(
+        ca_cert_pem=ca_pem, ca_key_pem=ca_key, dns_names=list(dns_names), ip_addresses=list(ips), valid_for=validity
     )
-    key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
-    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    return TLSBundle(
-        ca_pem=ca_cert.public_bytes(serialization.Encoding.PEM),
-        cert_pem=cert.public_bytes(serialization.Encoding.PEM),
-        key_pem=_pem_key(key),
-    )
+    return TLSBundle(ca_pem=ca_pem, cert_pem=cert_pem, key_pem=key_pem)
 
 
 # --------------------------------------------------------------------------- processes
@@ -413,7 +360,11 @@ class ControlPlane:
         )
         tls.write(d, "apiserver")
         sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        (d / "sa.key").write_bytes(_pem_key(sa_key))
+        (d / "sa.key").write_bytes(
+            sa_key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
         (d / "sa.key").chmod(0o600)
         (d / "sa.pub").write_bytes(
             sa_key.public_key().public_bytes(
