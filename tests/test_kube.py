@@ -852,3 +852,88 @@ async def test_continue_tokens_that_keep_expiring_end_in_one_full_list(
         if r.action == kmock.action.LIST and r.resource != SECRETS and "limit" not in r.params
     ]
     assert unpaged  # the fallback: the namespaces listed in one piece
+
+
+# --------------------------------------------------------------------------- the warm admission path
+
+
+async def test_the_warm_path_answers_without_suspending(
+    apiserver: Apiserver, cluster: Cluster, make_runtime: RuntimeFactory
+) -> None:
+    await shared_source(cluster)
+    await cluster.namespace("team-a")
+    runtime = await make_runtime(POLICY, elect=False)
+    await handler_for(runtime).handle(review("team-a", "quay.io/acme/web:1"))
+    await eventually(lambda: runtime.secrets.lookup("team-a", "quay-pull")[1] is not None)
+    quay = POLICY.policy.rules[0]
+
+    # No task, no thread hop, no timer: the coroutine completes on its first step.
+    coroutine = runtime.ensurer.ensure(namespace="team-a", secrets={"quay-pull": quay}, dry_run=False)
+    with pytest.raises(StopIteration) as done:
+        coroutine.send(None)
+    assert (done.value.value.failed, done.value.value.warnings) == ([], [])
+    assert runtime.stats.ensures["fast"] == 1
+
+
+class _Secrets:
+    """A SecretCache stand-in that knows everything: objects by (namespace, name)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def lookup(self, namespace: str, name: str) -> tuple[bool, dict[str, Any] | None]:
+        return True, self.objects.get((namespace, name))
+
+
+def test_the_current_verdict_is_remembered_per_copy_version_and_source_object() -> None:
+    from typing import cast
+
+    from webhook.sync import SecretSync, grant_for
+
+    secrets = _Secrets()
+    sync = SecretSync(
+        api=cast(Any, None),
+        runner=cast(Any, None),
+        secrets=cast(Any, secrets),
+        namespaces=cast(Any, None),
+        stats=Stats(),
+    )
+    source = {"metadata": {"namespace": "ops", "name": "shared"}, "type": "kubernetes.io/dockerconfigjson"}
+    source["data"] = {".dockerconfigjson": base64.b64encode(json.dumps(SHARED_CONFIG).encode()).decode()}
+    secrets.objects[("ops", "shared")] = source
+    grant = grant_for(POLICY, "team-a", "quay-pull", {})
+    assert grant is not None
+    assert grant_for(POLICY, "team-b", "quay-pull", {}) is grant  # one Grant per distinct admission answer
+
+    def copy(version: str, **changes: Any) -> dict[str, Any]:
+        manifest = sync._base_copy("quay-pull", grant, secrets.objects[("ops", "shared")]).manifest()
+        manifest["metadata"].update(namespace="team-a", uid="u-1", resourceVersion=version)
+        manifest.update(changes)
+        return manifest
+
+    assert sync.current_in_cache("team-a", "quay-pull", grant) is False  # no copy yet
+    secrets.objects[("team-a", "quay-pull")] = copy("1")
+    assert sync.current_in_cache("team-a", "quay-pull", grant) is True
+    assert sync.current_in_cache("team-a", "quay-pull", grant) is True  # remembered
+    # Edited by hand: a new resourceVersion, and not current any more.
+    secrets.objects[("team-a", "quay-pull")] = copy("2", data={".dockerconfigjson": "e30="})
+    assert sync.current_in_cache("team-a", "quay-pull", grant) is False
+    # Taken over by someone else (our label gone).
+    unmanaged = copy("3")
+    unmanaged["metadata"]["labels"] = {}
+    secrets.objects[("team-a", "quay-pull")] = unmanaged
+    assert sync.current_in_cache("team-a", "quay-pull", grant) is False
+    secrets.objects[("team-a", "quay-pull")] = copy("4")
+    assert sync.current_in_cache("team-a", "quay-pull", grant) is True
+    # The source rotates: a new source object, so the same copy version is no longer current.
+    other = {"auths": {"quay.io": {"auth": base64.b64encode(b"quay-user:rotated").decode()}}}
+    secrets.objects[("ops", "shared")] = {
+        **source,
+        "data": {".dockerconfigjson": base64.b64encode(json.dumps(other).encode()).decode()},
+    }
+    assert sync.current_in_cache("team-a", "quay-pull", grant) is False
+    secrets.objects[("team-a", "quay-pull")] = copy("5")
+    assert sync.current_in_cache("team-a", "quay-pull", grant) is True
+    # A source that no longer parses is "not current" here (the full path reports it).
+    secrets.objects[("ops", "shared")] = {**source, "data": {".dockerconfigjson": "bm90IGpzb24="}}
+    assert sync.current_in_cache("team-a", "quay-pull", grant) is False

@@ -109,9 +109,12 @@ class Grant:
 class _PolicyIndex:
     """Rules with a source, by Secret name, for the policy object last seen."""
 
+    _GRANTS_LIMIT = 4096
+
     def __init__(self) -> None:
         self._policy: CompiledPolicy | None = None
         self._by_name: dict[str, list[tuple[int, Rule]]] = {}
+        self._grants: dict[tuple[str, frozenset[int]], Grant | None] = {}
 
     def by_name(self, policy: CompiledPolicy) -> dict[str, list[tuple[int, Rule]]]:
         if policy is not self._policy:
@@ -119,8 +122,29 @@ class _PolicyIndex:
             for index, rule in enumerate(policy.policy.rules):
                 if rule.source is not None:
                     by_name.setdefault(rule.secret, []).append((index, rule))
-            self._policy, self._by_name = policy, by_name
+            self._policy, self._by_name, self._grants = policy, by_name, {}
         return self._by_name
+
+    def grant(self, policy: CompiledPolicy, name: str, admitted: frozenset[int]) -> Grant | None:
+        """The :class:`Grant` of ``name`` for the rules ``admitted``, one object per distinct answer.
+
+        Namespaces admitted by the same rules share a Grant: the desired copy is memoized
+        on its identity (:class:`SecretSync`), so it is built once, not once per admission.
+        """
+        candidates = self.by_name(policy).get(name)
+        if not candidates:
+            return None
+        key = (name, admitted)
+        try:
+            return self._grants[key]
+        except KeyError:
+            pass
+        rules = tuple(rule for index, rule in candidates if index in admitted)
+        grant = Grant(rules) if rules else None
+        if len(self._grants) >= self._GRANTS_LIMIT:
+            self._grants.clear()
+        self._grants[key] = grant
+        return grant
 
 
 _index = _PolicyIndex()
@@ -136,12 +160,9 @@ def grant_for(policy: CompiledPolicy, namespace: str, name: str, labels: Mapping
 
     ``labels`` ``None`` means unknown: rules with a namespace selector then do not apply.
     """
-    candidates = _index.by_name(policy).get(name)
-    if not candidates:
+    if name not in _index.by_name(policy):
         return None
-    admitted = policy.admitted_rules(namespace, labels)
-    rules = tuple(rule for index, rule in candidates if index in admitted)
-    return Grant(rules) if rules else None
+    return _index.grant(policy, name, policy.admitted_rules(namespace, labels))
 
 
 def source_target(source: Source) -> tuple[str, str]:
@@ -197,21 +218,51 @@ class SecretSync:
         self.namespaces = namespaces
         self._stats = stats
         self._memo: dict[tuple[Any, ...], Copy] = {}
+        #: ``id(grant)`` -> ``(grant, name, source object, copy)``: the copy built from that very
+        #: cached source object (the store replaces an object on every change, never edits it).
+        self._copies: dict[int, tuple[Grant, str, KubeObject, Copy]] = {}
+        #: ``(namespace, name)`` -> ``(uid, resourceVersion, copy)`` of a copy found current.
+        self._verdicts: dict[Key, tuple[str, str, Copy]] = {}
 
-    async def _call(self, action: str, deadline: _Deadline, call: Callable[[float], T]) -> T:
-        """One API call with what remains of ``deadline`` (none is started past it)."""
-        return await self._runner(call, timeout=deadline.remaining(action), action=action)
+    _MEMO_LIMIT = 1024
+    _VERDICTS_LIMIT = 65536
 
-    async def _source_object(self, source: Source, deadline: _Deadline) -> KubeObject | None:
-        namespace, name = source_target(source)
-        known, obj = self.secrets.lookup(namespace, name)
-        if known:
-            return obj
-        return await self._get(namespace, name, deadline)
+    def current_in_cache(self, namespace: str, name: str, grant: Grant) -> bool:
+        """Whether the caches alone show the copy of ``name`` in ``namespace`` current for ``grant``.
 
-    async def desired(self, namespace: str, name: str, grant: Grant, deadline: _Deadline) -> Copy:
-        """The copy ``grant`` gives ``namespace``; raises ``SourceError`` or ``ApiError``."""
-        source_obj = await self._source_object(grant.source, deadline)
+        Synchronous and free of API calls: the warm path of every admission. False means
+        "not shown current" (source or copy not cached, a source problem, a stale or foreign
+        copy): :meth:`desired` and :meth:`converge` then work it out, with API calls if need be.
+        """
+        known, source_obj = self.secrets.lookup(*source_target(grant.source))
+        if not known or source_obj is None:
+            return False
+        known, existing = self.secrets.lookup(namespace, name)
+        if not known or existing is None:
+            return False
+        try:
+            base = self._base_copy(name, grant, source_obj)
+        except SourceError:
+            return False
+        metadata = existing.get("metadata") or {}
+        uid, version = str(metadata.get("uid") or ""), str(metadata.get("resourceVersion") or "")
+        key = (namespace, name)
+        verdict = self._verdicts.get(key)
+        if version and verdict is not None and verdict[2] is base and verdict[1] == version and verdict[0] == uid:
+            return True
+        if not is_current(existing, base):
+            return False
+        if version:
+            if len(self._verdicts) >= self._VERDICTS_LIMIT:
+                self._verdicts.clear()
+            self._verdicts[key] = (uid, version, base)
+        return True
+
+    def _base_copy(self, name: str, grant: Grant, source_obj: KubeObject | None) -> Copy:
+        """The copy ``grant`` gives (namespace left empty), memoized; raises ``SourceError``."""
+        entry = self._copies.get(id(grant))
+        if entry is not None and entry[0] is grant and entry[2] is source_obj and entry[1] == name:
+            return entry[3]
         data = source_obj.get("data") if source_obj is not None else None
         memo_key = (
             name,
@@ -231,10 +282,30 @@ class SecretSync:
                 registries=grant.registries,
                 source_secret=source_obj,
             )
-            if len(self._memo) >= 1024:
+            if len(self._memo) >= self._MEMO_LIMIT:
                 self._memo.clear()
             self._memo[memo_key] = cached
-        return dataclasses.replace(cached, namespace=namespace)
+        if source_obj is not None:
+            if len(self._copies) >= self._MEMO_LIMIT:
+                self._copies.clear()
+            self._copies[id(grant)] = (grant, name, source_obj, cached)
+        return cached
+
+    async def _call(self, action: str, deadline: _Deadline, call: Callable[[float], T]) -> T:
+        """One API call with what remains of ``deadline`` (none is started past it)."""
+        return await self._runner(call, timeout=deadline.remaining(action), action=action)
+
+    async def _source_object(self, source: Source, deadline: _Deadline) -> KubeObject | None:
+        namespace, name = source_target(source)
+        known, obj = self.secrets.lookup(namespace, name)
+        if known:
+            return obj
+        return await self._get(namespace, name, deadline)
+
+    async def desired(self, namespace: str, name: str, grant: Grant, deadline: _Deadline) -> Copy:
+        """The copy ``grant`` gives ``namespace``; raises ``SourceError`` or ``ApiError``."""
+        source_obj = await self._source_object(grant.source, deadline)
+        return dataclasses.replace(self._base_copy(name, grant, source_obj), namespace=namespace)
 
     async def _get(self, namespace: str, name: str, deadline: _Deadline) -> KubeObject | None:
         api = self._api
@@ -359,9 +430,12 @@ class Ensurer:
         started = loop.time()
         policy = self._policy()
         labels = await self._sync.namespaces.labels(namespace) if policy.uses_selectors else None
+        pending = [name for name in secrets if not self._current_in_cache(policy, namespace, name, labels, dry_run)]
+        if not pending:
+            return EnsureResult()  # the warm path: no task, no thread, no API call
         deadline = _Deadline(max(0.0, budget - (loop.time() - started)))
         tasks: dict[str, asyncio.Task[tuple[bool, str | None]]] = {}
-        for name in secrets:
+        for name in pending:
             key = (namespace, name, dry_run)
             task = self._inflight.get(key)
             if task is None:
@@ -396,6 +470,22 @@ class Ensurer:
             if warning:
                 result.warnings.append(redact(warning))
         return result
+
+    def _current_in_cache(
+        self, policy: CompiledPolicy, namespace: str, name: str, labels: Mapping[str, str] | None, dry_run: bool
+    ) -> bool:
+        """The caches show the copy current (and no call chain for it is in flight): nothing to do."""
+        if (namespace, name, dry_run) in self._inflight:
+            return False
+        try:
+            grant = grant_for(policy, namespace, name, labels)
+            if grant is None or not self._sync.current_in_cache(namespace, name, grant):
+                return False
+        except Exception:
+            log.exception("checking Secret %s/%s in the cache failed unexpectedly", namespace, name)
+            return False  # the full path decides, and reports
+        self._stats.ensure("fast")
+        return True
 
     def _forget_inflight(self, task: asyncio.Task[tuple[bool, str | None]]) -> None:
         for key, value in list(self._inflight.items()):
