@@ -718,18 +718,26 @@ def test_service_monitor_can_be_enabled_in_any_mode() -> None:
 
 # --------------------------------------------------------------------------- RBAC
 
+SOURCES_ROLE = f"{FULLNAME}-sources"
+SECRETS: Obj = {"apiGroups": [""], "resources": ["secrets"]}
+CREATE_SECRETS: Obj = {**SECRETS, "verbs": ["create"]}
+READ = ["get", "list", "watch"]
 
-def policy_secret_names(values: Obj) -> tuple[set[str], set[str]]:
-    """(target names, source names) the policy uses."""
+
+def policy_secret_names(values: Obj) -> tuple[set[str], dict[str, set[str]]]:
+    """(target names, {namespace: source names}) the policy uses."""
     targets: set[str] = set(values["rbac"]["extraSecretNames"])
-    sources: set[str] = set()
+    sources: dict[str, set[str]] = {}
     for rule in values["policy"]["rules"]:
         targets.add(rule["secret"])
         source = rule.get("source") or {}
+        refs = []
         if "secret" in source:
-            sources.add(source["secret"]["name"])
+            refs.append(source["secret"])
         if "credentials" in source:
-            sources.add(source["credentials"]["passwordFrom"]["name"])
+            refs.append(source["credentials"]["passwordFrom"])
+        for ref in refs:
+            sources.setdefault(ref["namespace"], set()).add(ref["name"])
     return targets, sources
 
 
@@ -737,87 +745,127 @@ def secret_rules(role: Obj) -> list[Obj]:
     return [r for r in role["rules"] if "secrets" in r["resources"]]
 
 
+def source_roles(r: Rendered) -> dict[str, Obj]:
+    """The per-namespace source Roles, by namespace."""
+    roles = [role for role in r.all("Role") if role["metadata"]["name"] == SOURCES_ROLE]
+    by_namespace = {role["metadata"]["namespace"]: role for role in roles}
+    assert len(by_namespace) == len(roles), "one source Role per namespace"
+    return by_namespace
+
+
+def copy_rule(targets: set[str], *, cleanup: bool) -> Obj:
+    """The ClusterRole rule on the copies: exactly the verbs KubeApi uses on them."""
+    return {**SECRETS, "resourceNames": sorted(targets), "verbs": [*READ, "patch", *(["delete"] if cleanup else [])]}
+
+
 def test_rbac_has_no_wildcards(ci: Rendered) -> None:
-    for kind in ("ClusterRole", "Role"):
-        for rule in ci.one(kind)["rules"]:
+    for role in ci.all("ClusterRole") + ci.all("Role"):
+        for rule in role["rules"]:
             for key in ("verbs", "resources", "apiGroups", "resourceNames"):
-                assert "*" not in rule.get(key, []), f"{kind} rule {rule} uses a wildcard in {key}"
+                assert "*" not in rule.get(key, []), f"{role['kind']} rule {rule} uses a wildcard in {key}"
             assert all("/" not in r for r in rule["resources"]), "no subresources are needed"
+            assert rule.get("resourceNames", True), "an empty resourceNames list would grant every object"
 
 
-def test_cluster_role_secret_access_is_limited_to_policy_names(ci: Rendered) -> None:
+def test_cluster_role_secret_access_is_exactly_the_copies(ci: Rendered) -> None:
+    """Create (unrestrictable), and get/list/watch/patch[/delete] on the copy names only: no source, no update."""
     targets, sources = policy_secret_names(ci.values)
     assert targets, "ci values are expected to use some Secrets"
-    rules = secret_rules(ci.one("ClusterRole"))
-    for rule in rules:
-        assert rule["apiGroups"] == [""]
-        assert rule["resources"] == ["secrets"]
-        if "resourceNames" not in rule:
-            # Only create cannot be restricted by name.
-            assert rule["verbs"] == ["create"]
-    named = [r for r in rules if "resourceNames" in r]
-    assert {n for r in named for n in r["resourceNames"]} == targets | sources
-    assert all(r["resourceNames"] for r in named), "an empty resourceNames list would grant every Secret"
-
-    def verbs_for(name: str) -> set[str]:
-        return {v for r in named if name in r["resourceNames"] for v in r["verbs"]}
-
-    for name in targets:
-        expected = {"get", "list", "watch", "update", "patch"}
-        if ci.values["server"]["cleanup"]:
-            expected.add("delete")
-        assert verbs_for(name) >= expected
-    for name in sources - targets:
-        assert verbs_for(name) == {"get", "list", "watch"}, "sources are read-only"
-    assert [r for r in rules if "resourceNames" not in r] == [
-        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}
+    assert sources, "ci values are expected to read some sources"
+    assert secret_rules(ci.one("ClusterRole")) == [
+        CREATE_SECRETS,
+        copy_rule(targets, cleanup=ci.values["server"]["cleanup"]),
     ]
+
+
+def test_cluster_role_does_not_name_sources_cluster_wide() -> None:
+    """A source name is granted in its namespace only, even on a policy where it is no copy's name."""
+    r = render_ci("self")
+    named = {n for rule in secret_rules(r.one("ClusterRole")) for n in rule.get("resourceNames", [])}
+    assert named == {"gar-pull", "harbor-pull"}
+    assert not named & {"gar-credentials", "harbor-robot"}
 
 
 def test_cluster_role_other_rules(ci: Rendered) -> None:
-    rules = ci.one("ClusterRole")["rules"]
-    by_resource = {res: r for r in rules for res in r["resources"] if res != "secrets"}
-    assert set(by_resource["namespaces"]["verbs"]) == {"get", "list", "watch"}
-    assert set(by_resource["events"]["verbs"]) == {"create", "patch"}
+    rules = [r for r in ci.one("ClusterRole")["rules"] if "secrets" not in r["resources"]]
+    expected = [
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": READ},
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},  # created, never patched
+    ]
     if cert_mode(ci) == "self":
-        mwc = by_resource["mutatingwebhookconfigurations"]
-        assert mwc["apiGroups"] == ["admissionregistration.k8s.io"]
-        assert mwc["resourceNames"] == [FULLNAME]
-        assert set(mwc["verbs"]) == {"get", "patch"}
-    else:
-        assert "mutatingwebhookconfigurations" not in by_resource
-    assert set(by_resource) == {"namespaces", "events"} | (
-        {"mutatingwebhookconfigurations"} if cert_mode(ci) == "self" else set()
-    )
+        expected.append(
+            {
+                "apiGroups": ["admissionregistration.k8s.io"],
+                "resources": ["mutatingwebhookconfigurations"],
+                "resourceNames": [FULLNAME],
+                "verbs": ["get", "patch"],
+            }
+        )
+    assert rules == expected
 
 
 def test_role_in_release_namespace(ci: Rendered) -> None:
-    role = ci.one("Role")
+    role = ci.one("Role", FULLNAME)
     assert role["metadata"]["namespace"] == NAMESPACE
-    rules = role["rules"]
-    configmaps = [r for r in rules if r["resources"] == ["configmaps"]]
-    assert configmaps == [
-        {
-            "apiGroups": [""],
-            "resources": ["configmaps"],
-            "resourceNames": [f"{FULLNAME}-policy"],
-            "verbs": ["get", "list", "watch"],
-        }
+    leases = {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"]}
+    expected: list[Obj] = [
+        # LeaseElector: get + create the first time, then patch (never PUT: no update).
+        {**leases, "verbs": ["create"]},
+        {**leases, "resourceNames": [f"{FULLNAME}-leader"], "verbs": ["get", "patch"]},
     ]
-    leases = [r for r in rules if r["resources"] == ["leases"]]
-    assert all(r["apiGroups"] == ["coordination.k8s.io"] for r in leases)
-    assert {"create"} == {v for r in leases if "resourceNames" not in r for v in r["verbs"]}
-    named_leases = [r for r in leases if "resourceNames" in r]
-    assert [r["resourceNames"] for r in named_leases] == [[f"{FULLNAME}-leader"]]
-    assert {"get", "update"} <= set(named_leases[0]["verbs"])
-    secrets = secret_rules(role)
     if cert_mode(ci) == "self":
-        assert [r["verbs"] for r in secrets if "resourceNames" not in r] == [["create"]]
-        named = [r for r in secrets if "resourceNames" in r]
-        assert [r["resourceNames"] for r in named] == [[f"{FULLNAME}-tls"]]
-        assert {"get", "update", "patch"} <= set(named[0]["verbs"])
-    else:
-        assert secrets == [], "files modes read their certificate from the volume, not the API"
+        # selfcert: get, create, replace (PUT); never list/watch/patch.
+        expected += [CREATE_SECRETS, {**SECRETS, "resourceNames": [f"{FULLNAME}-tls"], "verbs": ["get", "update"]}]
+    assert role["rules"] == expected
+    assert not [r for r in role["rules"] if r["resources"] == ["configmaps"]], (
+        "the policy is read from the mounted file, never through the API"
+    )
+
+
+def test_source_roles_one_per_source_namespace(ci: Rendered) -> None:
+    _, sources = policy_secret_names(ci.values)
+    roles = source_roles(ci)
+    assert set(roles) == set(sources)
+    for namespace, role in roles.items():
+        assert role["rules"] == [{**SECRETS, "resourceNames": sorted(sources[namespace]), "verbs": READ}]
+
+
+def test_source_roles_follow_every_source_namespace() -> None:
+    """source.secret and passwordFrom, several namespaces, names shared by rules deduplicated."""
+    values = {
+        "policy": {
+            "rules": [
+                _rule("a", "a-pull", {"secret": {"namespace": "vault-a", "name": "creds"}}),
+                _rule("b", "b-pull", {"secret": {"namespace": "vault-a", "name": "creds"}}),
+                _rule("c", "c-pull", {"secret": {"namespace": "vault-a", "name": "another"}}),
+                _rule("d", "d-pull", {"credentials": {**CREDENTIALS, "passwordFrom": {**CREDENTIALS["passwordFrom"]}}}),
+                _rule(
+                    "e",
+                    "e-pull",
+                    {
+                        "credentials": {
+                            **CREDENTIALS,
+                            "passwordFrom": {"namespace": "vault-b", "name": "robot-token", "key": "token"},
+                        }
+                    },
+                ),
+            ]
+        }
+    }
+    r = render(values)
+    roles = source_roles(r)
+    assert {ns: role["rules"][0]["resourceNames"] for ns, role in roles.items()} == {
+        "vault-a": ["another", "creds"],
+        "vault-b": ["robot-token"],
+        NAMESPACE: ["token"],
+    }
+    assert all(role["rules"][0]["verbs"] == READ for role in roles.values())
+    assert secret_rules(r.one("ClusterRole")) == [
+        CREATE_SECRETS,
+        copy_rule({"a-pull", "b-pull", "c-pull", "d-pull", "e-pull"}, cleanup=True),
+    ]
+    bindings = {b["metadata"]["namespace"]: b for b in r.all("RoleBinding") if b["metadata"]["name"] == SOURCES_ROLE}
+    assert set(bindings) == set(roles)
 
 
 def test_bindings_reference_the_service_account(ci: Rendered) -> None:
@@ -830,17 +878,35 @@ def test_bindings_reference_the_service_account(ci: Rendered) -> None:
         "kind": "ClusterRole",
         "name": ci.one("ClusterRole")["metadata"]["name"],
     }
-    rb = ci.one("RoleBinding")
+    rb = ci.one("RoleBinding", FULLNAME)
     assert rb["metadata"]["namespace"] == NAMESPACE
     assert rb["subjects"] == [subject]
-    assert rb["roleRef"]["kind"] == "Role"
-    assert rb["roleRef"]["name"] == ci.one("Role")["metadata"]["name"]
+    assert rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": FULLNAME}
+    roles = {(role["metadata"]["namespace"], role["metadata"]["name"]) for role in ci.all("Role")}
+    bindings = ci.all("RoleBinding")
+    assert {(b["metadata"]["namespace"], b["metadata"]["name"]) for b in bindings} == roles
+    for binding in bindings:
+        assert binding["subjects"] == [subject], "every binding is for the webhook's ServiceAccount, in its namespace"
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": binding["metadata"]["name"],
+        }
 
 
 def test_rbac_without_rules_grants_no_secrets() -> None:
     r = render({"policy": {"rules": []}, "certificates": {"mode": "cert-manager"}})
     assert secret_rules(r.one("ClusterRole")) == []
-    assert secret_rules(r.one("Role")) == []
+    assert secret_rules(r.one("Role", FULLNAME)) == []
+    assert source_roles(r) == {}
+    assert [b["metadata"]["name"] for b in r.all("RoleBinding")] == [FULLNAME]
+
+
+def test_rbac_without_rules_self_mode_can_still_create_its_certificate() -> None:
+    """The Role's own Secret create: with no rules the ClusterRole grants none."""
+    r = render({"policy": {"rules": []}})
+    assert secret_rules(r.one("ClusterRole")) == []
+    assert CREATE_SECRETS in secret_rules(r.one("Role", FULLNAME))
 
 
 def test_rbac_extra_secret_names_and_no_cleanup() -> None:
@@ -848,14 +914,17 @@ def test_rbac_extra_secret_names_and_no_cleanup() -> None:
     values["rbac"] = {"extraSecretNames": ["old-pull"]}
     values["server"] = {"cleanup": False}
     r = render(values)
-    named = [rule for rule in secret_rules(r.one("ClusterRole")) if "resourceNames" in rule]
-    target_rule = next(rule for rule in named if "old-pull" in rule["resourceNames"])
-    assert "delete" not in target_rule["verbs"], "--no-cleanup needs no delete"
+    # --no-cleanup needs no delete; the extra name is a copy name, never a source.
+    assert secret_rules(r.one("ClusterRole")) == [
+        CREATE_SECRETS,
+        copy_rule({"gar-pull", "harbor-pull", "old-pull"}, cleanup=False),
+    ]
+    assert all("old-pull" not in role["rules"][0]["resourceNames"] for role in source_roles(r).values())
     assert "--no-cleanup" in r.args
 
 
 def test_rbac_disabled_renders_none() -> None:
-    r = render({"rbac": {"create": False}})
+    r = render({"rbac": {"create": False}, "policy": {"rules": [_rule()]}})
     for kind in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"):
         assert r.all(kind) == []
 
@@ -974,6 +1043,7 @@ def test_policy_rule_without_source_only_references_the_secret() -> None:
     assert yaml.safe_load(r.one("ConfigMap")["data"]["policy.yaml"])["rules"] == [rule]
     names = {n for rule in secret_rules(r.one("ClusterRole")) for n in rule.get("resourceNames", [])}
     assert names == {"quay-pull"}
+    assert source_roles(r) == {}, "no source, nothing to read"
 
 
 # --------------------------------------------------------------------------- contradictory values
@@ -1079,6 +1149,37 @@ BAD_VALUES: list[tuple[str, Obj, bool, str]] = [
         "one Secret name, one source",
     ),
     ("glob-secret-name", {"policy": {"rules": [_rule(target="pull-*")]}}, True, "is not a valid Secret name"),
+    (
+        "source-namespace-not-a-label-schema",
+        {"policy": {"rules": [_rule(source={"secret": {"namespace": "Vault_NS", "name": "creds"}})]}},
+        False,
+        "/policy/rules/0/source/secret/namespace",
+    ),
+    (
+        "source-namespace-not-a-label-template",
+        {"policy": {"rules": [_rule(source={"secret": {"namespace": "Vault_NS", "name": "creds"}})]}},
+        True,
+        'source.secret.namespace: "Vault_NS" is not a valid namespace name',
+    ),
+    (
+        "password-namespace-not-a-label-template",
+        {
+            "policy": {
+                "rules": [
+                    _rule(
+                        source={
+                            "credentials": {
+                                **CREDENTIALS,
+                                "passwordFrom": {**CREDENTIALS["passwordFrom"], "namespace": "a.b"},
+                            }
+                        }
+                    )
+                ]
+            }
+        },
+        True,
+        'source.credentials.passwordFrom.namespace: "a.b" is not a valid namespace name',
+    ),
     (
         "pdb-blocks-drains",
         {"replicaCount": 2, "podDisruptionBudget": {"minAvailable": 2}},
@@ -1204,6 +1305,7 @@ def test_helpers_are_split_by_concern() -> None:
     for name in ("_helpers.tpl", "_policy.tpl", "_certs.tpl", "NOTES.txt", "tests/test-connection.yaml"):
         assert (templates / name).is_file(), name
     assert "pullsecret-injector.targetSecretNames" in (templates / "_policy.tpl").read_text()
+    assert "pullsecret-injector.sourceSecretsByNamespace" in (templates / "_policy.tpl").read_text()
     assert "lookup" in (templates / "_certs.tpl").read_text()
 
 

@@ -319,6 +319,45 @@ def request_as(
         conn.close()
 
 
+#: One permission, flattened from a role's rules: (scope, apiGroup, resource, verb, resourceName or "*").
+#: scope: ``"cluster"`` for a ClusterRole, else the namespace of the Role that grants it.
+Grant = tuple[str, str, str, str, str]
+CLUSTER = "cluster"
+
+
+def role_grants(role: Mapping[str, Any]) -> set[Grant]:
+    """Every (scope, group, resource, verb, name) a ClusterRole or Role object (as JSON) grants."""
+    scope = str(role["metadata"].get("namespace") or CLUSTER) if role.get("kind") == "Role" else CLUSTER
+    grants: set[Grant] = set()
+    for rule in role.get("rules") or []:
+        for group in rule.get("apiGroups") or [""]:
+            for resource in rule.get("resources") or []:
+                for verb in rule.get("verbs") or []:
+                    for name in rule.get("resourceNames") or ["*"]:
+                        grants.add((scope, str(group), str(resource), str(verb), str(name)))
+    return grants
+
+
+def release_rbac(control_plane: ControlPlane, release: str) -> list[dict[str, Any]]:
+    """The live ClusterRoles and Roles (every namespace) labelled as this release's, as JSON.
+
+    Listed by the chart's ``app.kubernetes.io/instance`` label rather than by name, so a
+    Role the chart renders in a namespace nobody thought of is reviewed too.
+    """
+    selector = urllib.parse.urlencode({"labelSelector": f"app.kubernetes.io/instance={release}"})
+    found: list[dict[str, Any]] = []
+    for kind, path in (
+        ("ClusterRole", "/apis/rbac.authorization.k8s.io/v1/clusterroles"),
+        ("Role", "/apis/rbac.authorization.k8s.io/v1/roles"),
+    ):
+        status, body = control_plane.get(f"{path}?{selector}")
+        if status != 200:
+            raise ChartE2EError(f"GET {path}: {status} {body[:300]!r}")
+        for item in json.loads(body).get("items") or []:
+            found.append({**item, "kind": kind})  # list items carry no kind
+    return found
+
+
 def subject_access_review(
     api_client: Any,
     *,
@@ -513,11 +552,13 @@ class DeploymentProcess:
 
 __all__ = [
     "CHART",
+    "CLUSTER",
     "HARNESS_KUBE_VERSION",
     "METADATA_NAME_LABEL",
     "Answer",
     "ChartE2EError",
     "DeploymentProcess",
+    "Grant",
     "HelmRelease",
     "TLSAnswer",
     "can_bind",
@@ -527,7 +568,9 @@ __all__ = [
     "is_loopback",
     "loopback_service_range",
     "override_args",
+    "release_rbac",
     "request_as",
+    "role_grants",
     "service_account_groups",
     "service_account_token",
     "service_account_user",

@@ -93,6 +93,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- include "pullsecret-injector.fullname" . -}}
 {{- end -}}
 
+{{/*
+Role/RoleBinding name, in every namespace a source Secret lives in (the release
+namespace included, next to the fullname Role).
+*/}}
+{{- define "pullsecret-injector.sourcesRbacName" -}}
+{{- printf "%s-sources" (include "pullsecret-injector.fullname" .) -}}
+{{- end -}}
+
 {{/* Name of the webhook entry inside the configuration (must be fully qualified). */}}
 {{- define "pullsecret-injector.webhookName" -}}
 mutate-pods.pullsecret-injector.io

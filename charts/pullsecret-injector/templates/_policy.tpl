@@ -14,6 +14,15 @@ with a clear message) and they also hold with --skip-schema-validation.
 {{- end -}}
 {{- end -}}
 
+{{/* Source namespaces become the metadata.namespace of a Role: DNS labels. */}}
+{{- define "pullsecret-injector.checkNamespace" -}}
+{{- $where := index . 0 -}}
+{{- $name := index . 1 -}}
+{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$" (toString $name)) -}}
+{{- fail (printf "%s: %q is not a valid namespace name (lowercase DNS label; no wildcards, a Role is rendered in it)" $where (toString $name)) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Fails on a contradictory or incomplete policy. Renders nothing. */}}
 {{- define "pullsecret-injector.validatePolicy" -}}
 {{- $seen := dict -}}
@@ -55,6 +64,7 @@ with a clear message) and they also hold with --skip-schema-validation.
 {{- if not (and .namespace .name) -}}
 {{- fail (printf "%s: source.secret needs namespace and name" $where) -}}
 {{- end -}}
+{{- include "pullsecret-injector.checkNamespace" (list (printf "%s.source.secret.namespace" $where) .namespace) -}}
 {{- include "pullsecret-injector.checkSecretName" (list (printf "%s.source.secret.name" $where) .name) -}}
 {{- end -}}
 {{- with $src.credentials -}}
@@ -65,6 +75,7 @@ with a clear message) and they also hold with --skip-schema-validation.
 {{- if not (and $pf.namespace $pf.name $pf.key) -}}
 {{- fail (printf "%s: source.credentials.passwordFrom needs namespace, name and key" $where) -}}
 {{- end -}}
+{{- include "pullsecret-injector.checkNamespace" (list (printf "%s.source.credentials.passwordFrom.namespace" $where) $pf.namespace) -}}
 {{- include "pullsecret-injector.checkSecretName" (list (printf "%s.source.credentials.passwordFrom.name" $where) $pf.name) -}}
 {{- end -}}
 {{- end -}}
@@ -91,26 +102,38 @@ Names of the Secrets the webhook creates and manages in Pod namespaces
 {{- end -}}
 
 {{/*
-Names of the Secrets the webhook only reads: source.secret.name and
-source.credentials.passwordFrom.name of every rule. JSON list, sorted, unique.
+The Secrets the webhook only reads, by namespace: {"<namespace>": ["<name>", ...]}
+from source.secret {namespace, name} and source.credentials.passwordFrom
+{namespace, name} of every rule. Names sorted and unique; JSON object.
+role-sources.yaml renders one Role per key, so a source name is readable in
+the namespace the policy names for it and nowhere else.
 */}}
-{{- define "pullsecret-injector.sourceSecretNames" -}}
-{{- $names := list -}}
+{{- define "pullsecret-injector.sourceSecretsByNamespace" -}}
+{{- $by := dict -}}
 {{- range .Values.policy.rules -}}
 {{- $src := .source | default dict -}}
+{{- $refs := list -}}
 {{- with $src.secret -}}
-{{- if .name -}}
-{{- $names = append $names (toString .name) -}}
-{{- end -}}
+{{- $refs = append $refs . -}}
 {{- end -}}
 {{- with $src.credentials -}}
-{{- $pf := .passwordFrom | default dict -}}
-{{- if $pf.name -}}
-{{- $names = append $names (toString $pf.name) -}}
+{{- with .passwordFrom -}}
+{{- $refs = append $refs . -}}
+{{- end -}}
+{{- end -}}
+{{- range $refs -}}
+{{- if and .namespace .name -}}
+{{- $ns := toString .namespace -}}
+{{- $names := get $by $ns | default list -}}
+{{- $_ := set $by $ns (append $names (toString .name)) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
-{{- $names | uniq | sortAlpha | toJson -}}
+{{- $out := dict -}}
+{{- range $ns, $names := $by -}}
+{{- $_ := set $out $ns ($names | uniq | sortAlpha) -}}
+{{- end -}}
+{{- $out | toJson -}}
 {{- end -}}
 
 {{/*
