@@ -16,6 +16,7 @@ are not skipped (CI installs it).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import copy
@@ -33,6 +34,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from webhook.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "pullsecret-injector"
@@ -648,13 +651,16 @@ def test_container_args_follow_the_cli_contract(ci: Rendered) -> None:
         assert _flag(args, "--tls-cert") == "/tls/tls.crt"
         assert _flag(args, "--tls-key") == "/tls/tls.key"
         assert _flag(args, "--cert-secret") is None
-    known = {
-        "--policy", "--port", "--metrics-port", "--cert-mode", "--tls-cert", "--tls-key", "--cert-secret",
-        "--service", "--webhook-config", "--namespace", "--ensure-timeout", "--cleanup", "--no-cleanup",
-        "--leader-election-lease", "--resync-seconds", "--shutdown-delay", "--log-format", "--log-level",
-        "--max-body-bytes",
-    }  # fmt: skip
+    # Every flag the chart passes is one `pullsecret-injector serve` really has, and parses.
+    serve = next(
+        action
+        for action in build_parser()._subparsers._group_actions  # type: ignore[union-attr]
+        if isinstance(action, argparse._SubParsersAction)
+    ).choices["serve"]
+    known = {option for action in serve._actions for option in action.option_strings}
     assert {a.split("=", 1)[0] for a in args[1:]} <= known
+    parsed = build_parser().parse_args(args)
+    assert parsed.policy_configmap.endswith("-policy")
 
 
 def test_image_reference() -> None:
