@@ -8,12 +8,26 @@ the same 100-rule policy as the HTTP benchmark, registered as a MutatingWebhookC
 calling ``https://127.0.0.1:PORT/mutate``.
 
 Latency is the client's: one keep-alive HTTPS connection, ``POST .../pods`` of the
-3-container benchmark Pod, timed until the response is read. Four cases, in this order:
+3-container benchmark Pod, timed until the response is read. Every webhook is registered
+for the namespaces of one label (``bench-webhook=<kind>``), so the warm cases run
+interleaved, one Pod of each in turn:
 
 * ``no webhook, warm namespace`` and ``no webhook, new namespace`` (the API server alone);
+* ``bare webhook answering our patch``: the same, but answering the patch ours gives (adding
+  ``platform-pull``): what applying a patch costs the API server; once more registered with
+  ``reinvocationPolicy: Never`` instead of ``IfNeeded`` (a mutation by an ``IfNeeded`` webhook
+  makes the API server run the in-tree mutating plugins again);
+* ``bare webhook, warm namespace``: :mod:`bench.baseline` registered in the same way (decode
+  the review, answer ``allowed`` with no patch): what any webhook costs the API server
+  (serializing the review, the HTTPS call, reading the answer), ours or not;
 * ``webhook, warm namespace``: the Secret copy is already there (the common case);
 * ``webhook, new namespace``: the first Pod of a namespace created moments before, so the
   webhook creates the Secret copy during admission.
+
+For each webhook case the TCP connections to the webhook's port are counted from
+``/proc/net/tcp`` (every socket with the port at either end, TIME_WAIT included, sampled
+while the Pods are created): with keep-alive the API server makes all its calls on one or
+two connections, without it one connection (and one TLS handshake) per Pod.
 
 Every Pod created with the webhook is checked to carry ``platform-pull``. There is no
 kubelet, so Pods stay Pending; the control plane is thrown away at the end.
@@ -27,6 +41,7 @@ import http.client
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,13 +129,6 @@ def _summary(case: str, seconds: list[float]) -> dict[str, Any]:
     }
 
 
-def _namespaces(cp: ControlPlane, api: ApiServer, names: list[str]) -> None:
-    for name in names:
-        api.create("/api/v1/namespaces", {"metadata": {"name": name}})
-    for name in names:
-        cp.wait_for_default_service_account(name)
-
-
 def _create_pods(api: ApiServer, namespace: str, count: int, prefix: str, *, expect_secret: bool) -> list[float]:
     timings: list[float] = []
     for i in range(count):
@@ -162,12 +170,103 @@ def _handler_seconds(metrics_port: int) -> tuple[float, float]:
     return values.get("_sum", 0.0), values.get("_count", 0.0)
 
 
-@contextlib.contextmanager
-def _webhook(cp: ControlPlane, workdir: Path, metrics_port: int) -> Iterator[str]:
-    """Our server against the control plane, registered; yields its URL."""
+def _tcp_peers(port: int) -> set[tuple[int, int]]:
+    """``(local port, remote port)`` of every loopback TCP socket with ``port`` at one end (any state)."""
+    found: set[tuple[int, int]] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, remote = int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)
+            if port in (local, remote) and 0 not in (local, remote):
+                # Name a connection by its ephemeral (client) port, whichever end this socket is.
+                found.add((port, remote if local == port else local))
+    return found
+
+
+class ConnectionCounter:
+    """The connections made to ``port`` while a block runs, sampled from ``/proc/net/tcp``."""
+
+    def __init__(self, port: int, interval: float = 0.005) -> None:
+        self._port = port
+        self._interval = interval
+        self._stop = threading.Event()
+        self._seen: set[tuple[int, int]] = set()
+        self._before: set[tuple[int, int]] = set()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._seen |= _tcp_peers(self._port)
+
+    def __enter__(self) -> ConnectionCounter:
+        self._before = _tcp_peers(self._port)
+        self._seen = set(self._before)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._seen |= _tcp_peers(self._port)  # closed ones linger in TIME_WAIT
+
+    def report(self, requests: int) -> dict[str, Any]:
+        opened = len(self._seen - self._before)
+        used = len(self._seen)
+        return {
+            "connections_opened": opened,
+            "connections_seen": used,
+            "pods_per_new_connection": round(requests / opened, 1) if opened else None,
+        }
+
+
+def _certs(workdir: Path) -> dict[str, Path]:
     from webhook.certs import write_local_certs
 
-    files = write_local_certs(service="pullsecret-injector", namespace=SOURCE_NAMESPACE, out_dir=workdir / "certs")
+    files: dict[str, Path] = write_local_certs(
+        service="pullsecret-injector", namespace=SOURCE_NAMESPACE, out_dir=workdir / "certs"
+    )
+    return files
+
+
+#: Label on the benchmark's namespaces saying which webhook, if any, sees their Pods.
+SELECTOR_LABEL = "bench-webhook"
+
+
+@contextlib.contextmanager
+def _registered(
+    cp: ControlPlane, kind: str, command: list[str], port: int, files: dict[str, Path], log: Path, **options: Any
+) -> Iterator[int]:
+    """Run ``command`` (a server on ``port``), registered as the webhook of the namespaces
+    labelled ``bench-webhook=<kind>``; yields the port."""
+    with load.running_server(kind, command, port=port, ca_file=files["ca.crt"], log_file=log, cpus=None) as server:
+        client = cp.api_client()
+        name = f"{WEBHOOK_NAME}-{kind}"
+        try:
+            register_webhook(
+                client,
+                name,
+                f"{server.url}/mutate",
+                files["ca.crt"].read_bytes(),
+                timeout_seconds=10,
+                replace=True,
+                namespace_selector={"matchLabels": {SELECTOR_LABEL: kind}},
+                **options,
+            )
+            try:
+                yield port
+            finally:
+                unregister_webhook(client, name)
+        finally:
+            client.close()
+
+
+@contextlib.contextmanager
+def _webhook(cp: ControlPlane, workdir: Path, files: dict[str, Path], metrics_port: int) -> Iterator[int]:
+    """Our server against the control plane, registered for ``bench-webhook=ours``; yields its port."""
     policy = workdir / "policy.yaml"
     policy.write_text(policy_yaml(RULES))
     port = load.free_port()
@@ -175,35 +274,64 @@ def _webhook(cp: ControlPlane, workdir: Path, metrics_port: int) -> Iterator[str
     command = [c for c in command if c != "--no-kube"]
     command[command.index("--metrics-port") + 1] = str(metrics_port)
     command += ["--kubeconfig", str(cp.kubeconfig_path), "--namespace", SOURCE_NAMESPACE]
-    with load.running_server(
-        "webhook", command, port=port, ca_file=files["ca.crt"], log_file=workdir / "webhook.log", cpus=None
-    ) as server:
-        client = cp.api_client()
-        try:
-            url = f"{server.url}/mutate"
-            register_webhook(client, WEBHOOK_NAME, url, files["ca.crt"].read_bytes(), timeout_seconds=10, replace=True)
-            try:
-                yield url
-            finally:
-                unregister_webhook(client, WEBHOOK_NAME)
-        finally:
-            client.close()
+    with _registered(cp, "ours", command, port, files, workdir / "webhook.log") as registered:
+        yield registered
 
 
-def _wait_active(api: ApiServer, namespace: str, timeout: float = 30.0) -> None:
-    """Dry-run creates until the API server calls the new webhook."""
+@contextlib.contextmanager
+def _bare_webhook(cp: ControlPlane, workdir: Path, files: dict[str, Path], kind: str) -> Iterator[int]:
+    """:mod:`bench.baseline` registered for ``bench-webhook=<kind>``: ``bare`` answers no patch,
+    ``bare-patch`` the patch ours gives, ``bare-patch-never`` too, with ``reinvocationPolicy:
+    Never`` (the default here is ``IfNeeded``, as in the chart); yields its port."""
+    port = load.free_port()
+    command = load.baseline_command(port=port, cert=files["tls.crt"], key=files["tls.key"])
+    options: dict[str, Any] = {}
+    if kind != "bare":
+        command += ["--patch-secret", PLATFORM_SECRET]
+    if kind == "bare-patch-never":
+        options["reinvocation_policy"] = "Never"
+    with _registered(cp, kind, command, port, files, workdir / f"{kind}.log", **options) as registered:
+        yield registered
+
+
+def _wait_active(api: ApiServer, namespace: str, *, port: int | None = None, timeout: float = 30.0) -> None:
+    """Dry-run creates until the API server calls the new webhook: seen injecting, or (``port``,
+    for the bare one that answers no patch) seen connecting to it."""
     deadline = time.monotonic() + timeout
     while True:
+        before = _tcp_peers(port) if port is not None else set()
         status, pod, _ = api.request("POST", f"/api/v1/namespaces/{namespace}/pods?dryRun=All", pod_manifest("probe"))
-        if status == 201 and PLATFORM_SECRET in _pull_secrets(pod):
+        if port is None and status == 201 and PLATFORM_SECRET in _pull_secrets(pod):
+            return
+        if port is not None and status == 201 and _tcp_peers(port) - before:
             return
         if time.monotonic() > deadline:
-            raise load.BenchError(f"the webhook did not become active: {status} {_pull_secrets(pod)}")
+            raise load.BenchError(f"the webhook of {namespace} did not become active: {status}")
         time.sleep(0.2)
 
 
+#: The warm cases, measured interleaved (one Pod of each in turn, the order rotating), so that
+#: the machine's drift (a 2-CPU machine shared with etcd and the API server) hits them alike.
+#: ``(case, namespace, webhook kind or None, whether the Pod gets the pull secret)``.
+WARM_CASES: tuple[tuple[str, str, str | None, bool], ...] = (
+    ("no webhook, warm namespace", "bench-warm", None, False),
+    ("bare webhook (allowed, no patch), warm namespace", "bench-bare", "bare", False),
+    ("bare webhook answering our patch, warm namespace", "bench-bare-patch", "bare-patch", True),
+    ("same, reinvocationPolicy Never, warm namespace", "bench-bare-never", "bare-patch-never", True),
+    ("webhook, warm namespace", "bench-hooked", "ours", True),
+)
+
+
+def _labelled_namespaces(cp: ControlPlane, api: ApiServer, names: dict[str, str | None]) -> None:
+    for name, kind in names.items():
+        labels = {SELECTOR_LABEL: kind} if kind else {}
+        api.create("/api/v1/namespaces", {"metadata": {"name": name, "labels": labels}})
+    for name in names:
+        cp.wait_for_default_service_account(name)
+
+
 def run(*, warm_pods: int = 200, new_namespaces: int = 10) -> dict[str, Any]:
-    """Start a control plane, measure the four cases, tear everything down."""
+    """Start a control plane, measure every case, tear everything down."""
     assets = find_assets()
     if assets is None:
         return {
@@ -219,31 +347,45 @@ def run(*, warm_pods: int = 200, new_namespaces: int = 10) -> dict[str, Any]:
             api.create(f"/api/v1/namespaces/{SOURCE_NAMESPACE}/secrets", _source_secret())
             fresh_plain = [f"bench-plain-{i}" for i in range(new_namespaces)]
             fresh_hook = [f"bench-new-{i}" for i in range(new_namespaces)]
-            _namespaces(cp, api, ["bench-warm", *fresh_plain, *fresh_hook])
+            namespaces: dict[str, str | None] = {namespace: kind for _, namespace, kind, _ in WARM_CASES}
+            namespaces |= dict.fromkeys(fresh_plain) | dict.fromkeys(fresh_hook, "ours")
+            _labelled_namespaces(cp, api, namespaces)
             results = [
-                _summary(
-                    "no webhook, warm namespace",
-                    _create_pods(api, "bench-warm", warm_pods, "plain", expect_secret=False),
-                ),
                 _summary(
                     "no webhook, new namespace",
                     [_create_pods(api, ns, 1, "first", expect_secret=False)[0] for ns in fresh_plain],
-                ),
-            ]
-            metrics_port = load.free_port()
-            with _webhook(cp, workdir, metrics_port):
-                _wait_active(api, "bench-warm")
-                _create_pods(api, "bench-warm", 5, "warmup", expect_secret=True)  # the copy now exists
-                before = _handler_seconds(metrics_port)
-                results.append(
-                    _summary(
-                        "webhook, warm namespace",
-                        _create_pods(api, "bench-warm", warm_pods, "hooked", expect_secret=True),
-                    )
                 )
+            ]
+            files = _certs(workdir)
+            metrics_port = load.free_port()
+            with (
+                _bare_webhook(cp, workdir, files, "bare") as bare_port,
+                _bare_webhook(cp, workdir, files, "bare-patch") as bare_patch_port,
+                _bare_webhook(cp, workdir, files, "bare-patch-never") as bare_never_port,
+                _webhook(cp, workdir, files, metrics_port) as port,
+            ):
+                _wait_active(api, "bench-bare", port=bare_port)
+                for namespace in ("bench-bare-patch", "bench-bare-never", "bench-hooked"):
+                    _wait_active(api, namespace)
+                ports = {"bare": bare_port, "bare-patch": bare_patch_port, "bare-patch-never": bare_never_port}
+                ports["ours"] = port
+                for _, namespace, _, injects in WARM_CASES:  # warm up; our copy now exists
+                    _create_pods(api, namespace, 5, "warmup", expect_secret=injects)
+                before = _handler_seconds(metrics_port)
+                timings: dict[str, list[float]] = {case: [] for case, *_ in WARM_CASES}
+                with contextlib.ExitStack() as stack:
+                    counters = {kind: stack.enter_context(ConnectionCounter(p)) for kind, p in ports.items()}
+                    for i in range(warm_pods):
+                        shift = i % len(WARM_CASES)
+                        for case, namespace, _, injects in WARM_CASES[shift:] + WARM_CASES[:shift]:
+                            timings[case] += _create_pods(api, namespace, 1, f"pod-{i}", expect_secret=injects)
                 after = _handler_seconds(metrics_port)
+                results += [_summary(case, timings[case]) for case, *_ in WARM_CASES]
+                connections = {
+                    case: counters[kind].report(warm_pods) for case, _, kind, _ in WARM_CASES if kind is not None
+                }
                 calls = after[1] - before[1]
-                handler_ms = round((after[0] - before[0]) / calls * 1000, 2) if calls else None
+                handler_ms = round((after[0] - before[0]) / calls * 1000, 3) if calls else None
                 results.append(
                     _summary(
                         "webhook, new namespace (Secret created during admission)",
@@ -257,15 +399,24 @@ def run(*, warm_pods: int = 200, new_namespaces: int = 10) -> dict[str, Any]:
         finally:
             api.close()
     by_case = {row["case"]: row for row in results}
-    plain, hooked = by_case["no webhook, warm namespace"], by_case["webhook, warm namespace"]
+    plain, hooked = by_case[WARM_CASES[0][0]], by_case[WARM_CASES[4][0]]
+    bare, bare_patch, bare_never = (by_case[case[0]] for case in WARM_CASES[1:4])
     return {
         "status": "measured",
         "kube_version": _version(assets.kube_apiserver),
         "policy_rules": RULES,
         "containers": CONTAINERS,
+        "interleaved": True,
         "summary": results,
         "warm_overhead_p50_ms": round(hooked["p50_ms"] - plain["p50_ms"], 2),
         "warm_overhead_p99_ms": round(hooked["p99_ms"] - plain["p99_ms"], 2),
+        # What any webhook costs the API server (the bare one), what applying our patch adds
+        # to that (the bare one answering it), and what is left for ours.
+        "bare_webhook_overhead_p50_ms": round(bare["p50_ms"] - plain["p50_ms"], 2),
+        "bare_patch_webhook_overhead_p50_ms": round(bare_patch["p50_ms"] - plain["p50_ms"], 2),
+        "bare_patch_never_webhook_overhead_p50_ms": round(bare_never["p50_ms"] - plain["p50_ms"], 2),
+        "warm_overhead_vs_bare_patch_webhook_p50_ms": round(hooked["p50_ms"] - bare_patch["p50_ms"], 2),
+        "connections": connections,
         # The webhook's own time per review (Handler.handle, Secret check included), from its metrics.
         "warm_webhook_handler_mean_ms": handler_ms,
         "warm_webhook_calls_per_pod": round(calls / warm_pods, 2) if warm_pods else None,

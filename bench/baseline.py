@@ -6,12 +6,18 @@ exactly like ``pullsecret-injector serve`` serves: one process, uvloop, httptool
 :class:`~webhook.tls.ReloadingSSLContext`, no access log, lifespan off, the same keep-alive.
 So the ratio of the two throughputs is what the webhook's own work costs on top of HTTP+TLS.
 
+With ``--patch-secret NAME`` it answers with the JSON patch that adds ``NAME`` to the
+Pod's ``imagePullSecrets`` instead (the answer ours gives in the common case, without any
+of the work): :mod:`bench.apiserver` uses it to tell what applying a patch costs the API
+server from what our webhook's work costs.
+
 Run: ``python -m bench.baseline --port 8443 --tls-cert tls.crt --tls-key tls.key``.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,44 +35,56 @@ Send = Callable[[Message], Awaitable[None]]
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
-async def baseline_app(scope: Scope, receive: Receive, send: Send) -> None:
-    """POST anything: decode the body, answer a fixed allowed AdmissionReview; GET: ``ok``."""
-    if scope["type"] != "http":
-        return
-    if scope["method"] != "POST":
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"3")]})
-        await send({"type": "http.response.body", "body": b"ok\n"})
-        return
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
+def make_app(patch_secret: str | None = None) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """The bare app; with ``patch_secret``, one that also adds that pull secret to every Pod."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        """POST anything: decode the body, answer a fixed allowed AdmissionReview; GET: ``ok``."""
+        if scope["type"] != "http":
             return
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    review = orjson.loads(b"".join(chunks))
-    answer = orjson.dumps(
-        {
-            "apiVersion": review["apiVersion"],
-            "kind": "AdmissionReview",
-            "response": {"uid": review["request"]["uid"], "allowed": True},
-        }
-    )
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [*_JSON_HEADERS, (b"content-length", str(len(answer)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": answer})
+        if scope["method"] != "POST":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"3")]})
+            await send({"type": "http.response.body", "body": b"ok\n"})
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        review = orjson.loads(b"".join(chunks))
+        response: dict[str, Any] = {"uid": review["request"]["uid"], "allowed": True}
+        if patch_secret is not None:
+            spec = (review["request"].get("object") or {}).get("spec") or {}
+            ref: dict[str, Any] = {"name": patch_secret}
+            if spec.get("imagePullSecrets"):
+                ops: list[dict[str, Any]] = [{"op": "add", "path": "/spec/imagePullSecrets/-", "value": ref}]
+            else:
+                ops = [{"op": "add", "path": "/spec/imagePullSecrets", "value": [ref]}]
+            response["patchType"] = "JSONPatch"
+            response["patch"] = base64.b64encode(orjson.dumps(ops)).decode()
+        answer = orjson.dumps({"apiVersion": review["apiVersion"], "kind": "AdmissionReview", "response": response})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [*_JSON_HEADERS, (b"content-length", str(len(answer)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": answer})
+
+    return app
 
 
-def make_server(host: str, port: int, tls_cert: Path, tls_key: Path) -> uvicorn.Server:
+baseline_app = make_app()
+
+
+def make_server(host: str, port: int, tls_cert: Path, tls_key: Path, patch_secret: str | None = None) -> uvicorn.Server:
     """uvicorn configured as :func:`webhook.server.serve` configures it."""
     config = uvicorn.Config(
-        baseline_app,
+        make_app(patch_secret),
         host=host,
         port=port,
         loop="none",
@@ -87,10 +105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--tls-cert", type=Path, required=True)
     parser.add_argument("--tls-key", type=Path, required=True)
+    parser.add_argument("--patch-secret", help="answer with a patch adding this imagePullSecret")
     args = parser.parse_args(argv)
     import uvloop
 
-    uvloop.run(make_server(args.host, args.port, args.tls_cert, args.tls_key).serve())
+    uvloop.run(make_server(args.host, args.port, args.tls_cert, args.tls_key, args.patch_secret).serve())
     return 0
 
 

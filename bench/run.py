@@ -43,6 +43,7 @@ TARGET_RULES_RATIO = 1.5
 TARGET_THROUGHPUT_RATIO = 0.65
 TARGET_HTTP_P99_MS = 10.0
 TARGET_RSS_MB = 150.0
+TARGET_POD_CREATE_ADDED_MS = 2.0
 
 HTTP_CONTAINERS = 3
 HTTP_RULES = 100
@@ -351,6 +352,17 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": run["rss_mb"] <= TARGET_RSS_MB,
             }
         )
+    api = results.get("apiserver", {})
+    if api.get("status") == "measured":
+        added = api["warm_overhead_p50_ms"]
+        rows.append(
+            {
+                "target": "added Pod-create latency via kube-apiserver, warm namespace (p50)",
+                "goal": f"<= {TARGET_POD_CREATE_ADDED_MS:.0f} ms",
+                "measured": f"{added:.1f} ms",
+                "met": added <= TARGET_POD_CREATE_ADDED_MS,
+            }
+        )
     return rows
 
 
@@ -445,6 +457,22 @@ def _api_lines(api: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {row['case']} | {row['count']} | {row['p50_ms']:.1f} ms | {row['p90_ms']:.1f} ms "
             f"| {row['p99_ms']:.1f} ms | {row['max_ms']:.1f} ms |"
+        )
+    if "bare_patch_webhook_overhead_p50_ms" in api:
+        lines += [
+            "",
+            f"Added p50 (warm cases interleaved, one Pod of each in turn): {api['warm_overhead_p50_ms']:.1f} ms "
+            f"with our webhook; a bare webhook (decode, answer allowed, no patch) adds "
+            f"{api['bare_webhook_overhead_p50_ms']:.1f} ms, the same answering our patch "
+            f"{api['bare_patch_webhook_overhead_p50_ms']:.1f} ms (with reinvocationPolicy Never: "
+            f"{api['bare_patch_never_webhook_overhead_p50_ms']:.1f} ms); ours on top of the bare one answering "
+            "the same patch: "
+            f"{api['warm_overhead_vs_bare_patch_webhook_p50_ms']:.1f} ms.",
+        ]
+    for case, conn in (api.get("connections") or {}).items():
+        lines.append(
+            f"Connections to the webhook ({case}): {conn['connections_opened']} opened "
+            f"during the measured Pods ({conn['connections_seen']} in use)."
         )
     return lines
 
