@@ -469,9 +469,11 @@ def _api_lines(api: dict[str, Any]) -> list[str]:
             "the same patch: "
             f"{api['warm_overhead_vs_bare_patch_webhook_p50_ms']:.1f} ms.",
         ]
+    if api.get("connections"):
+        lines.append("")
     for case, conn in (api.get("connections") or {}).items():
         lines.append(
-            f"Connections to the webhook ({case}): {conn['connections_opened']} opened "
+            f"- Connections to the webhook ({case}): {conn['connections_opened']} opened "
             f"during the measured Pods ({conn['connections_seen']} in use)."
         )
     return lines
