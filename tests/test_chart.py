@@ -759,9 +759,10 @@ def source_roles(r: Rendered) -> dict[str, Obj]:
     return by_namespace
 
 
-def copy_rule(targets: set[str], *, cleanup: bool) -> Obj:
+def copy_rule(targets: set[str]) -> Obj:
     """The ClusterRole rule on the copies: exactly the verbs KubeApi uses on them."""
-    return {**SECRETS, "resourceNames": sorted(targets), "verbs": [*READ, "patch", *(["delete"] if cleanup else [])]}
+    # delete even without cleanup: a managed copy of the wrong (immutable) type is replaced.
+    return {**SECRETS, "resourceNames": sorted(targets), "verbs": [*READ, "patch", "delete"]}
 
 
 def test_rbac_has_no_wildcards(ci: Rendered) -> None:
@@ -780,7 +781,7 @@ def test_cluster_role_secret_access_is_exactly_the_copies(ci: Rendered) -> None:
     assert sources, "ci values are expected to read some sources"
     assert secret_rules(ci.one("ClusterRole")) == [
         CREATE_SECRETS,
-        copy_rule(targets, cleanup=ci.values["server"]["cleanup"]),
+        copy_rule(targets),
     ]
 
 
@@ -868,7 +869,7 @@ def test_source_roles_follow_every_source_namespace() -> None:
     assert all(role["rules"][0]["verbs"] == READ for role in roles.values())
     assert secret_rules(r.one("ClusterRole")) == [
         CREATE_SECRETS,
-        copy_rule({"a-pull", "b-pull", "c-pull", "d-pull", "e-pull"}, cleanup=True),
+        copy_rule({"a-pull", "b-pull", "c-pull", "d-pull", "e-pull"}),
     ]
     bindings = {b["metadata"]["namespace"]: b for b in r.all("RoleBinding") if b["metadata"]["name"] == SOURCES_ROLE}
     assert set(bindings) == set(roles)
@@ -920,10 +921,10 @@ def test_rbac_extra_secret_names_and_no_cleanup() -> None:
     values["rbac"] = {"extraSecretNames": ["old-pull"]}
     values["server"] = {"cleanup": False}
     r = render(values)
-    # --no-cleanup needs no delete; the extra name is a copy name, never a source.
+    # --no-cleanup still needs delete (wrong-typed copies); the extra name is a copy name, never a source.
     assert secret_rules(r.one("ClusterRole")) == [
         CREATE_SECRETS,
-        copy_rule({"gar-pull", "harbor-pull", "old-pull"}, cleanup=False),
+        copy_rule({"gar-pull", "harbor-pull", "old-pull"}),
     ]
     assert all("old-pull" not in role["rules"][0]["resourceNames"] for role in source_roles(r).values())
     assert "--no-cleanup" in r.args
