@@ -117,9 +117,29 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of the record, not at set-up.
+
+    A handler bound to the stream object of the moment breaks ("I/O operation on closed
+    file") when that object is swapped and closed later, as test runners and embedding
+    programs do; the process's real stderr is unaffected either way.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        del value
+
+
 def configure(*, level: str = "INFO", fmt: str = "json") -> None:
     """Route all logging (ours, uvicorn's, the Kubernetes client's) through the redactor."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.addFilter(RedactingFilter())
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
