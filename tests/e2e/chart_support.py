@@ -39,7 +39,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -53,7 +52,7 @@ from typing import IO, Any
 
 import yaml
 
-from .controlplane import ControlPlane, _pdeathsig_preexec, tail
+from .controlplane import ControlPlane, _pdeathsig_preexec, tail, terminate
 from .webhook import REPO, wait_for
 
 CHART = REPO / "charts" / "pullsecret-injector"
@@ -512,18 +511,9 @@ class DeploymentProcess:
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM the process started here, SIGKILL if it lingers; its exit code."""
-        popen = self._popen
-        if popen is None:
+        if self._popen is None:
             return self.returncode
-        if popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                popen.send_signal(signal.SIGTERM)
-            try:
-                popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    popen.kill()
-                popen.wait(timeout=10)
+        terminate(self._popen, timeout)
         self._reap()
         return self.returncode
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .controlplane import ControlPlane, find_assets
+from .controlplane import ControlPlane, KubeAssets, find_assets
 
 _HERE = Path(__file__).resolve().parent
 
@@ -31,14 +31,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.e2e)
 
 
-@pytest.fixture(scope="session")
-def control_plane() -> Iterator[ControlPlane]:
-    """A started etcd + kube-apiserver + kube-controller-manager, stopped after the session."""
+def require_assets() -> KubeAssets:
+    """The binaries, or skip with one line saying how to get them (fail under PSI_REQUIRE_E2E=1)."""
     assets = find_assets()
     if assets is None:
         if os.environ.get("PSI_REQUIRE_E2E") == "1":
             pytest.fail(MISSING_ASSETS + " (PSI_REQUIRE_E2E=1)", pytrace=False)
         pytest.skip(MISSING_ASSETS)
+    return assets
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[ControlPlane]:
+    """A started etcd + kube-apiserver + kube-controller-manager, stopped after the session."""
+    assets = require_assets()
     cp = ControlPlane(assets, keep_workdir=os.environ.get("PSI_E2E_KEEP") == "1")
     cp.start()
     try:

@@ -178,6 +178,19 @@ def _pdeathsig_preexec() -> Callable[[], None] | None:
     return preexec
 
 
+def terminate(popen: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
+    """SIGTERM ``popen`` (if still running), SIGKILL it if it lingers past ``timeout``; its exit code."""
+    if popen.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            popen.send_signal(signal.SIGTERM)
+        try:
+            popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                popen.kill()
+    return popen.wait(timeout=10)
+
+
 def tail(path: Path, lines: int = 40) -> str:
     """The last ``lines`` lines of a log file ('' if it is missing)."""
     try:

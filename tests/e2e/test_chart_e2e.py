@@ -57,8 +57,8 @@ from .chart_support import (
     subject_access_review,
     write_token_kubeconfig,
 )
-from .conftest import MISSING_ASSETS
-from .controlplane import ControlPlane, find_assets
+from .conftest import require_assets
+from .controlplane import ControlPlane
 from .webhook import wait_for
 
 RELEASE = "psi"
@@ -200,11 +200,7 @@ class Running:
 @pytest.fixture(scope="module")
 def control_plane() -> Iterator[ControlPlane]:
     """This module's own control plane: ClusterIPs from a loopback /24 (the session one uses 10.0.0.0/24)."""
-    assets = find_assets()
-    if assets is None:
-        if os.environ.get("PSI_REQUIRE_E2E") == "1":
-            pytest.fail(MISSING_ASSETS + " (PSI_REQUIRE_E2E=1)", pytrace=False)
-        pytest.skip(MISSING_ASSETS)
+    assets = require_assets()
     # The webhook listens on <ClusterIP>:443 (the Service port the API server dials).
     problem = can_bind("127.0.0.1", 443) if os.geteuid() != 0 else None
     if problem is not None:

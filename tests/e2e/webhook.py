@@ -24,7 +24,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
@@ -48,6 +47,7 @@ from .controlplane import (
     free_port,
     register_webhook,
     tail,
+    terminate,
     unregister_webhook,
 )
 
@@ -247,19 +247,10 @@ class WebhookProcess:
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM the process started here, SIGKILL after ``timeout``; returns its exit code."""
-        popen = self._popen
-        if popen is None:
+        if self._popen is None:
             return self.returncode
         t0 = time.monotonic()
-        if popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                popen.send_signal(signal.SIGTERM)
-            try:
-                popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    popen.kill()
-                popen.wait(timeout=10)
+        terminate(self._popen, timeout)
         self.stop_seconds = time.monotonic() - t0
         self._reap()
         return self.returncode
