@@ -224,7 +224,7 @@ class ConnectionCounter:
 
 
 def _certs(workdir: Path) -> dict[str, Path]:
-    from webhook.certs import write_local_certs
+    from webhook.tls.certs import write_local_certs
 
     files: dict[str, Path] = write_local_certs(
         service="pullsecret-injector", namespace=SOURCE_NAMESPACE, out_dir=workdir / "certs"

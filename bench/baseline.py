@@ -3,7 +3,7 @@
 It does the least any webhook must do: read the whole body, decode it with orjson, and
 answer an AdmissionReview (``allowed: true`` with the request's uid, no patch). It is served
 exactly like ``pullsecret-injector serve`` serves: one process, uvloop, httptools, the same
-:class:`~webhook.tls.ReloadingSSLContext`, no access log, lifespan off, the same keep-alive.
+:class:`~webhook.tls.context.ReloadingSSLContext`, no access log, lifespan off, the same keep-alive.
 So the ratio of the two throughputs is what the webhook's own work costs on top of HTTP+TLS.
 
 With ``--patch-secret NAME`` it answers with the JSON patch that adds ``NAME`` to the
@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 import uvicorn
 
-from webhook.tls import ReloadingSSLContext, install_into_uvicorn
+from webhook.tls.context import ReloadingSSLContext, install_into_uvicorn
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

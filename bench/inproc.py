@@ -27,9 +27,9 @@ from typing import Any, TypeVar
 import orjson
 
 from bench.reviews import NAMESPACE_LABELS, make_policy, make_review, review_bodies
-from webhook.handler import Handler
-from webhook.policy import CompiledPolicy
-from webhook.wire import AdmissionReview, decode_patch, parse_review
+from webhook.admission.handler import Handler
+from webhook.admission.wire import AdmissionReview, decode_patch, parse_review
+from webhook.policy.matching import CompiledPolicy
 
 T = TypeVar("T")
 

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import yaml
 
-from webhook.policy import CompiledPolicy, load_policy
+from webhook.policy.matching import CompiledPolicy, load_policy
 
 #: The namespace the steady-state reviews are sent from (and its labels).
 NAMESPACE = "team-a"

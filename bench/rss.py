@@ -3,12 +3,12 @@
 Run in a fresh interpreter (``python -m bench.rss``; :func:`measure` does that) so that
 nothing else the benchmark did is counted. The process imports what ``serve`` imports
 (the Kubernetes side included), loads the policy, and fills the real caches of
-:mod:`webhook.kube` the way they fill in production, with no API server: a stand-in
-:class:`~webhook.kube.KubeApi` answers the first *list* with 10,000 Namespaces and 10,000
+:mod:`webhook.kube.caches` the way they fill in production, with no API server: a stand-in
+:class:`~webhook.kube.client.KubeApi` answers the first *list* with 10,000 Namespaces and 10,000
 managed Secret copies shaped as the API server returns them (``managedFields``,
 ``.dockerconfigjson`` data, our label and annotations with the content hash), and then a
-watch that stays quiet. The real :class:`~webhook.kube.ListWatch` threads list them into the
-real :class:`~webhook.kube.NamespaceCache` and :class:`~webhook.kube.SecretCache` stores.
+watch that stays quiet. The real :class:`~webhook.kube.informer.ListWatch` threads list them into the
+real :class:`~webhook.kube.caches.NamespaceCache` and :class:`~webhook.kube.caches.SecretCache` stores.
 Then every namespace sends one 3-container Pod review through the real handler, whose
 Namespace labels come from that cache, which fills the policy's per-namespace caches.
 
@@ -34,9 +34,15 @@ from typing import Any
 
 import orjson
 
-from webhook.kube import LIST_PAGE_SIZE, KubeApi, KubeObject, KubeSettings, NamespaceCache, Runner, SecretCache, Stats
+from webhook.config import KubeSettings
+from webhook.kube.caches import NamespaceCache, SecretCache
+from webhook.kube.client import KubeApi
+from webhook.kube.informer import LIST_PAGE_SIZE
+from webhook.kube.objects import KubeObject
+from webhook.kube.runner import Runner
+from webhook.observability.stats import Stats
 
-CACHE_MODEL = "webhook.kube NamespaceCache + SecretCache (real ListWatch/Store, paged lists), fed by a stand-in API"
+CACHE_MODEL = "webhook.kube.caches NamespaceCache + SecretCache (real ListWatch/Store, paged lists), stand-in API"
 SECRET_NAME = "platform-pull"
 #: The real watches' page size (``limit``); the stand-in serves its lists in pages of it.
 PAGE_SIZE = LIST_PAGE_SIZE
@@ -188,9 +194,10 @@ def dockerconfig() -> bytes:
 
 
 def secret_copy_object(index: int, config: bytes) -> dict[str, Any]:
-    """A managed copy as the API server returns it (built with :class:`webhook.dockercfg.Copy`)."""
+    """A managed copy as the API server returns it (built with :class:`webhook.secrets.desired.Copy`)."""
     from bench.reviews import namespace_name
-    from webhook.dockercfg import Copy, content_hash
+    from webhook.secrets.desired import Copy
+    from webhook.secrets.dockerconfig import content_hash
 
     copy = Copy(
         name=SECRET_NAME,
@@ -259,11 +266,11 @@ def _size(directory: Path) -> int:
 def populate(namespaces: int, rules: int, namespace_list: Path, secret_list: Path) -> dict[str, Any]:
     """Fill the caches in this process and report RSS at each step (kB)."""
     importlib.import_module("webhook.server")  # what serve imports: uvicorn, fastapi, uvloop, ...
-    importlib.import_module("webhook.sync")
+    importlib.import_module("webhook.runtime")
     from bench.inproc import run_sync
     from bench.reviews import make_policy, make_review, namespace_name
-    from webhook.handler import Handler
-    from webhook.wire import parse_review
+    from webhook.admission.handler import Handler
+    from webhook.admission.wire import parse_review
 
     gc.collect()
     steps: dict[str, int] = {"imports": vm_rss_kb()}

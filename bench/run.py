@@ -143,7 +143,7 @@ def part_inproc(s: Settings) -> dict[str, Any]:
 
 
 def part_http(s: Settings, workdir: Path) -> dict[str, Any]:
-    from webhook.certs import write_local_certs
+    from webhook.tls.certs import write_local_certs
 
     files = write_local_certs(service="pullsecret-injector", namespace="bench", out_dir=workdir / "certs")
     policy_file = workdir / "policy.yaml"

@@ -12,9 +12,9 @@ import kmock
 import pytest
 
 from tests.kube_fixtures import EVENTS, LEASES, NAMESPACES, SECRETS, Apiserver, Cluster, client_configuration
-from webhook.kube import KubeSettings
-from webhook.policy import CompiledPolicy
-from webhook.sync import KubeRuntime, build_runtime_from_configuration
+from webhook.config import KubeSettings
+from webhook.policy.matching import CompiledPolicy
+from webhook.runtime import KubeRuntime, build_runtime_from_configuration
 
 #: Production defaults shrunk so that tests take seconds, not minutes.
 FAST_SETTINGS: dict[str, Any] = {

@@ -46,7 +46,7 @@ import attrs
 import kmock
 from kubernetes import client as k8s
 
-from webhook.kube import USER_AGENT
+from webhook.kube.client import USER_AGENT
 
 NAMESPACE_PATH = re.compile(r"/api/v1/namespaces(/[^/]+)?")
 NAMESPACES = kmock.resource("", "v1", "x-namespaces")

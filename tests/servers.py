@@ -12,10 +12,10 @@ from pathlib import Path
 
 import uvicorn
 
+from webhook.admission.handler import Handler
 from webhook.app import Readiness, create_app
-from webhook.certs import write_local_certs
-from webhook.handler import Handler
-from webhook.tls import ReloadingSSLContext, install_into_uvicorn
+from webhook.tls.certs import write_local_certs
+from webhook.tls.context import ReloadingSSLContext, install_into_uvicorn
 
 
 def free_port() -> int:

@@ -12,10 +12,10 @@ import httpx
 import jsonpatch
 import pytest
 
+from webhook.admission.handler import Handler
+from webhook.admission.wire import AdmissionReview
 from webhook.app import Readiness, create_app
-from webhook.handler import Handler
-from webhook.policy import CompiledPolicy, load_policy
-from webhook.wire import AdmissionReview
+from webhook.policy.matching import CompiledPolicy, load_policy
 
 from .servers import serve_in_thread
 

@@ -1,4 +1,4 @@
-"""Tests for webhook.certs: what the API server will demand of our certificates, and rotation logic."""
+"""Tests for webhook.tls.certs: what the API server will demand of our certificates, and rotation logic."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from webhook.certs import (
+from webhook.tls.certs import (
     CLOCK_SKEW,
     CertBundle,
     CertificateVerificationError,

@@ -10,7 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from webhook.dockercfg import (
+from webhook.observability.logs import REDACTED, redact
+from webhook.policy.model import Credentials, SecretKeyRef, SecretRef, Source
+from webhook.secrets.desired import build_copy, is_current, is_managed, needs_recreate, update_patch
+from webhook.secrets.dockerconfig import (
     DOCKERCONFIGJSON_TYPE,
     HASH_ANNOTATION,
     MANAGED_BY_LABEL,
@@ -21,20 +24,13 @@ from webhook.dockercfg import (
     NoMatchingCredentials,
     SourceError,
     SourceNotFound,
-    build_copy,
     content_hash,
     credentials_auths,
     encode_config,
     filter_auths,
     go_json_string,
-    is_current,
-    is_managed,
-    needs_recreate,
     parse_source_secret,
-    update_patch,
 )
-from webhook.logs import REDACTED, redact
-from webhook.policy import Credentials, SecretKeyRef, SecretRef, Source
 
 CANARY = "canary-Pa55w0rd-dockercfg-7f3a"
 

@@ -22,10 +22,10 @@ from typing import Any
 import jsonpatch
 import pytest
 
-from webhook.handler import Handler
-from webhook.patch import INJECTED_ANNOTATION
-from webhook.policy import load_policy
-from webhook.wire import AdmissionReview, parse_review
+from webhook.admission.handler import Handler
+from webhook.admission.patch import INJECTED_ANNOTATION
+from webhook.admission.wire import AdmissionReview, parse_review
+from webhook.policy.matching import load_policy
 
 GOLDEN = Path(__file__).parent / "golden"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "request.json").is_file())

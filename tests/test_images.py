@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from webhook.images import ImageRef, InvalidReference, Registry, parse_image, parse_registry
+from webhook.policy.images import ImageRef, InvalidReference, Registry, parse_image, parse_registry
 
 D64 = "sha256:" + "a" * 64
 D512 = "sha512:" + "b" * 128

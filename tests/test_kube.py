@@ -23,15 +23,21 @@ import yaml
 
 from tests.conftest import RuntimeFactory
 from tests.kube_fixtures import LEASES, SECRETS, Apiserver, Cluster, Fault, closed_port, decoded, eventually
+from webhook.admission.handler import Handler
+from webhook.admission.wire import AdmissionReview, AdmissionReviewResponse
 from webhook.cli import build_parser
-from webhook.dockercfg import HASH_ANNOTATION, MANAGED_BY_LABEL, RULE_ANNOTATION, SOURCE_ANNOTATION, content_hash
-from webhook.handler import Handler
-from webhook.kube import Stats
-from webhook.policy import CompiledPolicy, load_policy
-from webhook.reload import PolicyHolder
+from webhook.observability.stats import Stats
+from webhook.policy.holder import PolicyHolder
+from webhook.policy.matching import CompiledPolicy, load_policy
+from webhook.runtime import KubeRuntime
+from webhook.secrets.dockerconfig import (
+    HASH_ANNOTATION,
+    MANAGED_BY_LABEL,
+    RULE_ANNOTATION,
+    SOURCE_ANNOTATION,
+    content_hash,
+)
 from webhook.server import UserError, build_components
-from webhook.sync import KubeRuntime
-from webhook.wire import AdmissionReview, AdmissionReviewResponse
 
 HUB = base64.b64encode(b"hub-user:hub-pass").decode()
 QUAY = base64.b64encode(b"quay-user:quay-pass").decode()
@@ -888,7 +894,10 @@ class _Secrets:
 def test_the_current_verdict_is_remembered_per_copy_version_and_source_object() -> None:
     from typing import cast
 
-    from webhook.sync import SecretSync, grant_for
+    from webhook.secrets.grants import GrantIndex
+
+    grant_for = GrantIndex().grant_for
+    from webhook.secrets.sync import SecretSync
 
     secrets = _Secrets()
     sync = SecretSync(

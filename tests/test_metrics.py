@@ -16,10 +16,11 @@ from tests.conftest import FAST_SETTINGS
 from tests.kube_fixtures import Apiserver, Cluster, Fault, client_configuration, eventually
 from tests.metrics_text import value
 from tests.test_secret_hygiene import CANARY, POLICY, config, forms, gar_key, review
-from webhook.handler import Handler
-from webhook.kube import KubeSettings, Stats
-from webhook.metrics import Metrics
-from webhook.sync import KubeRuntime, build_runtime_from_configuration
+from webhook.admission.handler import Handler
+from webhook.config import KubeSettings
+from webhook.observability.metrics import Metrics
+from webhook.observability.stats import Stats
+from webhook.runtime import KubeRuntime, build_runtime_from_configuration
 
 
 @pytest.fixture

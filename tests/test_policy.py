@@ -7,16 +7,10 @@ from typing import Any
 import pytest
 import yaml
 
-from webhook.images import parse_image
-from webhook.policy import (
-    CompiledPolicy,
-    PolicyError,
-    RegistryPattern,
-    compile_policy,
-    load_policy,
-    parse_policy,
-    repository_matches,
-)
+from webhook.policy.images import parse_image
+from webhook.policy.matching import CompiledPolicy, compile_policy, load_policy
+from webhook.policy.model import PolicyError, parse_policy
+from webhook.policy.patterns import RegistryPattern, repository_matches
 
 MATCHING_POLICY = """
 rules:

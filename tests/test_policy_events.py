@@ -7,8 +7,8 @@ from pathlib import Path
 
 from tests.conftest import RuntimeFactory
 from tests.kube_fixtures import Apiserver, eventually
-from webhook.policy import load_policy
-from webhook.reload import PolicyHolder
+from webhook.policy.holder import PolicyHolder
+from webhook.policy.matching import load_policy
 from webhook.server import policy_rejected_event
 
 GOOD = "rules: [{name: hub, registries: [docker.io], secret: hub-pull}]\n"

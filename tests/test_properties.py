@@ -21,11 +21,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from webhook.admission.handler import Handler
+from webhook.admission.wire import AdmissionReview
 from webhook.app import Readiness, create_app
-from webhook.handler import Handler
-from webhook.images import InvalidReference, parse_image
-from webhook.policy import PolicyError, load_policy, parse_policy
-from webhook.wire import AdmissionReview
+from webhook.policy.images import InvalidReference, parse_image
+from webhook.policy.matching import load_policy
+from webhook.policy.model import PolicyError, parse_policy
 
 POLICY = load_policy(
     """

@@ -21,10 +21,10 @@ import pytest
 
 from tests.conftest import RuntimeFactory
 from tests.kube_fixtures import Apiserver, Cluster, Fault, eventually
-from webhook.handler import Handler
-from webhook.policy import load_policy
-from webhook.sync import KubeRuntime
-from webhook.wire import AdmissionReview
+from webhook.admission.handler import Handler
+from webhook.admission.wire import AdmissionReview
+from webhook.policy.matching import load_policy
+from webhook.runtime import KubeRuntime
 
 CANARY = "Canary-pa55w0rd-never-log-me-4b1d"
 ROTATED = "Canary-rotated-pa55w0rd-also-secret-77e0"

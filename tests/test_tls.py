@@ -1,4 +1,4 @@
-"""Tests for webhook.tls: in-place certificate reload, in memory and on a real uvicorn TLS server."""
+"""Tests for webhook.tls.context: in-place certificate reload, in memory and on a real uvicorn TLS server."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from webhook.certs import (
+from webhook.tls.certs import (
     CertBundle,
     build_bundle,
     build_ca,
@@ -33,12 +33,7 @@ from webhook.certs import (
     service_dns_names,
     write_file_atomic,
 )
-from webhook.tls import (
-    CertificateReloadError,
-    ReloadingSSLContext,
-    install_into_uvicorn,
-    load_from_memory,
-)
+from webhook.tls.context import CertificateReloadError, ReloadingSSLContext, install_into_uvicorn, load_from_memory
 
 SERVICE, NAMESPACE = "pullsecret-injector", "infra"
 HOSTNAME = "pullsecret-injector.infra.svc"  # the name the API server dials
@@ -293,11 +288,11 @@ def test_validated_bytes_are_staged_privately(
     tmp_path: Path, ca1: CA, monkeypatch: pytest.MonkeyPatch, memfd: bool
 ) -> None:
     """With memfd (Linux) nothing is written to disk; without it (non-Linux, seccomp) a private temp dir is used."""
-    import webhook.tls
+    import webhook.tls.context
 
-    if memfd and not webhook.tls._memfd_available():
+    if memfd and not webhook.tls.context._memfd_available():
         pytest.skip("memfd_create or /proc not available here")
-    monkeypatch.setattr(webhook.tls, "_memfd_available", lambda: memfd)
+    monkeypatch.setattr(webhook.tls.context, "_memfd_available", lambda: memfd)
     staged: list[str] = []
     real_load = ssl.SSLContext.load_cert_chain
 
@@ -363,7 +358,7 @@ async def _wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> No
 async def test_watch_reloads_and_logs_without_key_material(
     tmp_path: Path, ca1: CA, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="webhook.tls")
+    caplog.set_level(logging.INFO, logger="webhook.tls.context")
     first = ca1.issue()
     ctx = ReloadingSSLContext(*write_pair(tmp_path, first))
     watcher = asyncio.create_task(ctx.watch(interval=0.01))

@@ -1,4 +1,4 @@
-"""The HTTP transport: a thin ASGI layer in front of :class:`webhook.handler.Handler`.
+"""The HTTP transport: a thin ASGI layer in front of :class:`webhook.admission.handler.Handler`.
 
 ``POST /mutate`` is the hot path of every Pod creation in the cluster, so it is served by
 a small ASGI endpoint that checks size and content type, decodes with orjson and encodes
@@ -19,8 +19,8 @@ import orjson
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
-from webhook.handler import Handler
-from webhook.wire import AdmissionReview, ReviewError, build_response, parse_review
+from webhook.admission.handler import Handler
+from webhook.admission.wire import AdmissionReview, ReviewError, build_response, parse_review
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,10 @@ from typing import Any, TextIO
 
 import orjson
 
-from webhook.admission import PodPlan, plan_pod
-from webhook.manifests import ManifestError, PodSource, load_documents, pods_of
-from webhook.policy import CompiledPolicy, PolicyError, load_policy
+from webhook.admission.manifests import ManifestError, PodSource, load_documents, pods_of
+from webhook.admission.podplan import PodPlan, plan_pod
+from webhook.policy.matching import CompiledPolicy, load_policy
+from webhook.policy.model import PolicyError
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
@@ -304,7 +305,7 @@ def _print_plan(source: PodSource, plan: PodPlan, policy: CompiledPolicy, out: T
 
 
 def cmd_certs(args: argparse.Namespace, out: TextIO) -> int:
-    from webhook.certs import write_local_certs
+    from webhook.tls.certs import write_local_certs
 
     try:
         written = write_local_certs(service=args.service, namespace=args.namespace, out_dir=args.out)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from webhook import logs
+from webhook.admission.handler import Handler, NamespaceLabels, SecretEnsurer
 from webhook.app import (
     DEFAULT_ADMISSION_TIMEOUT,
     DEFAULT_MAX_BODY_BYTES,
@@ -35,14 +35,14 @@ from webhook.app import (
     Readiness,
     create_app,
 )
-from webhook.handler import Handler, NamespaceLabels, SecretEnsurer
-from webhook.metrics import Metrics
-from webhook.protocol import guarded_protocol
-from webhook.reload import PolicyHolder
-from webhook.tls import ReloadingSSLContext, install_into_uvicorn
+from webhook.observability import logs
+from webhook.observability.metrics import Metrics
+from webhook.policy.holder import PolicyHolder
+from webhook.tls.context import ReloadingSSLContext, install_into_uvicorn
+from webhook.tls.guard import guarded_protocol
 
 if TYPE_CHECKING:
-    from webhook.sync import KubeRuntime
+    from webhook.runtime import KubeRuntime
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +187,8 @@ def _kube_runtime(args: argparse.Namespace, *, holder: PolicyHolder, metrics: Me
     """The Kubernetes side, its counters feeding the Prometheus metrics."""
     from kubernetes.config.config_exception import ConfigException
 
-    from webhook.kube import Stats
-    from webhook.sync import build_kube_runtime, default_identity
+    from webhook.observability.stats import Stats
+    from webhook.runtime import build_kube_runtime, default_identity
 
     stats = Stats(
         on_write=metrics.observe_secret_write, on_error=metrics.observe_secret_error, on_sync=metrics.observe_sync
@@ -220,9 +220,10 @@ def _self_managed_tls(
     """
     from kubernetes.config.config_exception import ConfigException
 
-    from webhook.certs import CertBundle
-    from webhook.kube import ApiError, KubeApi, build_api_client, load_configuration
-    from webhook.selfcert import CertState, SelfCertManager, keep_current
+    from webhook.kube.client import KubeApi, build_api_client, load_configuration
+    from webhook.kube.errors import ApiError
+    from webhook.tls.certs import CertBundle
+    from webhook.tls.selfcert import CertState, SelfCertManager, keep_current
 
     if args.no_kube or (args.kubeconfig is None and not os.environ.get("KUBERNETES_SERVICE_HOST")):
         raise UserError("--cert-mode self needs a cluster connection (--kubeconfig, or run in a Pod)")
@@ -261,7 +262,7 @@ def _self_managed_tls(
 
 
 def _tls_context(args: argparse.Namespace) -> ReloadingSSLContext:
-    from webhook.certs import write_local_certs
+    from webhook.tls.certs import write_local_certs
 
     if args.cert_mode == "dev":
         out = Path(tempfile.mkdtemp(prefix="pullsecret-injector-dev-"))

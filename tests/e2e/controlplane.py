@@ -48,7 +48,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from webhook.certs import build_ca, build_serving_cert
+from webhook.tls.certs import build_ca, build_serving_cert
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_ASSETS_DIR = Path.home() / ".cache" / "pullsecret-injector" / "kube-assets"

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from webhook.certs import load_certificates, verify_chain
-from webhook.kube import KubeApi, build_api_client, load_configuration
-from webhook.selfcert import CertState, SelfCertManager
+from webhook.kube.client import KubeApi, build_api_client, load_configuration
+from webhook.tls.certs import load_certificates, verify_chain
+from webhook.tls.selfcert import CertState, SelfCertManager
 
 from .controlplane import ControlPlane
 

@@ -94,7 +94,7 @@ GAR_KEY_JSON = (
 
 
 def go_json_string(value: str) -> str:
-    """A string as Go's json.Marshal writes it (HTML-escaped), written independently of webhook.dockercfg."""
+    """A string as Go's json.Marshal writes it (HTML-escaped), written independently of webhook.secrets.dockerconfig."""
     encoded = json.dumps(value, ensure_ascii=False)
     for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028")):
         encoded = encoded.replace(char, escape)

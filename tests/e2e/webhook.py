@@ -2,7 +2,7 @@
 
 ``WebhookProcess`` runs ``python -m webhook serve`` on a free 127.0.0.1 port with:
 
-- certificates from the project's own ``webhook.certs.write_local_certs`` (so what the
+- certificates from the project's own ``webhook.tls.certs.write_local_certs`` (so what the
   apiserver trusts is what the project generates),
 - the control plane's admin kubeconfig,
 - a policy file in its own directory, rewritten atomically by ``write_policy`` (reload tests),
@@ -38,7 +38,7 @@ from typing import IO, Any, TypeVar
 
 import yaml
 
-from webhook.certs import write_local_certs
+from webhook.tls.certs import write_local_certs
 
 from .controlplane import (
     LOOPBACK,

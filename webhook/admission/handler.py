@@ -14,10 +14,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from webhook.admission import PodPlan, plan_pod, short
-from webhook.patch import is_skipped
-from webhook.policy import CompiledPolicy, Rule
-from webhook.wire import AdmissionReview, AdmissionReviewResponse, build_response
+from webhook.admission.patch import is_skipped
+from webhook.admission.podplan import PodPlan, plan_pod, short
+from webhook.admission.wire import AdmissionReview, AdmissionReviewResponse, build_response
+from webhook.policy.matching import CompiledPolicy
+from webhook.policy.model import Rule
 
 log = logging.getLogger(__name__)
 

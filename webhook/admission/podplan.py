@@ -12,10 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from webhook.images import ImageRef, InvalidReference, parse_image
-from webhook.patch import ContainerKind, build_patch, iter_container_images
-from webhook.policy import CompiledPolicy, Rule
-from webhook.wire import PatchOperation
+from webhook.admission.patch import ContainerKind, build_patch, iter_container_images
+from webhook.admission.wire import PatchOperation
+from webhook.policy.images import ImageRef, InvalidReference, parse_image
+from webhook.policy.matching import CompiledPolicy
+from webhook.policy.model import Rule
 
 #: Kubernetes rejects warnings longer than this in admission responses' spirit of brevity;
 #: kubectl prints them on one line each.

@@ -28,7 +28,8 @@ from typing import Any, Protocol
 
 from cryptography import x509
 
-from webhook.certs import (
+from webhook.kube.errors import ApiError
+from webhook.tls.certs import (
     build_bundle,
     build_ca,
     build_serving_cert,
@@ -38,7 +39,6 @@ from webhook.certs import (
     private_key_matches_certificate,
     service_dns_names,
 )
-from webhook.kube import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ KEYS = ("ca.crt", "ca.key", "tls.crt", "tls.key")
 
 
 class CertApi(Protocol):
-    """The API calls self mode needs (implemented by :class:`webhook.kube.KubeApi`)."""
+    """The API calls self mode needs (implemented by :class:`webhook.kube.client.KubeApi`)."""
 
     def get_secret(self, namespace: str, name: str, *, timeout: float) -> dict[str, Any] | None: ...
 

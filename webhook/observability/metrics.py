@@ -14,8 +14,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
 
-from webhook.handler import Outcome
-from webhook.wire import AdmissionReview
+from webhook.admission.handler import Outcome
+from webhook.admission.wire import AdmissionReview
 
 PREFIX = "pullsecret_injector"
 # Admission latency is tens of microseconds offline and milliseconds when a Secret is written.

@@ -14,7 +14,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from webhook.policy import CompiledPolicy, PolicyError, load_policy
+from webhook.policy.matching import CompiledPolicy, load_policy
+from webhook.policy.model import PolicyError
 
 log = logging.getLogger(__name__)
 

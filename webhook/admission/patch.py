@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from webhook.wire import PatchOperation
+from webhook.admission.wire import PatchOperation
 
 INJECTED_ANNOTATION = "pullsecret-injector.io/injected"
 SKIP_LABEL = "pullsecret-injector.io/skip"

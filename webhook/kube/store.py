@@ -1,0 +1,102 @@
+"""Objects by key under a lock, filled by one list-watch."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from webhook.kube.objects import ChangeFn, Key, KubeObject, object_key
+
+log = logging.getLogger(__name__)
+
+
+class Store:
+    """Objects by key under a lock, filled by one :class:`ListWatch`; tells ``on_change``."""
+
+    def __init__(
+        self,
+        *,
+        on_change: ChangeFn | None = None,
+        slim: Callable[[KubeObject], KubeObject] = dict,
+        only_name: str | None = None,
+    ) -> None:
+        self._objects: dict[Key, KubeObject] = {}
+        self._lock = threading.Lock()
+        self._on_change = on_change
+        self._slim = slim
+        # The field selector, enforced on our side as well: an emulator or a proxy that
+        # ignores it must not fill the cache with Secrets we never asked for.
+        self._only_name = only_name
+        self.synced = threading.Event()
+
+    def _wanted(self, key: Key) -> bool:
+        return self._only_name is None or key[1] == self._only_name
+
+    def get(self, key: Key) -> KubeObject | None:
+        with self._lock:
+            return self._objects.get(key)
+
+    def items(self) -> list[tuple[Key, KubeObject]]:
+        with self._lock:
+            return list(self._objects.items())
+
+    def replace(self, objects: Iterable[KubeObject]) -> None:
+        """A fresh list: the new truth, with the differences reported as changes."""
+        fresh: dict[Key, KubeObject] = {}
+        self.slim_into(fresh, objects)
+        self.install(fresh)
+
+    def slim_into(self, fresh: dict[Key, KubeObject], objects: Iterable[Any]) -> None:
+        """Add the slim form of the wanted ``objects`` (one page of a list) to ``fresh``.
+
+        Only the slim objects are kept: the page as decoded can be freed right after.
+        """
+        slim, wanted = self._slim, self._wanted
+        for obj in objects:
+            if isinstance(obj, dict) and wanted(key := object_key(obj)):
+                fresh[key] = slim(obj)
+
+    def install(self, fresh: dict[Key, KubeObject]) -> None:
+        """Make ``fresh`` (filled by :meth:`slim_into`) the new truth; the differences are changes."""
+        with self._lock:
+            old = self._objects
+            self._objects = fresh
+        for key in old.keys() | fresh.keys():
+            before, after = old.get(key), fresh.get(key)
+            if before != after:
+                self._notify(key, before, after)
+        self.synced.set()
+
+    def apply(self, event_type: str, obj: KubeObject) -> None:
+        key = object_key(obj)
+        if not self._wanted(key):
+            return
+        with self._lock:
+            before = self._objects.get(key)
+            if event_type == "DELETED":
+                after = None
+                self._objects.pop(key, None)
+            else:
+                after = self._slim(obj)
+                self._objects[key] = after
+        if before != after:
+            self._notify(key, before, after)
+
+    def put(self, obj: KubeObject) -> None:
+        """Write-through of an object we just wrote or read, ahead of its watch event."""
+        self.apply("MODIFIED", obj)
+
+    def forget(self, key: Key) -> None:
+        self.apply("DELETED", {"metadata": {"namespace": key[0], "name": key[1]}})
+
+    def _notify(self, key: Key, before: KubeObject | None, after: KubeObject | None) -> None:
+        if self._on_change is None:
+            return
+        try:
+            self._on_change(key, before, after)
+        except Exception:
+            log.exception("change handler failed")
+
+

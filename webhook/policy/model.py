@@ -1,0 +1,222 @@
+"""The injection policy: its YAML schema, and a compiled matcher for the hot path.
+
+The policy is what an operator edits (the ConfigMap key ``policy.yaml``), so it is
+validated strictly with pydantic: unknown keys are rejected and every error names the
+field. Matching follows the kubelet's credential-provider rules rather than string
+prefixes, because a matcher looser than the kubelet's would hand a registry password to
+a lookalike host (``registry.io`` must never match ``registry.io.evil.com``).
+
+:class:`CompiledPolicy` is built once per policy version and indexes rules by host so
+that a thousand rules cost about what one does.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from webhook.policy.images import InvalidReference, parse_registry
+from webhook.policy.patterns import RegistryPattern
+
+DEFAULT_EXCLUDED_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
+
+_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_REPO_SEGMENT_GLOB = re.compile(r"[a-z0-9._*?-]+")
+
+
+class PolicyError(ValueError):
+    """A policy document that cannot be used; ``errors`` lists one line per problem."""
+
+    def __init__(self, errors: Sequence[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("invalid policy: " + "; ".join(self.errors))
+
+
+class _Model(BaseModel):
+    """Strict base: camelCase on the wire, unknown keys are an error, immutable."""
+
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True, str_strip_whitespace=True
+    )
+
+
+class LabelSelectorRequirement(_Model):
+    key: str
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _values_fit_operator(self) -> LabelSelectorRequirement:
+        if self.operator in ("In", "NotIn") and not self.values:
+            raise ValueError(f"operator {self.operator} needs at least one value")
+        if self.operator in ("Exists", "DoesNotExist") and self.values:
+            raise ValueError(f"operator {self.operator} takes no values")
+        return self
+
+
+class LabelSelector(_Model):
+    """A Kubernetes ``metav1.LabelSelector``; all terms must hold."""
+
+    match_labels: dict[str, str] = Field(default_factory=dict)
+    match_expressions: tuple[LabelSelectorRequirement, ...] = ()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        for key, value in self.match_labels.items():
+            if labels.get(key) != value:
+                return False
+        for req in self.match_expressions:
+            present = req.key in labels
+            if req.operator == "In" and (not present or labels[req.key] not in req.values):
+                return False
+            if req.operator == "NotIn" and present and labels[req.key] in req.values:
+                return False
+            if req.operator == "Exists" and not present:
+                return False
+            if req.operator == "DoesNotExist" and present:
+                return False
+        return True
+
+
+class NamespaceScope(_Model):
+    """Which namespaces a rule serves. Omitted parts do not restrict."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    selector: LabelSelector | None = None
+
+
+class SecretRef(_Model):
+    namespace: str
+    name: str
+
+
+class SecretKeyRef(_Model):
+    namespace: str
+    name: str
+    key: str
+
+
+class Credentials(_Model):
+    """Build a ``.dockerconfigjson`` as ``kubectl create secret docker-registry`` would."""
+
+    registry: str
+    username: str
+    password_from: SecretKeyRef
+    email: str | None = None
+
+    @field_validator("registry")
+    @classmethod
+    def _registry_is_host(cls, value: str) -> str:
+        try:
+            parse_registry(value)
+        except InvalidReference as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+
+class Source(_Model):
+    """Where a managed Secret's content comes from: exactly one of ``secret``, ``credentials``."""
+
+    secret: SecretRef | None = None
+    credentials: Credentials | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Source:
+        if (self.secret is None) == (self.credentials is None):
+            raise ValueError("set exactly one of 'secret' or 'credentials'")
+        return self
+
+
+class Rule(_Model):
+    name: str = Field(min_length=1, max_length=63)
+    registries: tuple[str, ...] = Field(min_length=1)
+    repositories: tuple[str, ...] = ()
+    namespaces: NamespaceScope = Field(default_factory=NamespaceScope)
+    secret: str
+    source: Source | None = None
+    #: What to do when the Secret cannot be provided in time: ``Ignore`` admits the Pod with
+    #: a warning (fail open, the default), ``Fail`` denies it.
+    failure_policy: Literal["Ignore", "Fail"] = "Ignore"
+
+    @field_validator("registries")
+    @classmethod
+    def _registries_are_patterns(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        for value in values:
+            RegistryPattern.parse(value)
+        return values
+
+    @field_validator("repositories")
+    @classmethod
+    def _repositories_are_globs(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        for value in values:
+            segments = value.split("/")
+            if not value or not all(s and _REPO_SEGMENT_GLOB.fullmatch(s) for s in segments):
+                raise ValueError(
+                    f"repository pattern {value!r} must be lowercase path segments separated by '/', "
+                    "with '*' or '?' globs inside a segment"
+                )
+        return values
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_is_a_name(cls, value: str) -> str:
+        if len(value) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(value):
+            raise ValueError(f"{value!r} is not a valid Secret name (lowercase DNS-1123 subdomain)")
+        return value
+
+
+class Policy(_Model):
+    exclude_namespaces: tuple[str, ...] = DEFAULT_EXCLUDED_NAMESPACES
+    rules: tuple[Rule, ...] = ()
+
+    @model_validator(mode="after")
+    def _names_are_unique(self) -> Policy:
+        seen: dict[str, int] = {}
+        for index, rule in enumerate(self.rules):
+            if rule.name in seen:
+                raise ValueError(f"rules[{index}].name {rule.name!r} repeats rules[{seen[rule.name]}].name")
+            seen[rule.name] = index
+        by_secret: dict[str, Rule] = {}
+        for index, rule in enumerate(self.rules):
+            other = by_secret.setdefault(rule.secret, rule)
+            if other is not rule and other.source != rule.source:
+                raise ValueError(
+                    f"rules[{index}] ({rule.name}) writes Secret {rule.secret!r} from a different source "
+                    f"than rule {other.name!r}: one Secret name, one source"
+                )
+        return self
+
+
+def parse_policy(text: str | bytes) -> Policy:
+    """Parse and validate a policy document, raising :class:`PolicyError` with field paths."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PolicyError([f"not valid YAML: {exc}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PolicyError([f"the policy must be a mapping, not {type(data).__name__}"])
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        raise PolicyError([_format_error(err) for err in exc.errors()]) from None
+
+
+def _format_error(err: Mapping[str, object]) -> str:
+    loc = err.get("loc", ())
+    path = ""
+    for part in loc if isinstance(loc, tuple) else ():
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    message = str(err.get("msg", "invalid"))
+    message = message.removeprefix("Value error, ")
+    if err.get("type") == "extra_forbidden":
+        message = "unknown field"
+    return f"{path or '(document)'}: {message}"
+
+

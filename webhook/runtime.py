@@ -1,0 +1,264 @@
+"""Wires the Kubernetes side for :mod:`webhook.server`: clients, watches, ensurer, reconciler, election."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from webhook.config import KubeSettings
+from webhook.kube.caches import NamespaceCache, SecretCache
+from webhook.kube.client import KubeApi, build_api_client, load_configuration
+from webhook.kube.events import EventRecorder
+from webhook.kube.objects import Key, KubeObject, namespace_labels
+from webhook.kube.peering import LeaseElector
+from webhook.kube.runner import Runner
+from webhook.observability.stats import Stats
+from webhook.policy.matching import CompiledPolicy
+from webhook.secrets.desired import is_managed
+from webhook.secrets.ensurer import Ensurer
+from webhook.secrets.grants import PolicyFn
+from webhook.secrets.reconciler import Reconciler
+from webhook.secrets.sync import SecretSync
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- the runtime
+
+
+def default_identity() -> str:
+    """The Pod name (``POD_NAME``, from the downward API), else host and pid."""
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+
+
+class KubeRuntime:
+    """Everything Kubernetes, assembled: caches, ensurer, reconciler, elector, Events.
+
+    ``start`` (the server's ``on_start``) starts the watches and waits, bounded, for their
+    first lists; ``run`` (a ``background`` job) runs the elector, the reconciler and the
+    Event queue until cancelled, then stops the watches and gives up the Lease.
+    """
+
+    def __init__(
+        self,
+        *,
+        api: KubeApi,
+        watch_api: KubeApi,
+        policy: PolicyFn,
+        settings: KubeSettings,
+        stats: Stats | None = None,
+        elect: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.stats = stats or Stats()
+        self._api, self._watch_api = api, watch_api
+        self._policy = policy
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.runner = Runner(settings.workers)
+        self.secrets = SecretCache(api=watch_api, settings=settings, stats=self.stats, on_change=self._secret_event)
+        self.namespaces = NamespaceCache(
+            api=api, runner=self.runner, settings=settings, stats=self.stats, on_change=self._namespace_event
+        )
+        self.events = EventRecorder(api=api, runner=self.runner, settings=settings, stats=self.stats)
+        self.sync = SecretSync(
+            api=api, runner=self.runner, secrets=self.secrets, namespaces=self.namespaces, stats=self.stats
+        )
+        self.elector = LeaseElector(
+            api=api, runner=self.runner, settings=settings, stats=self.stats, on_change=self._leadership_changed
+        )
+        self._elect = elect
+        self._retired: set[str] = set()
+        self._watched_policy: CompiledPolicy | None = None
+        self._watched_names: set[str] = set()
+        self.reconciler = Reconciler(
+            sync=self.sync,
+            policy=self._current_policy,
+            settings=settings,
+            stats=self.stats,
+            events=self.events,
+            is_leader=lambda: self.elector.is_leader,
+            retired=lambda: set(self._retired),
+        )
+        self.ensurer = Ensurer(
+            sync=self.sync,
+            policy=policy,
+            settings=settings,
+            stats=self.stats,
+            events=self.events,
+            handoff=self.reconciler.handoff,
+        )
+        self._started = asyncio.Event()
+        self._closed = False
+
+    # watch callbacks arrive on watch threads: hop onto the loop -------------------
+
+    def _call_soon(self, fn: Callable[..., None], *args: Any) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(fn, *args)
+
+    def _secret_event(self, key: Key, before: KubeObject | None, after: KubeObject | None) -> None:
+        self._call_soon(self.reconciler.secret_changed, key, after)
+
+    def _namespace_event(self, key: Key, before: KubeObject | None, after: KubeObject | None) -> None:
+        # Labels decide which rules admit a namespace; the phase tells a terminating one.
+        changed = (
+            before is None
+            or after is None
+            or namespace_labels(before) != namespace_labels(after)
+            or before.get("status") != after.get("status")
+        )
+        if changed:
+            self._call_soon(self.reconciler.notify)
+
+    def _leadership_changed(self, leader: bool) -> None:
+        if leader:
+            self.reconciler.notify()
+
+    # policy -----------------------------------------------------------------------
+
+    def _current_policy(self) -> CompiledPolicy:
+        policy = self._policy()
+        if policy is not self._watched_policy:
+            self.refresh_targets()
+        self._drop_retired()
+        return policy
+
+    def refresh_targets(self) -> None:
+        """Watch what the current policy needs; keep retired names until their copies are cleaned up."""
+        policy = self._policy()
+        names = self.sync.grants.managed_names(policy)
+        if self.settings.cleanup:
+            self._retired |= self._watched_names - names
+        self._retired -= names
+        self._watched_policy, self._watched_names = policy, names
+        self.secrets.sync_targets(self.sync.grants.watch_targets(policy, extra_names=self._retired))
+
+    def _drop_retired(self) -> None:
+        """A retired name whose managed copies are all gone needs no watch any more."""
+        done = set()
+        for name in self._retired:
+            known, _ = self.secrets.lookup("", name)
+            if known and not any(is_managed(obj) for _, obj in self.secrets.named(name)):
+                done.add(name)
+        if done:
+            self._retired -= done
+            self.secrets.sync_targets(self.sync.grants.watch_targets(self._policy(), extra_names=self._retired))
+
+    def policy_changed(self, accepted: bool, errors: list[str]) -> None:
+        """A ``PolicyHolder`` listener: re-target the watches and reconcile."""
+        if not accepted:
+            return
+        if self._loop is None:
+            self.refresh_targets()
+            return
+        self._call_soon(self._apply_policy)
+
+    def _apply_policy(self) -> None:
+        self.refresh_targets()
+        self.reconciler.notify()
+
+    # lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the watches and wait (at most ``sync_timeout``) for their first lists."""
+        self._loop = asyncio.get_running_loop()
+        self.namespaces.start()
+        self.refresh_targets()
+        deadline = time.monotonic() + self.settings.sync_timeout
+        while time.monotonic() < deadline and not self.synced:
+            await asyncio.sleep(0.02)
+        if self.synced:
+            log.info("kubernetes caches synced: %d Secret watch(es)", len(self.secrets.targets()))
+        else:
+            log.warning(
+                "kubernetes caches not synced after %.0fs: serving, with API calls on the admission path",
+                self.settings.sync_timeout,
+            )
+        self._started.set()
+
+    @property
+    def synced(self) -> bool:
+        return self.namespaces.synced and self.secrets.synced()
+
+    async def run(self) -> None:
+        """The background jobs, until cancelled; then everything is stopped."""
+        await self._started.wait()
+        jobs: list[Coroutine[Any, Any, None]] = [self.events.run(), self.reconciler.run()]
+        if self._elect:
+            jobs.append(self.elector.run())
+        tasks = [asyncio.create_task(job) for job in jobs]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await self.elector.release()
+            await self.close()
+
+    async def close(self) -> None:
+        """Stop the watches (closing their connections) and the worker threads."""
+        if self._closed:
+            return
+        self._closed = True
+        watches = self.secrets.stop() + self.namespaces.stop()
+
+        def join() -> None:
+            for watch in watches:
+                watch.join(2.0)
+
+        await asyncio.to_thread(join)
+        self.runner.shutdown()
+        self._api.close()
+        self._watch_api.close()
+
+
+def build_kube_runtime(
+    *,
+    kubeconfig: Path | None,
+    policy: PolicyFn,
+    namespace: str,
+    ensure_timeout: float,
+    cleanup: bool,
+    lease_name: str,
+    resync_seconds: float,
+    identity: str | None = None,
+    stats: Stats | None = None,
+) -> KubeRuntime:
+    """The runtime for ``serve``: kubeconfig if given, else the in-cluster service account."""
+    settings = KubeSettings(
+        namespace=namespace,
+        ensure_timeout=ensure_timeout,
+        cleanup=cleanup,
+        lease_name=lease_name,
+        identity=identity or default_identity(),
+        resync_seconds=resync_seconds,
+    )
+    configuration = load_configuration(kubeconfig=kubeconfig)
+    return build_runtime_from_configuration(configuration=configuration, policy=policy, settings=settings, stats=stats)
+
+
+def build_runtime_from_configuration(
+    *, configuration: Any, policy: PolicyFn, settings: KubeSettings, stats: Stats | None = None, elect: bool = True
+) -> KubeRuntime:
+    """The runtime on an explicit client ``Configuration`` (tests point it at an emulator)."""
+    # Two clients, two connection pools: the watches hold their connections for minutes and
+    # must never starve (or be starved by) the short calls of the admission path.
+    api = KubeApi(build_api_client(configuration=copy.deepcopy(configuration), pool_size=settings.workers))
+    watch_api = KubeApi(build_api_client(configuration=copy.deepcopy(configuration), pool_size=64))
+    return KubeRuntime(api=api, watch_api=watch_api, policy=policy, settings=settings, stats=stats, elect=elect)
+
+

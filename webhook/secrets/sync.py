@@ -1,0 +1,273 @@
+"""Keeping the managed Secrets in sync: at admission, in the background, on one replica.
+
+Three actors share one core (:class:`SecretSync`: what a copy should be, and how to make
+the API agree with a bounded number of calls):
+
+* :class:`Ensurer`, the handler's ``SecretEnsurer``: before a Pod CREATE is answered,
+  every Secret it gets injected exists and is current in its namespace. When the watch
+  caches already show the copy current, that costs no API call at all. Otherwise create,
+  take 409 as "someone else was faster" and compare, patch only our own copies. All of
+  it within ``ensure_timeout``: past it the Pod is answered anyway (with a warning) and
+  the work is handed to the background.
+* :class:`Reconciler`: triggered by watch events (debounced) and a periodic resync. On
+  the leader it updates every copy when a source changes, recreates deleted copies and
+  deletes copies no rule allows any more (``cleanup``). On every replica it finishes the
+  admissions it had to hand off, because when the API was down nobody else knows about
+  them.
+* :class:`LeaseElector`: leader election on a ``coordination.k8s.io/v1`` Lease. The
+  official client ships ``kubernetes.leaderelection``, but its model does not fit here:
+  ``run()`` blocks a thread forever in ``time.sleep`` loops with no way to stop it, the
+  leading callback runs in a thread that cannot be cancelled when the lease is lost (so
+  a deposed leader keeps reconciling next to the new one), ``Config`` calls
+  ``sys.exit`` on bad values, the lock uses the global default client with no request
+  timeouts (a hung API server stalls renewal past the deadline) and ``replace``, not
+  ``patch``. This is the same algorithm as client-go's (observed-record time on the
+  local monotonic clock, renew deadline shorter than the lease), in asyncio, with
+  optimistic concurrency through ``metadata.resourceVersion`` on the patch.
+
+:class:`KubeRuntime` wires it all for :mod:`webhook.server`. The namespace policy is the
+security boundary throughout: :func:`grant_for` is the one function that says whether a
+namespace may hold a copy, and a namespace no rule admits never gets one, whatever asks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
+
+from webhook.kube.caches import NamespaceCache, SecretCache
+from webhook.kube.client import KubeApi
+from webhook.kube.errors import ApiError
+from webhook.kube.objects import Key, KubeObject
+from webhook.kube.runner import Runner
+from webhook.observability.stats import Stats
+from webhook.policy.model import Source
+from webhook.secrets.desired import Copy, build_copy, is_current, is_managed, needs_recreate, update_patch
+from webhook.secrets.dockerconfig import SourceError
+from webhook.secrets.grants import Grant, GrantIndex, source_target
+
+log = logging.getLogger(__name__)
+
+
+T = TypeVar("T")
+Outcome = Literal["current", "created", "updated", "unmanaged", "dry-run"]
+
+
+class _Deadline:
+    """The time left for one unit of work; each API call gets what remains, none starts after the end."""
+
+    def __init__(self, seconds: float) -> None:
+        self._end = time.monotonic() + seconds
+
+    def remaining(self, action: str) -> float:
+        left = self._end - time.monotonic()
+        if left <= 0:
+            raise ApiError("timeout", action=action)
+        return left
+
+
+class SecretSync:
+    """What a copy should be (from the caches) and how to make the API agree (bounded calls)."""
+
+    def __init__(
+        self,
+        *,
+        api: KubeApi,
+        runner: Runner,
+        secrets: SecretCache,
+        namespaces: NamespaceCache,
+        stats: Stats,
+    ) -> None:
+        self._api = api
+        self._runner = runner
+        self.secrets = secrets
+        self.namespaces = namespaces
+        self._stats = stats
+        #: Which namespace may hold which copy, for the policy last seen (the security boundary).
+        self.grants = GrantIndex()
+        self._memo: dict[tuple[Any, ...], Copy] = {}
+        #: ``id(grant)`` -> ``(grant, name, source object, copy)``: the copy built from that very
+        #: cached source object (the store replaces an object on every change, never edits it).
+        self._copies: dict[int, tuple[Grant, str, KubeObject, Copy]] = {}
+        #: ``(namespace, name)`` -> ``(uid, resourceVersion, copy)`` of a copy found current.
+        self._verdicts: dict[Key, tuple[str, str, Copy]] = {}
+
+    _MEMO_LIMIT = 1024
+    _VERDICTS_LIMIT = 65536
+
+    def current_in_cache(self, namespace: str, name: str, grant: Grant) -> bool:
+        """Whether the caches alone show the copy of ``name`` in ``namespace`` current for ``grant``.
+
+        Synchronous and free of API calls: the warm path of every admission. False means
+        "not shown current" (source or copy not cached, a source problem, a stale or foreign
+        copy): :meth:`desired` and :meth:`converge` then work it out, with API calls if need be.
+        """
+        known, source_obj = self.secrets.lookup(*source_target(grant.source))
+        if not known or source_obj is None:
+            return False
+        known, existing = self.secrets.lookup(namespace, name)
+        if not known or existing is None:
+            return False
+        try:
+            base = self._base_copy(name, grant, source_obj)
+        except SourceError:
+            return False
+        metadata = existing.get("metadata") or {}
+        uid, version = str(metadata.get("uid") or ""), str(metadata.get("resourceVersion") or "")
+        key = (namespace, name)
+        verdict = self._verdicts.get(key)
+        if version and verdict is not None and verdict[2] is base and verdict[1] == version and verdict[0] == uid:
+            return True
+        if not is_current(existing, base):
+            return False
+        if version:
+            if len(self._verdicts) >= self._VERDICTS_LIMIT:
+                self._verdicts.clear()
+            self._verdicts[key] = (uid, version, base)
+        return True
+
+    def _base_copy(self, name: str, grant: Grant, source_obj: KubeObject | None) -> Copy:
+        """The copy ``grant`` gives (namespace left empty), memoized; raises ``SourceError``."""
+        entry = self._copies.get(id(grant))
+        if entry is not None and entry[0] is grant and entry[2] is source_obj and entry[1] == name:
+            return entry[3]
+        data = source_obj.get("data") if source_obj is not None else None
+        memo_key = (
+            name,
+            grant.names,
+            grant.registries,
+            grant.source,
+            None if source_obj is None else source_obj.get("type"),
+            None if not isinstance(data, dict) else tuple(sorted(data.items())),
+        )
+        cached = self._memo.get(memo_key)
+        if cached is None:
+            cached = build_copy(
+                name=name,
+                namespace="",
+                source=grant.source,
+                rules=grant.names,
+                registries=grant.registries,
+                source_secret=source_obj,
+            )
+            if len(self._memo) >= self._MEMO_LIMIT:
+                self._memo.clear()
+            self._memo[memo_key] = cached
+        if source_obj is not None:
+            if len(self._copies) >= self._MEMO_LIMIT:
+                self._copies.clear()
+            self._copies[id(grant)] = (grant, name, source_obj, cached)
+        return cached
+
+    async def _call(self, action: str, deadline: _Deadline, call: Callable[[float], T]) -> T:
+        """One API call with what remains of ``deadline`` (none is started past it)."""
+        return await self._runner(call, timeout=deadline.remaining(action), action=action)
+
+    async def _source_object(self, source: Source, deadline: _Deadline) -> KubeObject | None:
+        namespace, name = source_target(source)
+        known, obj = self.secrets.lookup(namespace, name)
+        if known:
+            return obj
+        return await self._get(namespace, name, deadline)
+
+    async def desired(self, namespace: str, name: str, grant: Grant, deadline: _Deadline) -> Copy:
+        """The copy ``grant`` gives ``namespace``; raises ``SourceError`` or ``ApiError``."""
+        source_obj = await self._source_object(grant.source, deadline)
+        return dataclasses.replace(self._base_copy(name, grant, source_obj), namespace=namespace)
+
+    async def _get(self, namespace: str, name: str, deadline: _Deadline) -> KubeObject | None:
+        api = self._api
+        return await self._call(
+            f"get Secret {namespace}/{name}", deadline, lambda t: api.get_secret(namespace, name, timeout=t)
+        )
+
+    async def converge(self, desired: Copy, *, deadline: _Deadline, dry_run: bool) -> Outcome:
+        """Make the Secret in the API equal ``desired``, never touching one that is not ours.
+
+        From the cache when it knows the Secret (no call when current), else one GET.
+        Create; 409 means another replica or the reconciler was faster: read it back and
+        compare. Patch carries the observed resourceVersion, so it cannot land on a
+        Secret that changed (into an unmanaged one, say) since we looked.
+        """
+        namespace, name = desired.namespace, desired.name
+        api = self._api
+        known, existing = self.secrets.lookup(namespace, name)
+        if not known:
+            existing = await self._get(namespace, name, deadline)
+        for _ in range(4):
+            if existing is None:
+                if dry_run:
+                    return "dry-run"
+                manifest = desired.manifest()
+                try:
+                    created = await self._call(
+                        f"create Secret {namespace}/{name}",
+                        deadline,
+                        lambda t: api.create_secret(namespace, manifest, timeout=t),  # noqa: B023
+                    )
+                except ApiError as exc:
+                    if exc.kind != "conflict":
+                        self._stats.write("create", "error")
+                        raise
+                    self._stats.write("create", "conflict")
+                    existing = await self._get(namespace, name, deadline)
+                    continue
+                self._stats.write("create", "ok")
+                self.secrets.put(created)
+                log.info("created Secret %s/%s", namespace, name)
+                return "created"
+            if not is_managed(existing):
+                return "unmanaged"
+            if is_current(existing, desired):
+                return "current"
+            if dry_run:
+                return "dry-run"
+            if needs_recreate(existing):
+                await self.delete(existing, deadline=deadline)
+                existing = None
+                continue
+            patch = update_patch(existing, desired)
+            try:
+                updated = await self._call(
+                    f"update Secret {namespace}/{name}",
+                    deadline,
+                    lambda t: api.patch_secret(namespace, name, patch, timeout=t),  # noqa: B023
+                )
+            except ApiError as exc:
+                if exc.kind not in ("conflict", "not_found"):
+                    self._stats.write("update", "error")
+                    raise
+                self._stats.write("update", "conflict")
+                existing = await self._get(namespace, name, deadline)
+                continue
+            self._stats.write("update", "ok")
+            self.secrets.put(updated)
+            log.info("updated Secret %s/%s", namespace, name)
+            return "updated"
+        raise ApiError("conflict", action=f"update Secret {namespace}/{name}: it keeps changing")
+
+    async def delete(self, existing: KubeObject, *, deadline: _Deadline) -> None:
+        """Delete a managed copy, only if it is still the object we looked at."""
+        metadata = existing.get("metadata") or {}
+        namespace, name = str(metadata.get("namespace")), str(metadata.get("name"))
+        if not is_managed(existing):  # the invariant, checked where the call is made
+            raise ApiError("forbidden", action=f"delete Secret {namespace}/{name}: not managed by us")
+        api = self._api
+        uid, version = metadata.get("uid"), metadata.get("resourceVersion")
+        try:
+            await self._call(
+                f"delete Secret {namespace}/{name}",
+                deadline,
+                lambda t: api.delete_secret(namespace, name, uid=uid, resource_version=version, timeout=t),
+            )
+        except ApiError:
+            self._stats.write("delete", "error")
+            raise
+        self._stats.write("delete", "ok")
+        self.secrets.forget(namespace, name)
+        log.info("deleted Secret %s/%s", namespace, name)
+
+
