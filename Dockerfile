@@ -7,7 +7,17 @@
 #
 # Stage 1 builds a wheel of this project (from pyproject.toml) and installs it
 # with its dependencies into a virtualenv. Stage 2 copies only that virtualenv
-# onto a clean python:slim base: no compiler, no pip, no sources, no tests.
+# onto a clean base: no compiler, no pip, no sources, no tests, no caches.
+#
+# Hermetic / offline build: put wheels of the project's dependencies (and of
+# setuptools, wheel, packaging) into wheelhouse/ of the build context and the
+# build installs from there with --no-index, reaching no package index at all.
+# hack/build-image.sh does that, makes a Debian base with mmdebstrap and builds
+# with buildah, without a container daemon:
+#
+#   bash hack/build-image.sh     # -> build/image/pullsecret-injector.tar
+#
+# With an empty wheelhouse/ (the default checkout) pip uses the package index.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -19,14 +29,29 @@ WORKDIR /src
 RUN python -m venv /opt/venv
 # Only what the package build needs (.dockerignore allow-lists the same files).
 # README.md* : the readme is optional for the build context.
+COPY wheelhouse/ /wheelhouse/
 COPY pyproject.toml README.md* ./
 COPY webhook/ ./webhook/
-RUN /opt/venv/bin/pip wheel --wheel-dir /wheels . \
- && /opt/venv/bin/pip install --no-index --find-links /wheels pullsecret-injector \
- && /opt/venv/bin/pip uninstall --yes pip setuptools wheel \
- && /opt/venv/bin/pullsecret-injector --help >/dev/null
+RUN set -eu; \
+    if ls /wheelhouse/*.whl >/dev/null 2>&1; then \
+      echo "offline build from the wheelhouse"; \
+      offline="--no-index --find-links /wheelhouse"; \
+      /opt/venv/bin/pip install --quiet $offline setuptools wheel packaging; \
+      /opt/venv/bin/pip wheel --quiet $offline --no-build-isolation --no-deps --wheel-dir /wheels .; \
+      /opt/venv/bin/pip install --quiet $offline --find-links /wheels pullsecret-injector; \
+    else \
+      /opt/venv/bin/pip wheel --quiet --wheel-dir /wheels .; \
+      /opt/venv/bin/pip install --quiet --no-index --find-links /wheels pullsecret-injector; \
+    fi; \
+    /opt/venv/bin/pip uninstall --quiet --yes pip setuptools wheel packaging; \
+    find /opt/venv -name __pycache__ -prune -exec rm -rf {} +; \
+    /opt/venv/bin/pullsecret-injector --help >/dev/null
 
 FROM ${PYTHON_IMAGE}
+# No package installer in the running image: the base's own pip (python:slim) and
+# ensurepip's bundled wheels (Debian's python3-venv) go.
+RUN (python -m pip uninstall --yes --quiet pip setuptools wheel 2>/dev/null || true) \
+ && rm -rf /usr/share/python-wheels /root/.cache
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 ARG CREATED=unknown
