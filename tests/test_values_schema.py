@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
 from tests.test_chart import CHART, REPO, Obj, _helm, deep_merge, default_values, render
-from webhook.policy.model import Policy, PolicyError, parse_policy
+from webhook.policy.model import Policy, PolicyError, Source, parse_policy
 
 GENERATOR = REPO / "hack" / "gen_values_schema.py"
 SCHEMA = CHART / "values.schema.json"
@@ -121,6 +121,17 @@ class ExtendedPolicy(Policy):
     """A policy with a field a later change adds (mirrors): the generator needs no edit for it."""
 
     mirrors: tuple[_Mirror, ...] = ()
+
+
+class _TokenSource(Source):
+    """A source kind a later change adds (minted tokens) as one more optional field."""
+
+    token: str | None = None
+
+
+def test_a_new_source_kind_joins_exactly_one_of() -> None:
+    schema = _TokenSource.model_json_schema(by_alias=True)
+    assert [branch["required"] for branch in schema["oneOf"]] == [["secret"], ["credentials"], ["token"]]
 
 
 class _Pair(BaseModel):
