@@ -14,10 +14,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from webhook.policy.images import InvalidReference, parse_registry
@@ -26,7 +34,50 @@ from webhook.policy.patterns import RegistryPattern
 DEFAULT_EXCLUDED_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
 
 _DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _REPO_SEGMENT_GLOB = re.compile(r"[a-z0-9._*?-]+")
+
+
+def _secret_name(value: str) -> str:
+    if len(value) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(value):
+        raise ValueError(f"{value!r} is not a valid Secret name (lowercase DNS-1123 subdomain)")
+    return value
+
+
+def _namespace_name(value: str) -> str:
+    if not _DNS1123_LABEL.fullmatch(value):
+        raise ValueError(f"{value!r} is not a valid namespace name (lowercase DNS-1123 label)")
+    return value
+
+
+# The validators are the rule; ``json_schema_extra`` exports the same regex into the JSON schema,
+# from which hack/gen_values_schema.py generates the chart's values.schema.json: the chart
+# computes RBAC resourceNames from these names and renders a Role in each source namespace, so
+# it must reject a glob or an invalid name before rendering, not at the webhook's start.
+
+#: A literal Secret name (no globs: RBAC ``resourceNames`` are computed from it).
+SecretName = Annotated[
+    str,
+    AfterValidator(_secret_name),
+    Field(json_schema_extra={"pattern": f"^{_DNS1123_SUBDOMAIN.pattern}$", "maxLength": 253}),
+]
+#: A literal namespace name (a Role is rendered in it).
+NamespaceName = Annotated[
+    str,
+    AfterValidator(_namespace_name),
+    Field(json_schema_extra={"pattern": f"^{_DNS1123_LABEL.pattern}$"}),
+]
+
+
+def _exactly_one_property(schema: dict[str, Any]) -> None:
+    """JSON schema of "exactly one field is set (not null)", built from the model's own fields.
+
+    One ``oneOf`` branch per field, so a source kind added as a new field joins the rule
+    without anyone editing the schema.
+    """
+    schema["oneOf"] = [
+        {"required": [name], "properties": {name: {"not": {"type": "null"}}}} for name in schema["properties"]
+    ]
 
 
 class PolicyError(ValueError):
@@ -91,13 +142,13 @@ class NamespaceScope(_Model):
 
 
 class SecretRef(_Model):
-    namespace: str
-    name: str
+    namespace: NamespaceName
+    name: SecretName
 
 
 class SecretKeyRef(_Model):
-    namespace: str
-    name: str
+    namespace: NamespaceName
+    name: SecretName
     key: str
 
 
@@ -122,6 +173,7 @@ class Credentials(_Model):
 class Source(_Model):
     """Where a managed Secret's content comes from: exactly one of ``secret``, ``credentials``."""
 
+    model_config = ConfigDict(json_schema_extra=_exactly_one_property)
     secret: SecretRef | None = None
     credentials: Credentials | None = None
 
@@ -137,7 +189,7 @@ class Rule(_Model):
     registries: tuple[str, ...] = Field(min_length=1)
     repositories: tuple[str, ...] = ()
     namespaces: NamespaceScope = Field(default_factory=NamespaceScope)
-    secret: str
+    secret: SecretName
     source: Source | None = None
     #: What to do when the Secret cannot be provided in time: ``Ignore`` admits the Pod with
     #: a warning (fail open, the default), ``Fail`` denies it.
@@ -161,13 +213,6 @@ class Rule(_Model):
                     "with '*' or '?' globs inside a segment"
                 )
         return values
-
-    @field_validator("secret")
-    @classmethod
-    def _secret_is_a_name(cls, value: str) -> str:
-        if len(value) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(value):
-            raise ValueError(f"{value!r} is not a valid Secret name (lowercase DNS-1123 subdomain)")
-        return value
 
 
 class Policy(_Model):

@@ -1,8 +1,19 @@
 {{/*
-Policy helpers: validation of .Values.policy and the Secret names the RBAC
-rules are restricted to (resourceNames). values.schema.json checks shapes; the
-checks here are the ones JSON schema cannot express (uniqueness, exclusivity
-with a clear message) and they also hold with --skip-schema-validation.
+Policy helpers: the Secret names the RBAC rules are restricted to
+(resourceNames) and the namespaces the source Roles are rendered in.
+
+The policy's shape is checked by values.schema.json, which
+hack/gen_values_schema.py generates from the pydantic model
+(webhook/policy/model.py), so the chart and the webhook accept the same
+policies. The checks left here are the few that must also hold with
+--skip-schema-validation or that JSON schema cannot express:
+- every name the RBAC rendering uses is a literal DNS name: a copy or
+  source name becomes a resourceName (which cannot hold a glob), a source
+  namespace becomes the metadata.namespace of a Role;
+- rule names are unique, and one Secret name has one source: checks across
+  rules that the model makes too (Policy._names_are_unique) and JSON schema
+  cannot state. Without them `helm upgrade` would succeed and the webhook
+  would refuse the new policy at load, keeping the old one.
 */}}
 
 {{/* Secret names are literal DNS subdomains: RBAC resourceNames cannot hold globs. */}}
@@ -23,58 +34,32 @@ with a clear message) and they also hold with --skip-schema-validation.
 {{- end -}}
 {{- end -}}
 
-{{/* Fails on a contradictory or incomplete policy. Renders nothing. */}}
+{{/* Fails on a policy the RBAC rendering cannot use. Renders nothing. */}}
 {{- define "pullsecret-injector.validatePolicy" -}}
 {{- $seen := dict -}}
 {{- $bySecret := dict -}}
 {{- range $i, $rule := .Values.policy.rules -}}
-{{- if not (kindIs "map" $rule) -}}
-{{- fail (printf "policy.rules[%d] must be a mapping" $i) -}}
-{{- end -}}
+{{- $rule = $rule | default dict -}}
 {{- $name := toString ($rule.name | default "") -}}
-{{- if not $name -}}
-{{- fail (printf "policy.rules[%d]: name is required" $i) -}}
-{{- end -}}
 {{- $where := printf "policy.rules[%d] (%s)" $i $name -}}
 {{- if hasKey $seen $name -}}
 {{- fail (printf "policy.rules: duplicate rule name %q: rule names must be unique" $name) -}}
 {{- end -}}
 {{- $_ := set $seen $name true -}}
-{{- if not $rule.registries -}}
-{{- fail (printf "%s: registries must list at least one registry" $where) -}}
-{{- end -}}
-{{- if not $rule.secret -}}
-{{- fail (printf "%s: secret (name of the Secret created in the Pod's namespace) is required" $where) -}}
-{{- end -}}
 {{- include "pullsecret-injector.checkSecretName" (list (printf "%s.secret" $where) $rule.secret) -}}
 {{- $src := $rule.source | default dict -}}
-{{- if and $src.secret $src.credentials -}}
-{{- fail (printf "%s: source.secret and source.credentials are mutually exclusive: set exactly one" $where) -}}
-{{- end -}}
-{{- if and (hasKey $rule "source") (not (kindIs "invalid" $rule.source)) (not (or $src.secret $src.credentials)) -}}
-{{- fail (printf "%s: source needs either source.secret or source.credentials (omit source to only reference the Secret)" $where) -}}
-{{- end -}}
 {{- $key := toString $rule.secret -}}
 {{- $srcJson := toJson $src -}}
 {{- if and (hasKey $bySecret $key) (ne (get $bySecret $key) $srcJson) -}}
-{{- fail (printf "%s writes Secret %q from a different source than an earlier rule: one Secret name, one source" $where (toString $rule.secret)) -}}
+{{- fail (printf "%s writes Secret %q from a different source than an earlier rule: one Secret name, one source" $where $key) -}}
 {{- end -}}
 {{- $_ := set $bySecret $key $srcJson -}}
 {{- with $src.secret -}}
-{{- if not (and .namespace .name) -}}
-{{- fail (printf "%s: source.secret needs namespace and name" $where) -}}
-{{- end -}}
 {{- include "pullsecret-injector.checkNamespace" (list (printf "%s.source.secret.namespace" $where) .namespace) -}}
 {{- include "pullsecret-injector.checkSecretName" (list (printf "%s.source.secret.name" $where) .name) -}}
 {{- end -}}
 {{- with $src.credentials -}}
-{{- if not (and .registry .username) -}}
-{{- fail (printf "%s: source.credentials needs registry and username" $where) -}}
-{{- end -}}
 {{- $pf := .passwordFrom | default dict -}}
-{{- if not (and $pf.namespace $pf.name $pf.key) -}}
-{{- fail (printf "%s: source.credentials.passwordFrom needs namespace, name and key" $where) -}}
-{{- end -}}
 {{- include "pullsecret-injector.checkNamespace" (list (printf "%s.source.credentials.passwordFrom.namespace" $where) $pf.namespace) -}}
 {{- include "pullsecret-injector.checkSecretName" (list (printf "%s.source.credentials.passwordFrom.name" $where) $pf.name) -}}
 {{- end -}}
