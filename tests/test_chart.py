@@ -578,6 +578,19 @@ def test_default_replicas_and_anti_affinity() -> None:
     assert "requiredDuringSchedulingIgnoredDuringExecution" not in r.pod_spec["affinity"]["podAntiAffinity"]
 
 
+@pytest.mark.parametrize("host_network", [False, True], ids=["pod-network", "host-network"])
+def test_host_network(host_network: bool) -> None:
+    values = ci_values("self")
+    values["hostNetwork"] = host_network
+    values["server"] = {**values.get("server", {}), "port": 9443}
+    r = render(values)
+    assert r.pod_spec.get("hostNetwork", False) is host_network
+    assert r.pod_spec.get("dnsPolicy") == ("ClusterFirstWithHostNet" if host_network else None)
+    # the port the Pod listens on is the one the Service forwards to, whatever the network
+    assert {p["name"]: p["containerPort"] for p in r.container["ports"]}["https"] == 9443
+    assert "--port=9443" in r.args
+
+
 def test_probes_ports_and_env(ci: Rendered) -> None:
     container = ci.container
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -1326,13 +1339,20 @@ def test_dockerfile_contract() -> None:
     runs = " ".join(rest for i, rest in instructions if i == "RUN")
     assert "pip wheel" in runs
     assert "pip install" in runs
+    # hermetic builds: a non-empty wheelhouse/ in the context is installed from without an index
+    assert ("COPY", "wheelhouse/ /wheelhouse/") in instructions
+    assert "--no-index --find-links /wheelhouse" in runs
     from_positions = [n for n, (i, _) in enumerate(instructions) if i == "FROM"]
     runtime = instructions[from_positions[1] :]
 
     def last(name: str) -> str:
         return [rest for i, rest in runtime if i == name][-1]
 
-    assert [rest for i, rest in runtime if i == "RUN"] == [], "no build steps in the runtime stage"
+    # the runtime stage builds nothing: its one RUN only removes the base's package installer
+    (cleanup,) = [rest for i, rest in runtime if i == "RUN"]
+    assert "pip uninstall" in cleanup
+    assert "rm -rf /usr/share/python-wheels" in cleanup
+    assert not re.search(r"pip install|apt-get|pip wheel", cleanup)
     assert [rest for i, rest in runtime if i == "COPY"] == ["--from=builder /opt/venv /opt/venv"]
     assert re.fullmatch(r"\d+(:\d+)?", last("USER")), "numeric non-root user"
     assert last("USER").split(":")[0] == "65532"
