@@ -12,7 +12,8 @@ import jsonpatch
 import pytest
 import yaml
 
-from webhook.cli import bundled_example, main
+from webhook.cli import main
+from webhook.examples import bundled_example
 
 README = Path(__file__).parent.parent / "README.md"
 
