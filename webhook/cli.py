@@ -7,6 +7,7 @@ error prints one clear message, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -19,18 +20,7 @@ import orjson
 from webhook import server
 from webhook.admission.manifests import ManifestError, PodSource, load_documents, pods_of
 from webhook.admission.podplan import PodPlan, plan_pod
-from webhook.config import (
-    CERT_MODES,
-    LOG_FORMATS,
-    LOG_LEVELS,
-    CertSettings,
-    KubeSettings,
-    PolicySettings,
-    ServerSettings,
-    Settings,
-    SettingsError,
-    default_identity,
-)
+from webhook.config import CERT_MODES, LOG_FORMATS, LOG_LEVELS, Settings, SettingsError, default_identity
 from webhook.errors import EXIT_BAD_INPUT, EXIT_OK, UserError
 from webhook.examples import POLICY, WORKLOADS, bundled_example
 from webhook.policy.matching import CompiledPolicy, load_policy
@@ -272,7 +262,7 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None =
     becomes the identity in the Lease and in Events.
     """
     environ: Mapping[str, str] = os.environ if env is None else env
-    parts: dict[str, dict[str, Any]] = {group: {} for group in ("server", "policy", "certs", "kube")}
+    parts: dict[str, dict[str, Any]] = {part.name: {} for part in dataclasses.fields(Settings)}
     origin: dict[str, str] = {}
     for option in SERVE_OPTIONS:
         group, name = option.setting.split(".")
@@ -300,14 +290,9 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None =
 
     try:
         groups: dict[str, Any] = {}
-        for group, cls in (
-            ("server", ServerSettings),
-            ("policy", PolicySettings),
-            ("certs", CertSettings),
-            ("kube", KubeSettings),
-        ):
-            try:
-                groups[group] = cls(**parts[group])
+        for group, values in parts.items():
+            try:  # each part is built by its own class, which checks its values
+                groups[group] = type(getattr(DEFAULTS, group))(**values)
             except SettingsError as exc:
                 raise SettingsError(f"{group}.{exc.setting}", exc.problem) from None
         return Settings(**groups)
