@@ -37,7 +37,6 @@ import orjson
 from webhook.config import KubeSettings
 from webhook.kube.caches import NamespaceCache, SecretCache
 from webhook.kube.client import KubeApi
-from webhook.kube.informer import LIST_PAGE_SIZE
 from webhook.kube.objects import KubeObject
 from webhook.kube.runner import Runner
 from webhook.observability.stats import Stats
@@ -45,7 +44,7 @@ from webhook.observability.stats import Stats
 CACHE_MODEL = "webhook.kube.caches NamespaceCache + SecretCache (real ListWatch/Store, paged lists), stand-in API"
 SECRET_NAME = "platform-pull"
 #: The real watches' page size (``limit``); the stand-in serves its lists in pages of it.
-PAGE_SIZE = LIST_PAGE_SIZE
+PAGE_SIZE = KubeSettings().list_page_size
 LIST_VERSION = "9000000"
 
 

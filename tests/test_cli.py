@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import jsonpatch
 import pytest
 import yaml
 
-from webhook.cli import bundled_example, main
+from webhook.cli import SERVE_OPTIONS, build_parser, main, settings_from_args
+from webhook.config import KubeSettings, Settings
+from webhook.examples import bundled_example
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -180,3 +184,192 @@ def test_certs_writes_a_ca_and_a_serving_pair_for_the_service(tmp_path: Path) ->
     cert = (tmp_path / "certs" / "tls.crt").read_bytes()
     verify_chain(cert, ca, dns_name="psi.tools.svc")
     assert len(load_certificates(ca)) == 1
+
+
+# --------------------------------------------------------------------------- serve: flags and PSI_* variables
+
+#: One sample per ``serve`` option: (flag, text given, setting filled, value expected).
+SAMPLES: list[tuple[str, str, str, Any]] = [
+    ("--policy", "/etc/psi/policy.yaml", "policy.file", Path("/etc/psi/policy.yaml")),
+    ("--policy-configmap", "psi-policy", "policy.configmap", "psi-policy"),
+    ("--host", "127.0.0.1", "server.host", "127.0.0.1"),
+    ("--port", "9443", "server.port", 9443),
+    ("--cert-mode", "self", "certs.mode", "self"),
+    ("--tls-cert", "/tls/tls.crt", "certs.tls_cert", Path("/tls/tls.crt")),
+    ("--tls-key", "/tls/tls.key", "certs.tls_key", Path("/tls/tls.key")),
+    ("--cert-secret", "psi-tls", "certs.secret_name", "psi-tls"),
+    ("--service", "psi", "certs.service", "psi"),
+    ("--webhook-config", "psi-hook", "certs.webhook_config", "psi-hook"),
+    ("--cert-check-interval", "60", "certs.check_interval", 60.0),
+    ("--cert-startup-timeout", "5.5", "certs.startup_timeout", 5.5),
+    ("--namespace", "tools", "kube.namespace", "tools"),
+    ("--kubeconfig", "/home/me/.kube/config", "kube.kubeconfig", Path("/home/me/.kube/config")),
+    ("--metrics-port", "0", "server.metrics_port", 0),
+    ("--ensure-timeout", "1.5", "kube.ensure_timeout", 1.5),
+    ("--leader-election-lease", "psi-leader", "kube.lease_name", "psi-leader"),
+    ("--resync-seconds", "60", "kube.resync_seconds", 60.0),
+    ("--max-body-bytes", "1048576", "server.max_body_bytes", 1048576),
+    ("--admission-timeout", "4", "server.admission_timeout", 4.0),
+    ("--read-timeout", "2.5", "server.read_timeout", 2.5),
+    ("--shutdown-delay", "5", "server.shutdown_delay", 5.0),
+    ("--log-format", "text", "server.log_format", "text"),
+    ("--log-level", "debug", "server.log_level", "DEBUG"),
+]
+SWITCHES: list[tuple[list[str], dict[str, str], str, Any]] = [
+    (["--no-kube"], {}, "kube.offline", True),
+    (["--no-cleanup"], {}, "kube.cleanup", False),
+    ([], {"PSI_CLEANUP": "false"}, "kube.cleanup", False),
+    ([], {"PSI_CLEANUP": "Off"}, "kube.cleanup", False),
+    (["--cleanup"], {"PSI_CLEANUP": "false"}, "kube.cleanup", True),
+    (["--dev"], {}, "certs.mode", "dev"),
+    (["--cert-mode", "self", "--dev"], {}, "certs.mode", "dev"),
+]
+
+
+def setting(settings: Settings, name: str) -> Any:
+    group, field_name = name.split(".")
+    return getattr(getattr(settings, group), field_name)
+
+
+def parse_serve(argv: list[str], env: dict[str, str] | None = None) -> Settings:
+    return settings_from_args(build_parser().parse_args(["serve", *argv]), env={} if env is None else env)
+
+
+def test_every_serve_option_has_a_sample() -> None:
+    sampled = {flag for flag, *_ in SAMPLES} | {"--no-kube", "--cleanup"}
+    assert sampled == {option.flag for option in SERVE_OPTIONS}
+
+
+def test_no_flags_no_environment_is_the_dataclass_defaults() -> None:
+    assert parse_serve([], {"POD_NAME": "web-1"}) == Settings(kube=KubeSettings(identity="web-1"))
+
+
+@pytest.mark.parametrize(("flag", "text", "name", "value"), SAMPLES, ids=[s[0] for s in SAMPLES])
+def test_a_flag_fills_its_setting(flag: str, text: str, name: str, value: Any) -> None:
+    settings = parse_serve([flag, text])
+    assert setting(settings, name) == value
+    assert setting(settings, name) != setting(Settings(), name)  # the sample is not the default
+
+
+@pytest.mark.parametrize(("flag", "text", "name", "value"), SAMPLES, ids=[s[0] for s in SAMPLES])
+def test_an_environment_variable_fills_the_setting_of_an_absent_flag(
+    flag: str, text: str, name: str, value: Any
+) -> None:
+    option = next(o for o in SERVE_OPTIONS if o.flag == flag)
+    assert setting(parse_serve([], {option.env[0]: text}), name) == value
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "name", "value"),
+    SWITCHES,
+    ids=["no-kube", "no-cleanup", "env-false", "env-off", "flag-over-env", "dev", "dev-last-wins"],
+)
+def test_switches(argv: list[str], env: dict[str, str], name: str, value: Any) -> None:
+    assert setting(parse_serve(argv, env), name) == value
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "name", "value"),
+    [
+        (["--port", "9443"], {"PSI_PORT": "9444"}, "server.port", 9443),
+        ([], {"PSI_PORT": "9444"}, "server.port", 9444),
+        ([], {"PSI_PORT": ""}, "server.port", 8443),
+        ([], {"POD_NAMESPACE": "from-pod"}, "kube.namespace", "from-pod"),
+        ([], {"PSI_NAMESPACE": "from-psi", "POD_NAMESPACE": "from-pod"}, "kube.namespace", "from-psi"),
+        (["--namespace", "from-flag"], {"PSI_NAMESPACE": "from-psi"}, "kube.namespace", "from-flag"),
+        ([], {"POD_NAME": "web-7"}, "kube.identity", "web-7"),
+        ([], {"PSI_POLICY": ""}, "policy.file", None),
+        ([], {"PSI_LEASE": "env-lease"}, "kube.lease_name", "env-lease"),
+        ([], {"PSI_RESYNC": "30"}, "kube.resync_seconds", 30.0),
+    ],
+    ids=[
+        "flag-over-env",
+        "env-over-default",
+        "empty-env-is-unset",
+        "pod-namespace",
+        "psi-over-pod-namespace",
+        "flag-over-both",
+        "pod-name-is-identity",
+        "empty-policy",
+        "lease-env",
+        "resync-env",
+    ],
+)
+def test_precedence_flag_then_environment_then_default(
+    argv: list[str], env: dict[str, str], name: str, value: Any
+) -> None:
+    assert setting(parse_serve(argv, env), name) == value
+
+
+def test_without_pod_name_the_identity_is_host_and_pid() -> None:
+    identity = parse_serve([]).kube.identity
+    assert identity.endswith(f"-{os.getpid()}")
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No PSI_*/POD_* variable of the developer's shell leaks into ``main``."""
+    for name in list(os.environ):
+        if name.startswith(("PSI_", "POD_")) or name == "KUBERNETES_SERVICE_HOST":
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--port", "x"], {}, "argument --port: invalid int value: 'x'"),
+        ([], {"PSI_PORT": "x"}, "PSI_PORT='x': invalid int value"),
+        (["--port", "0"], {}, "--port: must be a port number, 1 to 65535 (got 0)"),
+        ([], {"PSI_PORT": "70000"}, "PSI_PORT: must be a port number"),
+        (["--metrics-port", "8443"], {}, "--metrics-port: must differ from the HTTPS port (8443)"),
+        ([], {"PSI_MAX_BODY_BYTES": "1.5"}, "PSI_MAX_BODY_BYTES='1.5': invalid int value"),
+        (["--ensure-timeout", "5"], {}, "--admission-timeout (default 3.0): must be larger than the ensure timeout"),
+        (["--admission-timeout", "1"], {}, "--admission-timeout: must be larger than the ensure timeout (2s)"),
+        (["--resync-seconds", "0"], {}, "--resync-seconds: must be greater than 0"),
+        (["--shutdown-delay", "-1"], {}, "--shutdown-delay: must be 0 or more"),
+        (["--namespace", ""], {}, "--namespace: must not be empty"),
+        ([], {"PSI_CLEANUP": "maybe"}, "PSI_CLEANUP='maybe': expected true or false"),
+        (["--log-format", "xml"], {}, "argument --log-format: invalid choice: 'xml'"),
+        ([], {"PSI_LOG_FORMAT": "xml"}, "PSI_LOG_FORMAT: must be one of json, text"),
+        ([], {"PSI_LOG_LEVEL": "loud"}, "PSI_LOG_LEVEL: must be one of DEBUG, INFO"),
+        ([], {"PSI_CERT_MODE": "acme"}, "PSI_CERT_MODE: must be one of files, self, dev"),
+        (["--no-kube", "--log-format", "text"], {}, "--policy is required"),
+    ],
+    ids=[
+        "port-not-int",
+        "env-port-not-int",
+        "port-zero",
+        "env-port-too-big",
+        "metrics-port-clash",
+        "env-body-not-int",
+        "ensure-above-default-admission",
+        "admission-below-ensure",
+        "resync-zero",
+        "negative-delay",
+        "empty-namespace",
+        "env-bad-bool",
+        "bad-log-format",
+        "env-bad-log-format",
+        "env-bad-log-level",
+        "env-bad-cert-mode",
+        "no-policy",
+    ],
+)
+def test_bad_serve_input_is_one_line_and_exit_2(
+    argv: list[str],
+    env: dict[str, str],
+    message: str,
+    clean_env: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in env.items():
+        clean_env.setenv(name, value)
+    try:
+        code = main(["serve", *argv])
+    except SystemExit as exc:  # argparse's own errors
+        code = int(exc.code or 0)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err

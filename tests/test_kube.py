@@ -8,7 +8,6 @@ the client or of our code is patched; faults are injected on the server side.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import json
@@ -25,7 +24,9 @@ from tests.conftest import RuntimeFactory
 from tests.kube_fixtures import LEASES, SECRETS, Apiserver, Cluster, Fault, closed_port, decoded, eventually
 from webhook.admission.handler import Handler
 from webhook.admission.wire import AdmissionReview, AdmissionReviewResponse
-from webhook.cli import build_parser
+from webhook.cli import build_parser, settings_from_args
+from webhook.config import Settings
+from webhook.errors import UserError
 from webhook.observability.stats import Stats
 from webhook.policy.holder import PolicyHolder
 from webhook.policy.matching import CompiledPolicy, load_policy
@@ -37,7 +38,7 @@ from webhook.secrets.dockerconfig import (
     SOURCE_ANNOTATION,
     content_hash,
 )
-from webhook.server import UserError, build_components
+from webhook.server import build_components
 
 HUB = base64.b64encode(b"hub-user:hub-pass").decode()
 QUAY = base64.b64encode(b"quay-user:quay-pass").decode()
@@ -717,12 +718,13 @@ def kubeconfig(path: Path, host: str) -> Path:
     return path
 
 
-def serve_args(tmp_path: Path, *extra: str) -> argparse.Namespace:
+def serve_args(tmp_path: Path, *extra: str) -> Settings:
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY_TEXT)
-    return build_parser().parse_args(
+    args = build_parser().parse_args(
         ["serve", "--dev", "--policy", str(policy), "--namespace", "pullsecret-system", *extra]
     )
+    return settings_from_args(args, env={})
 
 
 async def test_serve_wires_the_kube_side_when_a_cluster_is_configured(
@@ -762,10 +764,9 @@ def test_serve_runs_offline_without_a_cluster(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: list[str]
 ) -> None:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    args = serve_args(tmp_path, *extra)
-    if extra:
-        args.kubeconfig = kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{closed_port()}")
-    components = build_components(args)
+    if extra:  # --no-kube wins over a kubeconfig
+        extra = [*extra, "--kubeconfig", str(kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{closed_port()}"))]
+    components = build_components(serve_args(tmp_path, *extra))
     assert components.on_start == []
     assert [job.__qualname__ for job in components.background] == ["PolicyHolder.watch", "ReloadingSSLContext.watch"]
 

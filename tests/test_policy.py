@@ -289,7 +289,7 @@ def test_defaults() -> None:
 
 
 def test_bundled_example_is_valid() -> None:
-    from webhook.cli import bundled_example
+    from webhook.examples import bundled_example
 
     policy = compile_policy(parse_policy(bundled_example("policy.yaml").read_text()))
     assert [r.name for r in policy.policy.rules] == ["artifact-registry", "docker-hub", "quay", "internal"]

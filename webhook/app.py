@@ -21,6 +21,7 @@ from fastapi.responses import PlainTextResponse
 
 from webhook.admission.handler import Handler
 from webhook.admission.wire import AdmissionReview, ReviewError, build_response, parse_review
+from webhook.config import ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +32,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 T = TypeVar("T")
 
-DEFAULT_MAX_BODY_BYTES = 3 * 1024 * 1024
-DEFAULT_ADMISSION_TIMEOUT = 3.0
-DEFAULT_READ_TIMEOUT = 10.0
+#: The keyword defaults below are the settings' own (``webhook.config``): written there once.
+_DEFAULTS = ServerSettings()
 MUTATE_PATH = "/mutate"
 
 
@@ -107,9 +107,9 @@ class MutateEndpoint:
         *,
         handler: Handler,
         fallback: ASGIApp,
-        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-        admission_timeout: float = DEFAULT_ADMISSION_TIMEOUT,
-        read_timeout: float = DEFAULT_READ_TIMEOUT,
+        max_body_bytes: int = _DEFAULTS.max_body_bytes,
+        admission_timeout: float = _DEFAULTS.admission_timeout,
+        read_timeout: float = _DEFAULTS.read_timeout,
         on_transport_error: Callable[[int], None] | None = None,
         on_internal_error: Callable[[str], None] | None = None,
     ) -> None:
@@ -228,9 +228,9 @@ def create_app(
     *,
     handler: Handler,
     readiness: Readiness,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    admission_timeout: float = DEFAULT_ADMISSION_TIMEOUT,
-    read_timeout: float = DEFAULT_READ_TIMEOUT,
+    max_body_bytes: int = _DEFAULTS.max_body_bytes,
+    admission_timeout: float = _DEFAULTS.admission_timeout,
+    read_timeout: float = _DEFAULTS.read_timeout,
     on_transport_error: Callable[[int], None] | None = None,
     on_internal_error: Callable[[str], None] | None = None,
 ) -> ASGIApp:

@@ -7,30 +7,304 @@ error prints one clear message, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
-from collections.abc import Sequence
-from importlib import resources
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import orjson
 
+from webhook import server
 from webhook.admission.manifests import ManifestError, PodSource, load_documents, pods_of
 from webhook.admission.podplan import PodPlan, plan_pod
+from webhook.config import CERT_MODES, LOG_FORMATS, LOG_LEVELS, Settings, SettingsError, default_identity
+from webhook.errors import EXIT_BAD_INPUT, EXIT_OK, UserError
+from webhook.examples import POLICY, WORKLOADS, bundled_example
 from webhook.policy.matching import CompiledPolicy, load_policy
 from webhook.policy.model import PolicyError
-
-EXIT_OK = 0
-EXIT_BAD_INPUT = 2
+from webhook.tls.certs import write_local_certs
 
 
-class UserError(Exception):
-    """Bad input from the user: printed as one line, exit code 2."""
+@dataclass(frozen=True, slots=True)
+class ServeOption:
+    """One ``serve`` flag: the setting it fills and the environment variables that fill it when it is absent.
+
+    ``parse`` turns the text of the flag or of the variable into the setting's type (an
+    ``argparse.ArgumentTypeError`` or ``ValueError`` is a bad value); range checks are the
+    dataclasses' own (:mod:`webhook.config`), so they hold however the settings are built.
+    """
+
+    flag: str
+    #: ``group.field`` in :class:`~webhook.config.Settings`.
+    setting: str
+    help: str
+    #: Read in order when the flag is absent; the first one set (and not empty) wins.
+    env: tuple[str, ...] = ()
+    parse: Callable[[str], Any] = str
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+    #: ``switch``: ``--x``/``--no-x``; ``on``: a flag without a value that sets True.
+    kind: Literal["value", "switch", "on"] = "value"
+
+    @property
+    def dest(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    @property
+    def default(self) -> Any:
+        group, name = self.setting.split(".")
+        return getattr(getattr(DEFAULTS, group), name)
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(f"PSI_{name}", default)
+def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An empty value means "not set" (as an empty ``PSI_POLICY`` always did)."""
+
+    def parse_optional(text: str) -> Any:
+        return parse(text) if text else None
+
+    parse_optional.__name__ = getattr(parse, "__name__", "value")  # argparse names the type in its errors
+    return parse_optional
+
+
+def parse_bool(text: str) -> bool:
+    """``true``/``false`` (also ``1``/``0``, ``yes``/``no``, ``on``/``off``), any case."""
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
+#: The settings every ``serve`` flag fills; the defaults shown in ``--help`` are read from here.
+DEFAULTS = Settings()
+
+SERVE_OPTIONS: tuple[ServeOption, ...] = (
+    ServeOption(
+        "--policy",
+        "policy.file",
+        "policy YAML file (re-read on change)",
+        ("PSI_POLICY",),
+        _optional(Path),
+        metavar="FILE",
+    ),
+    ServeOption(
+        "--policy-configmap",
+        "policy.configmap",
+        "name of the ConfigMap (in --namespace) the policy file comes from: a rejected policy is "
+        "reported as an Event on it",
+        ("PSI_POLICY_CONFIGMAP",),
+        _optional(str),
+    ),
+    ServeOption("--host", "server.host", "address to listen on", ("PSI_HOST",)),
+    ServeOption("--port", "server.port", "HTTPS port", ("PSI_PORT",), int),
+    ServeOption(
+        "--cert-mode",
+        "certs.mode",
+        "files: --tls-cert/--tls-key (reloaded on change); self: CA and certificate kept in a "
+        "Secret by the webhook itself; dev: a throwaway self-signed certificate",
+        ("PSI_CERT_MODE",),
+        choices=CERT_MODES,
+    ),
+    ServeOption("--tls-cert", "certs.tls_cert", "files mode: PEM certificate", ("PSI_TLS_CERT",), _optional(Path)),
+    ServeOption("--tls-key", "certs.tls_key", "files mode: PEM private key", ("PSI_TLS_KEY",), _optional(Path)),
+    ServeOption(
+        "--cert-secret",
+        "certs.secret_name",
+        "self mode: Secret holding the CA and serving certificate",
+        ("PSI_CERT_SECRET",),
+    ),
+    ServeOption("--service", "certs.service", "self mode: the Service name", ("PSI_SERVICE",)),
+    ServeOption(
+        "--webhook-config",
+        "certs.webhook_config",
+        "self mode: MutatingWebhookConfiguration whose caBundle to keep current",
+        ("PSI_WEBHOOK_CONFIG",),
+    ),
+    ServeOption(
+        "--cert-check-interval",
+        "certs.check_interval",
+        "self mode: seconds between checks of the certificate, the CA and the caBundle",
+        ("PSI_CERT_CHECK_INTERVAL",),
+        float,
+    ),
+    ServeOption(
+        "--cert-startup-timeout",
+        "certs.startup_timeout",
+        "self mode: how long start-up retries an unreachable API server for the certificate",
+        ("PSI_CERT_STARTUP_TIMEOUT",),
+        float,
+    ),
+    ServeOption(
+        "--namespace",
+        "kube.namespace",
+        "the webhook's own namespace (default: $POD_NAMESPACE, else %(default)s)",
+        ("PSI_NAMESPACE", "POD_NAMESPACE"),
+    ),
+    ServeOption(
+        "--kubeconfig",
+        "kube.kubeconfig",
+        "kubeconfig file; in a Pod the in-cluster config is used",
+        ("PSI_KUBECONFIG",),
+        _optional(Path),
+        metavar="FILE",
+    ),
+    ServeOption("--no-kube", "kube.offline", "run without any cluster (offline: nothing is written)", kind="on"),
+    ServeOption(
+        "--metrics-port",
+        "server.metrics_port",
+        "plain-HTTP port for /metrics, 0 to disable",
+        ("PSI_METRICS_PORT",),
+        int,
+    ),
+    ServeOption(
+        "--ensure-timeout",
+        "kube.ensure_timeout",
+        "seconds an admission may spend making Secrets exist",
+        ("PSI_ENSURE_TIMEOUT",),
+        float,
+    ),
+    ServeOption(
+        "--cleanup",
+        "kube.cleanup",
+        "delete managed copies that no rule allows any more",
+        ("PSI_CLEANUP",),
+        parse_bool,
+        kind="switch",
+    ),
+    ServeOption(
+        "--leader-election-lease",
+        "kube.lease_name",
+        "Lease (in --namespace) that elects the one replica running the reconciler",
+        ("PSI_LEASE",),
+    ),
+    ServeOption(
+        "--resync-seconds",
+        "kube.resync_seconds",
+        "full reconcile interval on top of watch events",
+        ("PSI_RESYNC",),
+        float,
+    ),
+    ServeOption(
+        "--max-body-bytes",
+        "server.max_body_bytes",
+        "largest AdmissionReview body accepted",
+        ("PSI_MAX_BODY_BYTES",),
+        int,
+    ),
+    ServeOption(
+        "--admission-timeout",
+        "server.admission_timeout",
+        "hard ceiling for one admission answer; keep it above --ensure-timeout and below the webhook's timeoutSeconds",
+        ("PSI_ADMISSION_TIMEOUT",),
+        float,
+    ),
+    ServeOption(
+        "--read-timeout",
+        "server.read_timeout",
+        "seconds a client has to send its request headers, and again its body",
+        ("PSI_READ_TIMEOUT",),
+        float,
+    ),
+    ServeOption(
+        "--shutdown-delay",
+        "server.shutdown_delay",
+        "seconds between readiness going false and the listener closing on SIGTERM",
+        ("PSI_SHUTDOWN_DELAY",),
+        float,
+    ),
+    ServeOption("--log-format", "server.log_format", "log line format", ("PSI_LOG_FORMAT",), choices=LOG_FORMATS),
+    ServeOption(
+        "--log-level", "server.log_level", "lowest level logged", ("PSI_LOG_LEVEL",), str.upper, choices=LOG_LEVELS
+    ),
+)
+_BY_SETTING = {option.setting: option for option in SERVE_OPTIONS}
+
+
+def _add_serve_option(parser: argparse.ArgumentParser, option: ServeOption) -> None:
+    """Every flag defaults to ``None`` (absent), so that :func:`settings_from_args` can tell it from a value."""
+    shown = option.default
+    env = f" [env {', '.join(option.env)}]" if option.env else ""
+    text = option.help.replace("%(default)s", str(shown))
+    if option.kind == "on":
+        parser.add_argument(option.flag, dest=option.dest, action="store_const", const=True, default=None, help=text)
+        return
+    if option.kind == "switch":
+        parser.add_argument(
+            option.flag,
+            dest=option.dest,
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help=f"{text} (default: {'on' if shown else 'off'}){env}",
+        )
+        return
+    if "(default:" not in text and shown is not None:
+        text += f" (default: {shown})"
+    parser.add_argument(
+        option.flag,
+        dest=option.dest,
+        type=option.parse,
+        choices=option.choices,
+        metavar=option.metavar,
+        default=None,
+        help=(text + env).replace("%", "%%"),
+    )
+
+
+def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
+    """The :class:`Settings` of ``serve``: a flag wins over its environment variable, which wins over the default.
+
+    ``env`` defaults to ``os.environ``. A bad value is a :class:`UserError` naming where it
+    came from (the flag or the variable), never a traceback; the Pod name (``POD_NAME``)
+    becomes the identity in the Lease and in Events.
+    """
+    environ: Mapping[str, str] = os.environ if env is None else env
+    parts: dict[str, dict[str, Any]] = {part.name: {} for part in dataclasses.fields(Settings)}
+    origin: dict[str, str] = {}
+    for option in SERVE_OPTIONS:
+        group, name = option.setting.split(".")
+        value = getattr(args, option.dest, None)
+        if value is not None:
+            origin[option.setting] = option.flag
+        else:
+            found = next(((var, environ[var]) for var in option.env if environ.get(var)), None)
+            if found is None:
+                continue
+            var, text = found
+            origin[option.setting] = var
+            try:
+                value = option.parse(text)
+            except (argparse.ArgumentTypeError, ValueError) as exc:
+                raise UserError(f"{var}={text!r}: {_reason(exc, option)}") from None
+        parts[group][name] = value
+    parts["kube"]["identity"] = default_identity(environ)
+
+    def where(setting: str) -> str:
+        if setting in origin:
+            return origin[setting]
+        option = _BY_SETTING.get(setting)
+        return f"{option.flag} (default {option.default})" if option else setting
+
+    try:
+        groups: dict[str, Any] = {}
+        for group, values in parts.items():
+            try:  # each part is built by its own class, which checks its values
+                groups[group] = type(getattr(DEFAULTS, group))(**values)
+            except SettingsError as exc:
+                raise SettingsError(f"{group}.{exc.setting}", exc.problem) from None
+        return Settings(**groups)
+    except SettingsError as exc:
+        raise UserError(f"{where(exc.setting)}: {exc.problem}") from None
+
+
+def _reason(exc: Exception, option: ServeOption) -> str:
+    if isinstance(exc, argparse.ArgumentTypeError):
+        return str(exc)
+    kind = getattr(option.parse, "__name__", "value")
+    return f"invalid {kind} value"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,25 +314,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the HTTPS admission webhook")
-    serve.add_argument(
-        "--policy", type=Path, default=_env("POLICY", "") or None, help="policy YAML file (re-read on change)"
+    serve = sub.add_parser(
+        "serve",
+        help="run the HTTPS admission webhook",
+        description="Run the HTTPS admission webhook. Every flag can also be set by the environment "
+        "variable named after it; a flag wins over its variable.",
     )
-    serve.add_argument(
-        "--policy-configmap",
-        default=_env("POLICY_CONFIGMAP", "") or None,
-        help="name of the ConfigMap (in --namespace) the policy file comes from: a rejected policy is "
-        "reported as an Event on it",
-    )
-    serve.add_argument("--host", default=_env("HOST", "0.0.0.0"), help="address to listen on (default: %(default)s)")
-    serve.add_argument("--port", type=int, default=int(_env("PORT", "8443")), help="HTTPS port (default: %(default)s)")
-    serve.add_argument(
-        "--cert-mode",
-        choices=("files", "self", "dev"),
-        default=_env("CERT_MODE", "files"),
-        help="files: --tls-cert/--tls-key (reloaded on change); self: CA and certificate kept in a "
-        "Secret by the webhook itself; dev: a throwaway self-signed certificate",
-    )
+    for option in SERVE_OPTIONS:
+        _add_serve_option(serve, option)
     serve.add_argument(
         "--dev",
         action="store_const",
@@ -66,94 +329,6 @@ def build_parser() -> argparse.ArgumentParser:
         dest="cert_mode",
         help="shorthand for --cert-mode dev (no cluster, bundled example policy if --policy is omitted)",
     )
-    serve.add_argument("--tls-cert", type=Path, default=_env("TLS_CERT", "") or None)
-    serve.add_argument("--tls-key", type=Path, default=_env("TLS_KEY", "") or None)
-    serve.add_argument(
-        "--cert-secret",
-        default=_env("CERT_SECRET", "pullsecret-injector-tls"),
-        help="self mode: Secret holding the CA and serving certificate",
-    )
-    serve.add_argument("--service", default=_env("SERVICE", "pullsecret-injector"), help="self mode: the Service name")
-    serve.add_argument(
-        "--webhook-config",
-        default=_env("WEBHOOK_CONFIG", "pullsecret-injector"),
-        help="self mode: MutatingWebhookConfiguration whose caBundle to keep current",
-    )
-    serve.add_argument(
-        "--cert-check-interval",
-        type=float,
-        default=float(_env("CERT_CHECK_INTERVAL", "300")),
-        help="self mode: seconds between checks of the certificate, the CA and the caBundle (default: %(default)s)",
-    )
-    serve.add_argument(
-        "--cert-startup-timeout",
-        type=float,
-        default=float(_env("CERT_STARTUP_TIMEOUT", "60")),
-        help="self mode: how long start-up retries an unreachable API server for the certificate",
-    )
-    serve.add_argument(
-        "--namespace",
-        default=_env("NAMESPACE", os.environ.get("POD_NAMESPACE", "pullsecret-system")),
-        help="the webhook's own namespace (default: $POD_NAMESPACE)",
-    )
-    serve.add_argument(
-        "--kubeconfig",
-        type=Path,
-        default=_env("KUBECONFIG", "") or None,
-        help="kubeconfig file; in a Pod the in-cluster config is used",
-    )
-    serve.add_argument("--no-kube", action="store_true", help="run without any cluster (offline: nothing is written)")
-    serve.add_argument(
-        "--metrics-port",
-        type=int,
-        default=int(_env("METRICS_PORT", "9090")),
-        help="plain-HTTP port for /metrics, 0 to disable (default: %(default)s)",
-    )
-    serve.add_argument(
-        "--ensure-timeout",
-        type=float,
-        default=float(_env("ENSURE_TIMEOUT", "2.0")),
-        help="seconds an admission may spend making Secrets exist (default: %(default)s)",
-    )
-    serve.add_argument(
-        "--cleanup",
-        action=argparse.BooleanOptionalAction,
-        default=_env("CLEANUP", "true") == "true",
-        help="delete managed copies that no rule allows any more (default: on)",
-    )
-    serve.add_argument(
-        "--leader-election-lease",
-        default=_env("LEASE", "pullsecret-injector"),
-        help="Lease (in --namespace) that elects the one replica running the reconciler",
-    )
-    serve.add_argument(
-        "--resync-seconds",
-        type=float,
-        default=float(_env("RESYNC", "300")),
-        help="full reconcile interval on top of watch events (default: %(default)s)",
-    )
-    serve.add_argument("--max-body-bytes", type=int, default=int(_env("MAX_BODY_BYTES", str(3 * 1024 * 1024))))
-    serve.add_argument(
-        "--admission-timeout",
-        type=float,
-        default=float(_env("ADMISSION_TIMEOUT", "3.0")),
-        help="hard ceiling for one admission answer; keep it above --ensure-timeout and below the "
-        "webhook's timeoutSeconds (default: %(default)s)",
-    )
-    serve.add_argument(
-        "--read-timeout",
-        type=float,
-        default=float(_env("READ_TIMEOUT", "10.0")),
-        help="seconds a client has to send its request headers, and again its body (default: %(default)s)",
-    )
-    serve.add_argument(
-        "--shutdown-delay",
-        type=float,
-        default=float(_env("SHUTDOWN_DELAY", "0")),
-        help="seconds between readiness going false and the listener closing on SIGTERM",
-    )
-    serve.add_argument("--log-format", choices=("json", "text"), default=_env("LOG_FORMAT", "json"))
-    serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
 
     check = sub.add_parser("check", help="explain offline what the webhook would inject into the given manifests")
     check.add_argument("--policy", type=Path, help="policy YAML file (default: the bundled example)")
@@ -180,10 +355,6 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("--namespace", required=True)
     certs.add_argument("--out", type=Path, default=Path("certs"))
     return parser
-
-
-def bundled_example(name: str) -> Path:
-    return Path(str(resources.files("webhook").joinpath("examples", name)))
 
 
 def read_policy(path: Path) -> CompiledPolicy:
@@ -219,8 +390,8 @@ def _labels(pairs: Sequence[str]) -> dict[str, str] | None:
 
 
 def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
-    policy_path = args.policy or bundled_example("policy.yaml")
-    manifests: list[Path] = args.manifests or [bundled_example("workloads.yaml")]
+    policy_path = args.policy or bundled_example(POLICY)
+    manifests: list[Path] = args.manifests or [bundled_example(WORKLOADS)]
     policy = read_policy(policy_path)
     labels = _labels(args.namespace_label)
     sources: list[PodSource] = []
@@ -305,8 +476,6 @@ def _print_plan(source: PodSource, plan: PodPlan, policy: CompiledPolicy, out: T
 
 
 def cmd_certs(args: argparse.Namespace, out: TextIO) -> int:
-    from webhook.tls.certs import write_local_certs
-
     try:
         written = write_local_certs(service=args.service, namespace=args.namespace, out_dir=args.out)
     except OSError as exc:
@@ -317,9 +486,7 @@ def cmd_certs(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from webhook.server import run
-
-    return run(args)
+    return server.run(settings_from_args(args))
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:

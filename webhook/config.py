@@ -1,13 +1,160 @@
 """Every setting of the webhook, with its default, in one place.
 
-One frozen dataclass per concern; the CLI (flags and ``PSI_*`` environment variables) fills
-them, and the server and the runtime take them whole. The chart's defaults are checked
-against these by ``tests/test_config.py``.
+One frozen dataclass per concern, grouped in :class:`Settings`; the CLI (flags and ``PSI_*``
+environment variables, :func:`webhook.cli.settings_from_args`) fills them, and the server and
+the runtime take them whole. A default is written here and nowhere else: the CLI's help, the
+transport's keyword defaults and ``tests/test_config.py`` (which checks the chart's values and
+args against these) all read it from the dataclasses.
+
+Each dataclass checks its own values when it is built (``__post_init__``), so a bad value is
+refused wherever it comes from, as a :class:`SettingsError` naming the setting; the CLI turns
+the setting's name back into the flag or environment variable it came from.
+
+The module is pure: no I/O at import, nothing read from the environment except through
+:func:`default_identity`, which takes the environment as an argument.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from webhook.errors import UserError
+
+CertMode = Literal["files", "self", "dev"]
+LogFormat = Literal["json", "text"]
+CERT_MODES: tuple[CertMode, ...] = ("files", "self", "dev")
+LOG_FORMATS: tuple[LogFormat, ...] = ("json", "text")
+LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class SettingsError(UserError):
+    """A setting with a value it cannot have; ``setting`` is its field name (``port``, ``kube.namespace``)."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(f"{setting}: {problem}")
+        self.setting = setting
+        self.problem = problem
+
+
+def _require(condition: bool, setting: str, problem: str) -> None:
+    if not condition:
+        raise SettingsError(setting, problem)
+
+
+def _port(value: int, setting: str, *, allow_zero: bool) -> None:
+    low = 0 if allow_zero else 1
+    _require(low <= value <= 65535, setting, f"must be a port number, {low} to 65535 (got {value})")
+
+
+def _positive(value: float, setting: str) -> None:
+    _require(value > 0, setting, f"must be greater than 0 (got {value:g})")
+
+
+def _non_negative(value: float, setting: str) -> None:
+    _require(value >= 0, setting, f"must be 0 or more (got {value:g})")
+
+
+def _name(value: str, setting: str) -> None:
+    _require(bool(value.strip()), setting, "must not be empty")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """The HTTPS admission server and the plain-HTTP metrics server next to it."""
+
+    host: str = "0.0.0.0"
+    #: HTTPS port of ``POST /mutate``, ``/healthz`` and ``/readyz``.
+    port: int = 8443
+    #: Plain-HTTP port of ``/metrics``; 0 serves no metrics.
+    metrics_port: int = 9090
+    #: Largest AdmissionReview body accepted; the API server sends at most 3 MiB.
+    max_body_bytes: int = 3 * 1024 * 1024
+    #: Hard ceiling of one admission answer: the backstop behind ``KubeSettings.ensure_timeout``,
+    #: below the webhook configuration's ``timeoutSeconds``.
+    admission_timeout: float = 3.0
+    #: Seconds a client has to send its request headers, and again its body (slow-loris guard).
+    read_timeout: float = 10.0
+    #: Seconds an idle keep-alive connection is kept open (the API server reuses its connections).
+    keep_alive_timeout: float = 30.0
+    #: Seconds between readiness going false and the listener closing on SIGTERM.
+    shutdown_delay: float = 0.0
+    log_format: LogFormat = "json"
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        _port(self.port, "port", allow_zero=False)
+        _port(self.metrics_port, "metrics_port", allow_zero=True)
+        _require(self.metrics_port != self.port, "metrics_port", f"must differ from the HTTPS port ({self.port})")
+        _positive(self.max_body_bytes, "max_body_bytes")
+        _positive(self.admission_timeout, "admission_timeout")
+        _positive(self.read_timeout, "read_timeout")
+        _positive(self.keep_alive_timeout, "keep_alive_timeout")
+        _non_negative(self.shutdown_delay, "shutdown_delay")
+        _require(self.log_format in LOG_FORMATS, "log_format", f"must be one of {', '.join(LOG_FORMATS)}")
+        _require(
+            self.log_level.upper() in LOG_LEVELS,
+            "log_level",
+            f"must be one of {', '.join(LOG_LEVELS)} (got {self.log_level!r})",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySettings:
+    """Where the policy comes from."""
+
+    #: The policy YAML file, re-read when its content changes; ``None`` only in dev mode
+    #: (the bundled example is used).
+    file: Path | None = None
+    #: The ConfigMap (in ``KubeSettings.namespace``) the file is mounted from: a rejected
+    #: policy is reported as an Event on it. ``None``: no Event.
+    configmap: str | None = None
+    #: Seconds between two looks at the policy file.
+    poll_interval: float = 2.0
+
+    def __post_init__(self) -> None:
+        _positive(self.poll_interval, "poll_interval")
+        if self.configmap is not None:
+            _name(self.configmap, "configmap")
+
+
+@dataclass(frozen=True, slots=True)
+class CertSettings:
+    """The serving certificate: from files, self-managed in the cluster, or a throwaway one.
+
+    ``files``: ``tls_cert``/``tls_key``, re-read when they change; ``self``: a CA and a
+    serving certificate kept in the Secret ``secret_name`` by the webhook itself, with the
+    caBundle of ``webhook_config`` kept current; ``dev``: a self-signed pair made at start.
+    """
+
+    mode: CertMode = "files"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: ``self`` mode: the Secret (in ``KubeSettings.namespace``) holding the CA and the pair.
+    secret_name: str = "pullsecret-injector-tls"
+    #: ``self`` and ``dev`` modes: the Service the certificate is issued for.
+    service: str = "pullsecret-injector"
+    #: ``self`` mode: the MutatingWebhookConfiguration whose caBundle is kept current.
+    webhook_config: str = "pullsecret-injector"
+    #: ``self`` mode: seconds between checks of the certificate, the CA and the caBundle.
+    check_interval: float = 300.0
+    #: ``self`` mode: how long start-up retries an unreachable API server for the certificate.
+    startup_timeout: float = 60.0
+    #: ``files`` mode: seconds between two looks at the certificate files.
+    file_poll_interval: float = 10.0
+
+    def __post_init__(self) -> None:
+        _require(self.mode in CERT_MODES, "mode", f"must be one of {', '.join(CERT_MODES)}")
+        _name(self.secret_name, "secret_name")
+        _name(self.service, "service")
+        _name(self.webhook_config, "webhook_config")
+        _positive(self.check_interval, "check_interval")
+        _non_negative(self.startup_timeout, "startup_timeout")
+        _positive(self.file_poll_interval, "file_poll_interval")
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,12 +163,18 @@ class KubeSettings:
 
     #: The webhook's own namespace (the Lease lives there).
     namespace: str = "pullsecret-system"
+    #: A kubeconfig file; ``None``: the in-cluster service account (when in a Pod).
+    kubeconfig: Path | None = None
+    #: Never talk to a cluster (``--no-kube``): nothing is read or written.
+    offline: bool = False
     #: Seconds an admission may spend making Secrets exist.
     ensure_timeout: float = 2.0
     #: Delete managed copies that no rule allows any more.
     cleanup: bool = True
-    lease_name: str = "pullsecret-injector"
-    #: Who we are in the Lease and in Events (the Pod name).
+    #: The leader-election Lease (in ``namespace``); the chart names it ``<fullname>-leader``
+    #: too, so a release called ``pullsecret-injector`` uses this very name.
+    lease_name: str = "pullsecret-injector-leader"
+    #: Who we are in the Lease and in Events (the Pod name; see :func:`default_identity`).
     identity: str = "pullsecret-injector"
     #: Full reconcile interval, on top of the passes that watch events trigger.
     resync_seconds: float = 300.0
@@ -44,7 +197,62 @@ class KubeSettings:
     event_interval: float = 300.0
     #: How long ``start`` waits for the first list of every watch before serving anyway.
     sync_timeout: float = 15.0
-    #: Objects per page when a watch lists (``limit``); 0 lists in one piece.
+    #: Objects per page when a watch lists (``limit``; client-go's reflector asks for 500 as
+    #: well); 0 lists in one piece.
     list_page_size: int = 500
 
+    def __post_init__(self) -> None:
+        # Only what a user can set from the command line is checked: tests shrink the
+        # other timings freely.
+        _name(self.namespace, "namespace")
+        _name(self.lease_name, "lease_name")
+        _name(self.identity, "identity")
+        _positive(self.ensure_timeout, "ensure_timeout")
+        _positive(self.resync_seconds, "resync_seconds")
+        _non_negative(self.list_page_size, "list_page_size")
 
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything ``serve`` needs, one part per concern; each part goes whole to its user.
+
+    Retry and backoff delays get their own part here too (``BackoffSettings``).
+    """
+
+    server: ServerSettings = field(default_factory=ServerSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    certs: CertSettings = field(default_factory=CertSettings)
+    kube: KubeSettings = field(default_factory=KubeSettings)
+
+    def __post_init__(self) -> None:
+        _require(
+            self.server.admission_timeout > self.kube.ensure_timeout,
+            "server.admission_timeout",
+            f"must be larger than the ensure timeout ({self.kube.ensure_timeout:g}s): it is the backstop behind it",
+        )
+
+    @property
+    def dev(self) -> bool:
+        """Dev mode (``--dev``): a throwaway certificate, and the bundled example if no policy is given."""
+        return self.certs.mode == "dev"
+
+
+def default_identity(env: Mapping[str, str]) -> str:
+    """The Pod name (``POD_NAME``, from the downward API), else host and pid: unique per replica."""
+    return env.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+
+
+__all__ = [
+    "CERT_MODES",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "CertMode",
+    "CertSettings",
+    "KubeSettings",
+    "LogFormat",
+    "PolicySettings",
+    "ServerSettings",
+    "Settings",
+    "SettingsError",
+    "default_identity",
+]

@@ -6,11 +6,8 @@ import asyncio
 import contextlib
 import copy
 import logging
-import os
-import socket
 import time
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 from webhook.config import KubeSettings
@@ -32,11 +29,6 @@ log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- the runtime
-
-
-def default_identity() -> str:
-    """The Pod name (``POD_NAME``, from the downward API), else host and pid."""
-    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
 
 
 class KubeRuntime:
@@ -226,28 +218,9 @@ class KubeRuntime:
         self._watch_api.close()
 
 
-def build_kube_runtime(
-    *,
-    kubeconfig: Path | None,
-    policy: PolicyFn,
-    namespace: str,
-    ensure_timeout: float,
-    cleanup: bool,
-    lease_name: str,
-    resync_seconds: float,
-    identity: str | None = None,
-    stats: Stats | None = None,
-) -> KubeRuntime:
-    """The runtime for ``serve``: kubeconfig if given, else the in-cluster service account."""
-    settings = KubeSettings(
-        namespace=namespace,
-        ensure_timeout=ensure_timeout,
-        cleanup=cleanup,
-        lease_name=lease_name,
-        identity=identity or default_identity(),
-        resync_seconds=resync_seconds,
-    )
-    configuration = load_configuration(kubeconfig=kubeconfig)
+def build_kube_runtime(*, settings: KubeSettings, policy: PolicyFn, stats: Stats | None = None) -> KubeRuntime:
+    """The runtime for ``serve``: ``settings.kubeconfig`` if given, else the in-cluster service account."""
+    configuration = load_configuration(kubeconfig=settings.kubeconfig)
     return build_runtime_from_configuration(configuration=configuration, policy=policy, settings=settings, stats=stats)
 
 
@@ -260,5 +233,3 @@ def build_runtime_from_configuration(
     api = KubeApi(build_api_client(configuration=copy.deepcopy(configuration), pool_size=settings.workers))
     watch_api = KubeApi(build_api_client(configuration=copy.deepcopy(configuration), pool_size=64))
     return KubeRuntime(api=api, watch_api=watch_api, policy=policy, settings=settings, stats=stats, elect=elect)
-
-

@@ -8,9 +8,9 @@ then the listener closes, in-flight reviews finish, and the process exits.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -28,16 +28,14 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from webhook.admission.handler import Handler, NamespaceLabels, SecretEnsurer
-from webhook.app import (
-    DEFAULT_ADMISSION_TIMEOUT,
-    DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_READ_TIMEOUT,
-    Readiness,
-    create_app,
-)
+from webhook.app import Readiness, create_app
+from webhook.config import CertSettings, KubeSettings, ServerSettings, Settings
+from webhook.errors import EXIT_BAD_INPUT, EXIT_OK, UserError
+from webhook.examples import POLICY, bundled_example
 from webhook.observability import logs
 from webhook.observability.metrics import Metrics
 from webhook.policy.holder import PolicyHolder
+from webhook.tls.certs import write_local_certs
 from webhook.tls.context import ReloadingSSLContext, install_into_uvicorn
 from webhook.tls.guard import guarded_protocol
 
@@ -45,10 +43,6 @@ if TYPE_CHECKING:
     from webhook.runtime import KubeRuntime
 
 log = logging.getLogger(__name__)
-
-
-class UserError(Exception):
-    """A configuration problem reported as one line with exit code 2."""
 
 
 @dataclass
@@ -112,23 +106,24 @@ class _SignalBlindServer(uvicorn.Server):
         yield
 
 
-def build_components(args: argparse.Namespace) -> Components:
-    """Load the policy and certificates and wire the handler (no network yet)."""
-    from webhook.cli import bundled_example
+def _cluster_configured(kube: KubeSettings) -> bool:
+    """A kubeconfig was given, or we run in a Pod (the in-cluster config); never with ``--no-kube``."""
+    return not kube.offline and (kube.kubeconfig is not None or bool(os.environ.get("KUBERNETES_SERVICE_HOST")))
 
-    policy_path: Path | None = args.policy
+
+def build_components(settings: Settings) -> Components:
+    """Load the policy and certificates and wire the handler (no network yet)."""
+    policy_path = settings.policy.file
     if policy_path is None:
-        if args.cert_mode != "dev":
+        if not settings.dev:
             raise UserError("--policy is required (or use --dev to try the bundled example)")
-        policy_path = bundled_example("policy.yaml")
+        policy_path = bundled_example(POLICY)
         log.info("dev mode: using the bundled example policy %s", policy_path)
     try:
         holder = PolicyHolder.from_file(policy_path)
     except OSError as exc:
         raise UserError(f"cannot read policy {policy_path}: {exc.strerror}") from None
 
-    if args.admission_timeout <= args.ensure_timeout:
-        raise UserError("--admission-timeout must be larger than --ensure-timeout (it is the backstop behind it)")
     readiness = Readiness()
     metrics = Metrics()
     holder.listeners.append(metrics.observe_policy_reload)
@@ -136,27 +131,28 @@ def build_components(args: argparse.Namespace) -> Components:
     metrics.ready.set_function(lambda: 1.0 if readiness.ready else 0.0)
     namespaces: NamespaceLabels | None = None
     ensurer: SecretEnsurer | None = None
-    background: list[Callable[[], Coroutine[Any, Any, None]]] = [holder.watch]
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = [_every(holder.watch, settings.policy.poll_interval)]
     on_start: list[Callable[[], Coroutine[Any, Any, None]]] = []
 
-    if not args.no_kube and (args.kubeconfig is not None or os.environ.get("KUBERNETES_SERVICE_HOST")):
-        runtime = _kube_runtime(args, holder=holder, metrics=metrics)
+    if _cluster_configured(settings.kube):
+        runtime = _kube_runtime(settings.kube, holder=holder, metrics=metrics)
         namespaces, ensurer = runtime.namespaces, runtime.ensurer
         holder.listeners.append(runtime.policy_changed)  # re-target the by-name watches
-        if args.policy_configmap:
+        if settings.policy.configmap:
             holder.listeners.append(
-                policy_rejected_event(runtime, namespace=args.namespace, configmap=args.policy_configmap)
+                policy_rejected_event(runtime, namespace=settings.kube.namespace, configmap=settings.policy.configmap)
             )
         on_start.append(runtime.start)  # first lists of the watches, bounded
         background.append(runtime.run)  # leader election, reconciler, Events
 
-    if args.cert_mode == "self":
-        tls, keep_certs = _self_managed_tls(args)
+    if settings.certs.mode == "self":
+        tls, keep_certs = _self_managed_tls(settings.certs, settings.kube)
         background.append(keep_certs)
     else:
-        tls = _tls_context(args)
+        tls = _tls_context(settings.certs, namespace=settings.kube.namespace)
     handler = Handler(policy=holder.current, namespaces=namespaces, ensurer=ensurer, observe=metrics.observe_admission)
-    background.append(tls.watch)  # logs and keeps polling when a new file is broken
+    # Logs and keeps polling when a new file is broken.
+    background.append(_every(tls.watch, settings.certs.file_poll_interval))
     return Components(
         holder=holder,
         handler=handler,
@@ -183,40 +179,47 @@ def policy_rejected_event(runtime: KubeRuntime, *, namespace: str, configmap: st
     return listener
 
 
-def _kube_runtime(args: argparse.Namespace, *, holder: PolicyHolder, metrics: Metrics) -> KubeRuntime:
-    """The Kubernetes side, its counters feeding the Prometheus metrics."""
+def _every(
+    watch: Callable[[float], Coroutine[Any, Any, Any]], interval: float
+) -> Callable[[], Coroutine[Any, Any, None]]:
+    """``watch(interval)`` as a background job; it keeps the watcher's name (the logs and tests see it)."""
+
+    @functools.wraps(watch)
+    async def job() -> None:
+        await watch(interval)
+
+    return job
+
+
+def _kube_runtime(kube: KubeSettings, *, holder: PolicyHolder, metrics: Metrics) -> KubeRuntime:
+    """The Kubernetes side, its counters feeding the Prometheus metrics.
+
+    The Kubernetes client is imported here, not at the top: ``--no-kube``, ``--dev`` and the
+    offline commands never load it.
+    """
     from kubernetes.config.config_exception import ConfigException
 
     from webhook.observability.stats import Stats
-    from webhook.runtime import build_kube_runtime, default_identity
+    from webhook.runtime import build_kube_runtime
 
     stats = Stats(
         on_write=metrics.observe_secret_write, on_error=metrics.observe_secret_error, on_sync=metrics.observe_sync
     )
     metrics.reconciler_lag.set_function(stats.current_lag)
     try:
-        return build_kube_runtime(
-            kubeconfig=args.kubeconfig,
-            policy=holder.current,
-            namespace=args.namespace,
-            ensure_timeout=args.ensure_timeout,
-            cleanup=args.cleanup,
-            lease_name=args.leader_election_lease,
-            resync_seconds=args.resync_seconds,
-            identity=default_identity(),  # POD_NAME
-            stats=stats,
-        )
+        return build_kube_runtime(settings=kube, policy=holder.current, stats=stats)
     except (ConfigException, OSError) as exc:
         raise UserError(f"cannot configure the Kubernetes client: {logs.redact(str(exc))}") from None
 
 
 def _self_managed_tls(
-    args: argparse.Namespace,
+    certs: CertSettings, kube: KubeSettings
 ) -> tuple[ReloadingSSLContext, Callable[[], Coroutine[Any, Any, None]]]:
     """``--cert-mode self``: get (or make) the certificate from the cluster before serving.
 
     Blocking on purpose: nothing can be served without a certificate, and the loop is not
-    running yet. Replicas starting together race on the Secret; 409 resolves it.
+    running yet. Replicas starting together race on the Secret; 409 resolves it. (The
+    Kubernetes client is imported here for the same reason as in :func:`_kube_runtime`.)
     """
     from kubernetes.config.config_exception import ConfigException
 
@@ -225,21 +228,21 @@ def _self_managed_tls(
     from webhook.tls.certs import CertBundle
     from webhook.tls.selfcert import CertState, SelfCertManager, keep_current
 
-    if args.no_kube or (args.kubeconfig is None and not os.environ.get("KUBERNETES_SERVICE_HOST")):
+    if not _cluster_configured(kube):
         raise UserError("--cert-mode self needs a cluster connection (--kubeconfig, or run in a Pod)")
     try:
-        configuration = load_configuration(kubeconfig=args.kubeconfig)
+        configuration = load_configuration(kubeconfig=kube.kubeconfig)
     except (ConfigException, OSError) as exc:
         raise UserError(f"cannot configure the Kubernetes client: {logs.redact(str(exc))}") from None
     api = KubeApi(build_api_client(configuration=configuration, pool_size=2))
     manager = SelfCertManager(
         api=api,
-        namespace=args.namespace,
-        secret_name=args.cert_secret,
-        service=args.service,
-        webhook_config=args.webhook_config,
+        namespace=kube.namespace,
+        secret_name=certs.secret_name,
+        service=certs.service,
+        webhook_config=certs.webhook_config,
     )
-    deadline = time.monotonic() + args.cert_startup_timeout
+    deadline = time.monotonic() + certs.startup_timeout
     while True:
         try:
             state = manager.ensure()
@@ -256,24 +259,21 @@ def _self_managed_tls(
         tls.update(cert_pem=new.cert, key_pem=new.key)
 
     async def keep() -> None:
-        await keep_current(manager, initial=state, apply=apply, interval=args.cert_check_interval)
+        await keep_current(manager, initial=state, apply=apply, interval=certs.check_interval)
 
     return tls, keep
 
 
-def _tls_context(args: argparse.Namespace) -> ReloadingSSLContext:
-    from webhook.tls.certs import write_local_certs
-
-    if args.cert_mode == "dev":
+def _tls_context(certs: CertSettings, *, namespace: str) -> ReloadingSSLContext:
+    """``--cert-mode files`` or ``dev``: a context on certificate files, re-read when they change."""
+    if certs.mode == "dev":
         out = Path(tempfile.mkdtemp(prefix="pullsecret-injector-dev-"))
-        written = write_local_certs(service=args.service, namespace=args.namespace, out_dir=out)
+        written = write_local_certs(service=certs.service, namespace=namespace, out_dir=out)
         print(f"dev mode: self-signed certificate for localhost/127.0.0.1; CA at {written['ca.crt']}", file=sys.stderr)
         return ReloadingSSLContext(written["tls.crt"], written["tls.key"])
-    if args.cert_mode == "files":
-        if args.tls_cert is None or args.tls_key is None:
-            raise UserError("--tls-cert and --tls-key are required with --cert-mode files (or use --dev)")
-        return ReloadingSSLContext(args.tls_cert, args.tls_key)
-    raise UserError(f"unknown --cert-mode {args.cert_mode}")
+    if certs.tls_cert is None or certs.tls_key is None:
+        raise UserError("--tls-cert and --tls-key are required with --cert-mode files (or use --dev)")
+    return ReloadingSSLContext(certs.tls_cert, certs.tls_key)
 
 
 def _uvicorn_config(app: Any, *, host: str, port: int, read_timeout: float, **extra: Any) -> uvicorn.Config:
@@ -292,35 +292,34 @@ def _uvicorn_config(app: Any, *, host: str, port: int, read_timeout: float, **ex
     )
 
 
-async def serve(
-    components: Components,
-    *,
-    host: str,
-    port: int,
-    metrics_port: int = 0,
-    shutdown_delay: float = 0.0,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    admission_timeout: float = DEFAULT_ADMISSION_TIMEOUT,
-    read_timeout: float = DEFAULT_READ_TIMEOUT,
-) -> None:
+async def serve(components: Components, settings: ServerSettings) -> None:
     """Run until SIGTERM/SIGINT: the HTTPS webhook, the plain-HTTP metrics port, background jobs."""
     app = create_app(
         handler=components.handler,
         readiness=components.readiness,
-        max_body_bytes=max_body_bytes,
-        admission_timeout=admission_timeout,
-        read_timeout=read_timeout,
+        max_body_bytes=settings.max_body_bytes,
+        admission_timeout=settings.admission_timeout,
+        read_timeout=settings.read_timeout,
         on_transport_error=components.metrics.observe_http_error,
         on_internal_error=lambda _reason: components.metrics.admission_requests.labels("error").inc(),
     )
-    config = _uvicorn_config(app, host=host, port=port, read_timeout=read_timeout, timeout_keep_alive=30)
+    config = _uvicorn_config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        read_timeout=settings.read_timeout,
+        timeout_keep_alive=settings.keep_alive_timeout,
+    )
     install_into_uvicorn(config, components.tls)
-    server = GracefulServer(config, readiness=components.readiness, delay=shutdown_delay)
+    server = GracefulServer(config, readiness=components.readiness, delay=settings.shutdown_delay)
     jobs = list(components.background)
     metrics_server: uvicorn.Server | None = None
-    if metrics_port:
+    if settings.metrics_port:
         metrics_config = _uvicorn_config(
-            components.metrics.asgi_app(), host=host, port=metrics_port, read_timeout=read_timeout
+            components.metrics.asgi_app(),
+            host=settings.host,
+            port=settings.metrics_port,
+            read_timeout=settings.read_timeout,
         )
         metrics_server = _SignalBlindServer(metrics_config)
         jobs.append(metrics_server.serve)
@@ -346,34 +345,23 @@ async def serve(
                 await asyncio.wait_for(task, timeout=5)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(settings: Settings) -> int:
     """Entry point of ``serve``: configure logging, build, run on uvloop."""
-    logs.configure(level=args.log_level, fmt=args.log_format)
+    logs.configure(level=settings.server.log_level, fmt=settings.server.log_format)
     try:
-        components = build_components(args)
+        components = build_components(settings)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     try:
         import uvloop
 
         runner: Callable[[Awaitable[None]], None] = uvloop.run  # type: ignore[assignment]
     except ImportError:  # pragma: no cover - uvloop is a dependency, but stay usable without it
         runner = asyncio.run  # type: ignore[assignment]
-    log.info("serving on https://%s:%d (pid %d)", args.host, args.port, os.getpid())
-    runner(
-        serve(
-            components,
-            host=args.host,
-            port=args.port,
-            metrics_port=args.metrics_port,
-            shutdown_delay=args.shutdown_delay,
-            max_body_bytes=args.max_body_bytes,
-            admission_timeout=args.admission_timeout,
-            read_timeout=args.read_timeout,
-        )
-    )
-    return 0
+    log.info("serving on https://%s:%d (pid %d)", settings.server.host, settings.server.port, os.getpid())
+    runner(serve(components, settings.server))
+    return EXIT_OK
 
 
 __all__ = ["Components", "GracefulServer", "build_components", "run", "serve"]

@@ -33,9 +33,6 @@ def _iter_lines(response: Any) -> Iterator[bytes]:
         yield buffer
 
 
-#: Objects per page of a list (``limit``); client-go's reflector asks for 500 as well.
-LIST_PAGE_SIZE: Final = 500
-
 #: ``lister(limit, continue_token)``: one page of the list (``limit`` ``None``: all of it at once).
 Lister = Callable[[int | None, str | None], KubeObject]
 
@@ -43,7 +40,8 @@ Lister = Callable[[int | None, str | None], KubeObject]
 class ListWatch:
     """List, then watch from the list's resourceVersion, in a daemon thread, forever.
 
-    The list is read in pages of ``page_size`` objects (``limit``/``continue``), each page
+    The list is read in pages of ``page_size`` objects (``limit``/``continue``; the setting
+    ``KubeSettings.list_page_size``, ``None``: in one piece), each page
     slimmed into the store's new contents and dropped before the next is read: 10,000
     objects decoded in one piece would leave the process tens of MB larger for good (the
     allocator does not give back memory freed between the objects that stay). A
@@ -69,7 +67,7 @@ class ListWatch:
         store: Store,
         stats: Stats,
         backoff: tuple[float, float] = (0.5, 30.0),
-        page_size: int | None = LIST_PAGE_SIZE,
+        page_size: int | None,
     ) -> None:
         self.name = name
         self._lister = lister
