@@ -185,9 +185,7 @@ class ClusterReader:
         return list(found.get("items") or [])
 
     def endpoints(self, namespace: str, name: str) -> dict[str, Any]:
-        return self._call(
-            f"get Endpoints {namespace}/{name}", self._core.read_namespaced_endpoints, name, namespace
-        )
+        return self._call(f"get Endpoints {namespace}/{name}", self._core.read_namespaced_endpoints, name, namespace)
 
     def create_or_replace_secret(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """``import --apply``: create the Secret, or replace it (same type) keeping its resourceVersion."""

@@ -386,9 +386,7 @@ def _probe_findings(hook: Mapping[str, Any], hook_name: str, probe: WebhookProbe
     if probe is None:
         return findings
     if probe.ca_verified is True:
-        findings.append(
-            Finding("webhook-ca", "ok", f"the caBundle verifies the serving certificate of {probe.target}")
-        )
+        findings.append(Finding("webhook-ca", "ok", "the caBundle verifies the serving certificate"))
     elif probe.ca_verified is False:
         findings.append(
             Finding(
@@ -403,7 +401,9 @@ def _probe_findings(hook: Mapping[str, Any], hook_name: str, probe: WebhookProbe
     elif probe.ca_detail:
         findings.append(Finding("webhook-ca", "warn", f"serving certificate not checked: {probe.ca_detail}"))
     if probe.ready is True:
-        findings.append(Finding("webhook-ready", "ok", f"the webhook reports ready ({probe.ready_detail})"))
+        # The URL (with its port) stays out of the ok line: the report of a healthy setup is stable.
+        how = probe.ready_detail if probe.target.startswith("service ") else "GET /readyz answered 200"
+        findings.append(Finding("webhook-ready", "ok", f"the webhook reports ready ({how})"))
     elif probe.ready is False:
         findings.append(
             Finding(
@@ -503,9 +503,7 @@ def _source_key(rule: Rule) -> tuple[str, str] | None:
     return (ref.namespace, ref.name)
 
 
-def _not_listed(
-    snap: Snapshot, secret: str, called: bool, configs_created: datetime | None
-) -> tuple[str, str | None]:
+def _not_listed(snap: Snapshot, secret: str, called: bool, configs_created: datetime | None) -> tuple[str, str | None]:
     """Why a Pod does not list ``secret``, and the fix: the webhook was not there, not called, or failed."""
     created = parse_time(_metadata(snap.pod).get("creationTimestamp"))
     recreate = "delete the Pod so that its controller creates it again (imagePullSecrets of a Pod cannot be changed)"
@@ -644,7 +642,7 @@ def _secret_findings(
             source_text = ""
             if rule is not None:
                 key = _source_key(rule)
-                source_text = f" from {key[0]}/{key[1]}" if key else ""
+                source_text = f" {key[0]}/{key[1]}" if key else ""
             fix = (
                 f"the copy lacks an auths entry for {host}: add one to its source{source_text} "
                 f"(the copy keeps only the entries matching the rule's registries)"
@@ -690,8 +688,11 @@ def _currency(
     if isinstance(source, Unreadable):
         return [
             Finding(
-                "current", "warn", f"cannot read source {key[0]}/{key[1]} ({source.reason}): staleness not checked",
-                None, container,
+                "current",
+                "warn",
+                f"cannot read source {key[0]}/{key[1]} ({source.reason}): staleness not checked",
+                None,
+                container,
             )
         ]
     data = (secret.get("data") or {}).get(DOCKERCONFIGJSON_KEY)
@@ -781,9 +782,7 @@ def diagnose(snap: Snapshot) -> list[Finding]:
         sa_secrets = pull_secret_names(snap.service_account)
     sa_name = spec.get("serviceAccountName") or "default"
     pulls = _pull_problems(snap)
-    admitted = (
-        snap.policy.admitted_rules(snap.namespace, snap.labels) if snap.policy is not None else frozenset()
-    )
+    admitted = snap.policy.admitted_rules(snap.namespace, snap.labels) if snap.policy is not None else frozenset()
     for _kind, container, raw in template_images(snap):
         failing = pulls.get(container, [])
         if not isinstance(raw, str):
@@ -794,7 +793,8 @@ def diagnose(snap: Snapshot) -> list[Finding]:
         except InvalidReference as exc:
             findings.append(Finding("image", "fail", str(exc), "fix the image reference", container))
             continue
-        findings.append(Finding("image", "info", f"image {raw} is {ref}", None, container))
+        normalised = "" if str(ref) == raw else f" (normalised: {ref})"
+        findings.append(Finding("image", "info", f"image {raw}{normalised}", None, container))
         expected: list[tuple[str, Rule | None]] = []
         if snap.policy is not None:
             decision = snap.policy.decide(ref, snap.namespace, snap.labels, explain=True)
@@ -840,9 +840,7 @@ def diagnose(snap: Snapshot) -> list[Finding]:
                 )
             findings.extend(_secret_findings(snap, ref, secret_name, container, rule, admitted))
         for line in failing:
-            findings.append(
-                Finding("pull", "fail", f"the image cannot be pulled: {line}", "see the findings above", container)
-            )
+            findings.append(Finding("pull", "fail", f"the image cannot be pulled: {line}", None, container))
     for container, lines in pulls.items():
         if container and container not in {name for _, name, _ in template_images(snap)}:
             for line in lines:

@@ -224,9 +224,7 @@ def resolve(document: Mapping[str, Any], wanted: str, *, path: Path, get: Helper
     )
 
 
-def resolve_all(
-    document: Mapping[str, Any], registries: Sequence[str], *, path: Path, get: HelperFn
-) -> list[Resolved]:
+def resolve_all(document: Mapping[str, Any], registries: Sequence[str], *, path: Path, get: HelperFn) -> list[Resolved]:
     """Every registry, or :class:`NoCredential` listing all that failed (nothing partial is ever written)."""
     resolved: list[Resolved] = []
     failures: list[str] = []

@@ -63,7 +63,10 @@ def probe_url(url: str, ca_bundle: str | None) -> WebhookProbe:
             verified, detail = False, f"TLS error {exc.reason}"
         except OSError as exc:
             return WebhookProbe(
-                target, None, f"{target} unreachable ({exc.strerror or type(exc).__name__})", False,
+                target,
+                None,
+                f"{target} unreachable ({exc.strerror or type(exc).__name__})",
+                False,
                 f"{target} unreachable ({exc.strerror or type(exc).__name__})",
             )
     # Readiness is asked even when the certificate does not verify: both answers matter.
