@@ -621,3 +621,66 @@ def test_the_readme_example_is_what_doctor_prints(
     assert result.returncode == 1, result.stderr
     assert readme_block("doctor-output").strip() == result.stdout.strip()
     assert_no_credential(result.stdout + result.stderr)
+
+
+# --------------------------------------------------------------------------- import --apply, then doctor
+
+
+def kubectl_config_bytes(server: str, username: str, password: str) -> bytes:
+    """``.dockerconfigjson`` as the real ``kubectl create secret docker-registry`` makes it."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed")
+    result = subprocess.run(
+        [kubectl, "create", "secret", "docker-registry", "x", f"--docker-server={server}",
+         f"--docker-username={username}", f"--docker-password={password}", "--dry-run=client", "-o", "json"],
+        capture_output=True, text=True, timeout=60, check=True,
+        env={"PATH": os.environ["PATH"], "HOME": str(REPO), "KUBECONFIG": os.devnull},
+    )  # fmt: skip
+    return base64.b64decode(json.loads(result.stdout)["data"][".dockerconfigjson"])
+
+
+def test_import_apply_fixes_what_doctor_found(
+    doctor_hook: WebhookProcess, core: Any, namespaces: Namespaces, kubeconfig: Path, tmp_path: Path
+) -> None:
+    ns = namespaces.hooked()
+    image = "handmade.example.com:5000/team/app:1.0"
+    core.create_namespaced_pod(ns, pod_body("hand", image))
+    assert doctor(*args(ns, "hand"), kubeconfig=kubeconfig)[0] == 1  # Secret handmade-pull not found
+
+    def run_import(password: str, name: str = "handmade-pull") -> tuple[int, str]:
+        docker_config = tmp_path / "config.json"
+        entry = {"auth": b64(f"robot:{password}")}
+        docker_config.write_text(json.dumps({"auths": {"handmade.example.com:5000": entry, "quay.io": entry}}))
+        out = io.StringIO()
+        code = cli_main(
+            ["import", "docker-config", "--config", str(docker_config), "--registry", "handmade.example.com:5000",
+             "--name", name, "-n", ns, "--apply", "--kubeconfig", str(kubeconfig)],
+            out=out,
+        )  # fmt: skip
+        return code, out.getvalue()
+
+    code, text = run_import(PASSWORDS[4])
+    assert code == 0
+    assert text.startswith(f"secret/handmade-pull created in namespace {ns} (handmade.example.com:5000 from ")
+    assert_no_credential(text)
+    secret = core.read_namespaced_secret("handmade-pull", ns)
+    assert secret.type == "kubernetes.io/dockerconfigjson"
+    assert base64.b64decode(secret.data[".dockerconfigjson"]) == kubectl_config_bytes(
+        "handmade.example.com:5000", "robot", PASSWORDS[4]
+    )
+    code, report = doctor_json(*args(ns, "hand"), kubeconfig=kubeconfig)
+    assert code == 0, report
+
+    code, text = run_import("second-pass")
+    assert code == 0
+    assert text.startswith("secret/handmade-pull replaced")
+    secret = core.read_namespaced_secret("handmade-pull", ns)
+    assert base64.b64decode(secret.data[".dockerconfigjson"]) == kubectl_config_bytes(
+        "handmade.example.com:5000", "robot", "second-pass"
+    )
+
+    # A managed copy is refused: the webhook would revert it.
+    core.create_namespaced_pod(ns, pod_body("web", SHOP_IMAGE))
+    assert core.read_namespaced_secret("shop-pull", ns).metadata.labels["app.kubernetes.io/managed-by"]
+    assert run_import(PASSWORDS[4], name="shop-pull")[0] == 1
