@@ -187,6 +187,15 @@ class ClusterReader:
     def endpoints(self, namespace: str, name: str) -> dict[str, Any]:
         return self._call(f"get Endpoints {namespace}/{name}", self._core.read_namespaced_endpoints, name, namespace)
 
+    def service(self, namespace: str, name: str) -> dict[str, Any]:
+        return self._call(f"get Service {namespace}/{name}", self._core.read_namespaced_service, name, namespace)
+
+    def pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        found = self._call(
+            f"list Pods in {namespace}", self._core.list_namespaced_pod, namespace, label_selector=label_selector
+        )
+        return list(found.get("items") or [])
+
     def create_or_replace_secret(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """``import --apply``: create the Secret, or replace it (same type) keeping its resourceVersion."""
         metadata = body["metadata"]

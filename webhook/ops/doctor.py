@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from webhook.kube.inspect import WORKLOAD_KINDS, ClusterReader, InspectError
 from webhook.ops.findings import Read, Snapshot, Unreadable, WebhookProbe, pull_secret_names, template_images
-from webhook.ops.probe import probe_endpoints, probe_url
+from webhook.ops.probe import cert_secret_names, probe_endpoints, probe_url, verify_service_certificate
 from webhook.policy.images import InvalidReference, parse_image
 from webhook.policy.matching import CompiledPolicy, load_policy
 from webhook.policy.model import PolicyError
@@ -137,8 +137,34 @@ def _probe(reader: ClusterReader, hook: dict[str, Any]) -> WebhookProbe | None:
         endpoints = _read(lambda: reader.endpoints(str(service.get("namespace")), str(service.get("name"))))
         if isinstance(endpoints, Unreadable):
             return WebhookProbe(f"service {service.get('name')}", None, "", None, f"Endpoints {endpoints.reason}")
-        return probe_endpoints(service, endpoints)
+        probe = probe_endpoints(service, endpoints)
+        verified, detail = _service_certificate(reader, service, client.get("caBundle"))
+        return WebhookProbe(probe.target, verified, detail, probe.ready, probe.ready_detail)
     return None
+
+
+def _service_certificate(
+    reader: ClusterReader, service: dict[str, Any], ca_bundle: str | None
+) -> tuple[bool | None, str]:
+    """Find the webhook's serving certificate through its Service's Pods and check it against the caBundle."""
+    namespace, name = str(service.get("namespace")), str(service.get("name"))
+    svc = _read(lambda: reader.service(namespace, name))
+    if not isinstance(svc, dict):
+        return None, f"Service {namespace}/{name} {'not found' if svc is None else svc.reason}"
+    selector = (svc.get("spec") or {}).get("selector") or {}
+    if not selector:
+        return None, f"Service {namespace}/{name} has no selector"
+    pods = _read(lambda: reader.pods(namespace, ",".join(f"{k}={v}" for k, v in sorted(selector.items()))))
+    if not isinstance(pods, list) or not pods:
+        return None, f"no Pods behind Service {namespace}/{name}"
+    names = cert_secret_names(pods[0])
+    secrets: dict[str, dict[str, Any] | None] = {}
+    for secret_name in names:
+        found = _read(lambda secret_name=secret_name: reader.secret(namespace, secret_name))  # type: ignore[misc]
+        if isinstance(found, Unreadable):
+            return None, f"cannot read Secret {namespace}/{secret_name} ({found.reason})"
+        secrets[secret_name] = found
+    return verify_service_certificate(service, ca_bundle, secrets)
 
 
 def gather(

@@ -99,3 +99,59 @@ def probe_endpoints(service: dict[str, Any], endpoints: dict[str, Any] | None) -
         ready > 0,
         detail,
     )
+
+
+def cert_secret_names(pod: dict[str, Any]) -> list[str]:
+    """The Secrets a webhook Pod takes its serving certificate from: ``--cert-secret`` (self mode) or a volume."""
+    names: list[str] = []
+    spec = pod.get("spec") or {}
+    for container in spec.get("containers") or []:
+        argv = [*(container.get("command") or []), *(container.get("args") or [])]
+        for index, arg in enumerate(argv):
+            if arg.startswith("--cert-secret="):
+                names.append(arg.split("=", 1)[1])
+            elif arg == "--cert-secret" and index + 1 < len(argv):
+                names.append(argv[index + 1])
+    for volume in spec.get("volumes") or []:
+        secret = volume.get("secret") or {}
+        if secret.get("secretName"):
+            names.append(str(secret["secretName"]))
+    return list(dict.fromkeys(names))
+
+
+def verify_service_certificate(
+    service: dict[str, Any], ca_bundle: str | None, secrets: dict[str, dict[str, Any] | None]
+) -> tuple[bool | None, str]:
+    """Whether ``ca_bundle`` verifies the serving certificate found in the webhook Pod's Secrets.
+
+    Checked as the API server does for a service webhook: the chain to the bundle, validity,
+    serverAuth, and the name ``<service>.<namespace>.svc`` it dials. Only ``tls.crt`` is read;
+    the key in the same Secret is registered with the redactor and otherwise ignored.
+    """
+    from webhook.observability.logs import register_secret
+    from webhook.tls.certs import CertificateVerificationError, verify_chain
+
+    if not ca_bundle:
+        return False, "no caBundle"
+    try:
+        bundle = base64.b64decode(ca_bundle, validate=True)
+    except binascii.Error:
+        return False, "the caBundle is not base64-encoded PEM"
+    dns_name = f"{service.get('name')}.{service.get('namespace')}.svc"
+    for name, secret in secrets.items():
+        data = (secret or {}).get("data") or {}
+        if "tls.key" in data:
+            register_secret(str(data["tls.key"]))
+        raw = data.get("tls.crt")
+        if not isinstance(raw, str):
+            continue
+        try:
+            cert = base64.b64decode(raw, validate=True)
+        except binascii.Error:
+            return False, f"Secret {name}: tls.crt is not base64"
+        try:
+            verify_chain(cert, bundle, dns_name=dns_name)
+        except CertificateVerificationError as exc:
+            return False, f"Secret {name} for {dns_name}: {exc}"
+        return True, f"Secret {name} for {dns_name}"
+    return None, "no serving certificate found in the webhook Pods' Secrets (no --cert-secret, no Secret volume)"
