@@ -153,12 +153,16 @@ class ClusterReader:
     def secret(self, namespace: str, name: str) -> dict[str, Any]:
         return self._call(f"get Secret {namespace}/{name}", self._core.read_namespaced_secret, name, namespace)
 
-    def pod_events(self, namespace: str, name: str) -> list[dict[str, Any]]:
+    def pod_events(self, namespace: str, name: str, uid: str | None = None) -> list[dict[str, Any]]:
+        """The Events about one Pod (of this ``uid``: not those of an earlier Pod of the same name)."""
+        selector = f"involvedObject.kind=Pod,involvedObject.name={name}"
+        if uid:
+            selector += f",involvedObject.uid={uid}"
         found = self._call(
             f"list Events of Pod {namespace}/{name}",
             self._core.list_namespaced_event,
             namespace,
-            field_selector=f"involvedObject.kind=Pod,involvedObject.name={name}",
+            field_selector=selector,
         )
         return list(found.get("items") or [])
 

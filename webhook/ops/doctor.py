@@ -228,7 +228,9 @@ def gather(
     for name in names:
         snap.secrets[name] = _read(lambda name=name: reader.secret(namespace, name))  # type: ignore[misc]
     if target.kind == "Pod":
-        events: Read | list[dict[str, Any]] = _read(lambda: reader.pod_events(namespace, target.name))
+        events: Read | list[dict[str, Any]] = _read(
+            lambda: reader.pod_events(namespace, target.name, (pod.get("metadata") or {}).get("uid"))
+        )
         snap.events = events if isinstance(events, list | Unreadable) else []
     configs, wanted = _webhook_configs(reader, webhook_config)
     snap.webhook_configs, snap.webhook_wanted = configs, wanted

@@ -29,6 +29,7 @@ from webhook.ops.kubelet_match import lookup
 from webhook.policy.images import ImageRef, InvalidReference, parse_image, parse_registry
 from webhook.policy.matching import CompiledPolicy, namespace_verdict
 from webhook.policy.model import LabelSelector, Rule
+from webhook.policy.patterns import repository_matches
 from webhook.secrets.desired import build_copy, is_current, is_managed
 from webhook.secrets.dockerconfig import (
     DOCKERCFG_TYPE,
@@ -462,7 +463,7 @@ def _rule_fix(policy: CompiledPolicy, ref: ImageRef, snap: Snapshot) -> tuple[Ve
     labels = snap.labels
     for candidate in policy.candidates(ref.registry):
         rule = candidate.rule
-        if policy._repository_rank(rule, ref.repository) is None:
+        if rule.repositories and not any(repository_matches(p, ref.repository) for p in rule.repositories):
             continue
         verdict = namespace_verdict(rule, snap.namespace, labels)
         if verdict == "selector-mismatch" and rule.namespaces.selector is not None and labels is not None:
