@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from webhook.kube.inspect import WORKLOAD_KINDS, ClusterReader, InspectError
-from webhook.ops.findings import Read, Snapshot, Unreadable, WebhookProbe, pull_secret_names, template_images
+from webhook.ops.findings import (
+    Read,
+    Snapshot,
+    Unreadable,
+    WebhookProbe,
+    pull_secret_names,
+    source_key,
+    template_images,
+)
 from webhook.ops.probe import cert_secret_names, probe_endpoints, probe_url, verify_service_certificate
 from webhook.policy.images import InvalidReference, parse_image
 from webhook.policy.matching import CompiledPolicy, load_policy
@@ -215,15 +223,8 @@ def gather(
             if decision.rule is not None and decision.rule.secret not in names:
                 names.append(decision.rule.secret)
         for rule in policy.policy.rules:
-            if rule.secret not in names or rule.source is None:
-                continue
-            if rule.source.secret is not None:
-                key = (rule.source.secret.namespace, rule.source.secret.name)
-            else:
-                assert rule.source.credentials is not None
-                ref_ = rule.source.credentials.password_from
-                key = (ref_.namespace, ref_.name)
-            if key not in snap.sources:
+            key = source_key(rule) if rule.secret in names else None
+            if key is not None and key not in snap.sources:
                 snap.sources[key] = _read(lambda key=key: reader.secret(*key))  # type: ignore[misc]
     for name in names:
         snap.secrets[name] = _read(lambda name=name: reader.secret(namespace, name))  # type: ignore[misc]
