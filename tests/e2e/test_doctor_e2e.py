@@ -684,3 +684,84 @@ def test_import_apply_fixes_what_doctor_found(
     core.create_namespaced_pod(ns, pod_body("web", SHOP_IMAGE))
     assert core.read_namespaced_secret("shop-pull", ns).metadata.labels["app.kubernetes.io/managed-by"]
     assert run_import(PASSWORDS[4], name="shop-pull")[0] == 1
+
+
+# --------------------------------------------------------------------------- a service webhook (the chart's form)
+
+
+@pytest.mark.parametrize("right_ca", [True, False], ids=["ca-verifies", "wrong-ca"])
+def test_a_service_webhook_is_checked_through_its_pods_secret(
+    doctor_hook: WebhookProcess,
+    api_client: Any,
+    core: Any,
+    namespaces: Namespaces,
+    kubeconfig: Path,
+    tmp_path: Path,
+    right_ca: bool,
+) -> None:
+    """As the chart installs it: clientConfig.service, a Deployment's Pods with ``--cert-secret`` (self mode).
+
+    A laptop cannot dial the Service, so doctor finds the serving certificate where the Pods
+    take it from and verifies it for ``<service>.<namespace>.svc``. The Pod here never runs
+    (no kubelet), so the Service has no ready endpoint: that is reported too.
+    """
+    from kubernetes import client
+
+    system = namespaces.make("doc-websys")
+    certs = write_local_certs(service="psi-webhook", namespace=system, out_dir=tmp_path / "serving")
+    other = write_local_certs(service="psi-webhook", namespace=system, out_dir=tmp_path / "other")
+    core.create_namespaced_secret(
+        system,
+        {
+            "metadata": {"name": "psi-webhook-tls"},
+            "type": "kubernetes.io/tls",
+            "data": {"tls.crt": b64(certs["tls.crt"].read_bytes()), "tls.key": b64(certs["tls.key"].read_bytes())},
+        },
+    )
+    labels = {"app.kubernetes.io/name": "psi-webhook"}
+    core.create_namespaced_service(
+        system, {"metadata": {"name": "psi-webhook"}, "spec": {"selector": labels, "ports": [{"port": 443}]}}
+    )
+    webhook_pod = pod_body("psi-webhook-0", "ghcr.io/example/pullsecret-injector:0.1.0", labels=labels)
+    webhook_pod["spec"]["containers"][0]["args"] = ["serve", "--cert-mode=self", "--cert-secret=psi-webhook-tls"]
+    core.create_namespaced_pod(system, webhook_pod)
+    name = f"{HOOK}-service-{'right' if right_ca else 'wrong'}"
+    ca = (certs if right_ca else other)["ca.crt"].read_bytes()
+    admission: Any = client.AdmissionregistrationV1Api(api_client)
+    admission.create_mutating_webhook_configuration(
+        {
+            "metadata": {"name": name},
+            "webhooks": [
+                {
+                    "name": "mutate.pullsecret-injector.io",
+                    "clientConfig": {
+                        "service": {"namespace": system, "name": "psi-webhook", "path": "/mutate", "port": 443},
+                        "caBundle": b64(ca),
+                    },
+                    "rules": [
+                        {"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}
+                    ],
+                    "sideEffects": "NoneOnDryRun",
+                    "failurePolicy": "Ignore",
+                    "admissionReviewVersions": ["v1"],
+                    "namespaceSelector": {"matchLabels": {HOOK_LABEL: name}},
+                }
+            ],
+        }
+    )
+    try:
+        ns = namespaces.make("doc-svc", {HOOK_LABEL: name})
+        core.create_namespaced_pod(ns, pod_body("web", SHOP_IMAGE))
+        code, report = doctor_json(*args(ns, "web", config=name), kubeconfig=kubeconfig)
+    finally:
+        admission.delete_mutating_webhook_configuration(name)
+    assert code == 1
+    (ca_finding,) = by_check(report, "webhook-ca")
+    assert ca_finding["verdict"] == ("ok" if right_ca else "fail"), report
+    if not right_ca:
+        assert f"Secret psi-webhook-tls for psi-webhook.{system}.svc" in ca_finding["message"]
+        assert "is not signed by any of the 1 CA(s)" in ca_finding["message"]
+    (ready,) = by_check(report, "webhook-ready")
+    assert ready["verdict"] == "fail"
+    assert "0 ready" in ready["message"] or "no Endpoints" in ready["message"]
+    assert "PRIVATE KEY" not in json.dumps(report)
