@@ -354,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("--service", required=True)
     certs.add_argument("--namespace", required=True)
     certs.add_argument("--out", type=Path, default=Path("certs"))
+    from webhook.ops.cli import add_subcommands  # doctor, import (issue 15)
+
+    add_subcommands(sub)
     return parser
 
 
@@ -494,6 +497,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "ops_handler", None) is not None:
+            return int(args.ops_handler(args, stream))
         if args.command == "validate":
             return cmd_validate(args, stream)
         if args.command == "check":
