@@ -205,10 +205,8 @@ def _finish(
             )
             outcome.explanation = f"denied: not on any endpoint of mirror {decision.mirror.key} ({tried})"
         else:
-            warnings.append(
-                f"{outcome.image.key}: {decision.image} not found on mirror {decision.mirror.key} ({tried}), "
-                "kept as written"
-            )
+            # Admission warnings are cut at 120 characters: the image and the verdict come first.
+            warnings.append(f"{decision.image} kept as written, not found on mirror {decision.mirror.key}: {tried}")
             outcome.explanation = f"kept as written: not on any endpoint of mirror {decision.mirror.key} ({tried})"
     result = MirrorOutcome(pod=pod, images=images, warnings=warnings)
     if denied:
@@ -222,7 +220,7 @@ def _finish(
 
 
 def _tried(tried: Sequence[tuple[Target, ProbeResult]]) -> str:
-    return ", ".join(f"{t.endpoint.name}: {r.detail}" for t, r in tried) or "no endpoint checked"
+    return "; ".join(f"{t.endpoint.name} {r.detail}" for t, r in tried) or "no endpoint checked"
 
 
 def apply_mirrors_offline(

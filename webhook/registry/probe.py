@@ -190,7 +190,7 @@ class ManifestProbe:
         except TimeoutError:
             return ProbeResult(None, f"no answer within {self.timeout:g}s")
         except httpx.HTTPError as exc:
-            return ProbeResult(None, f"unreachable ({type(exc).__name__})")
+            return ProbeResult(None, "unreachable" if isinstance(exc, httpx.TransportError) else type(exc).__name__)
         except ProbeError as exc:
             return ProbeResult(None, str(exc))
 
