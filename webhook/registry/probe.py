@@ -53,6 +53,10 @@ class AuthChallengeError(ProbeError):
     """A ``WWW-Authenticate`` header we cannot follow."""
 
 
+class TokenRefused(ProbeError):
+    """The token endpoint refused our credentials: the node, with the same ones, would be refused too."""
+
+
 @dataclass(frozen=True, slots=True)
 class RegistryAuth:
     """Credentials for one registry, as a ``.dockerconfigjson`` entry holds them (values hidden from repr)."""
@@ -191,6 +195,8 @@ class ManifestProbe:
             return ProbeResult(None, f"no answer within {self.timeout:g}s")
         except httpx.HTTPError as exc:
             return ProbeResult(None, "unreachable" if isinstance(exc, httpx.TransportError) else type(exc).__name__)
+        except TokenRefused as exc:
+            return ProbeResult(False, str(exc))
         except ProbeError as exc:
             return ProbeResult(None, str(exc))
 
@@ -256,6 +262,8 @@ class ManifestProbe:
             if basic is not None:
                 headers["Authorization"] = basic
             response = await self._client.get(realm, params=query, headers=headers)
+        if response.status_code in (401, 403):
+            raise TokenRefused(f"token refused ({response.status_code}) for the credentials the rules give")
         if response.status_code != 200:
             raise AuthChallengeError(f"token endpoint answered {response.status_code}")
         try:
