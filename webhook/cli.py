@@ -17,8 +17,11 @@ from typing import Any, TextIO
 import orjson
 
 from webhook.admission.manifests import ManifestError, PodSource, load_documents, pods_of
-from webhook.admission.podplan import PodPlan, plan_pod
+from webhook.admission.mirroring import plan_pod_offline
+from webhook.admission.podplan import PodPlan
+from webhook.ops.k3s import add_subcommands as add_k3s_subcommands
 from webhook.policy.matching import CompiledPolicy, load_policy
+from webhook.policy.mirrors import describe_mirrors
 from webhook.policy.model import PolicyError
 
 EXIT_OK = 0
@@ -179,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("--service", required=True)
     certs.add_argument("--namespace", required=True)
     certs.add_argument("--out", type=Path, default=Path("certs"))
+    add_k3s_subcommands(sub)  # import k3s (webhook/ops/k3s.py)
     return parser
 
 
@@ -203,6 +207,8 @@ def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
             print(f"  {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"{args.file}: valid, {len(policy.policy.rules)} rule(s)", file=out)
+    for line in describe_mirrors(policy.policy.mirrors):  # mirrors: where each entry's images go
+        print(f"  {line}", file=out)
     return EXIT_OK
 
 
@@ -238,7 +244,8 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     results = []
     for source in sources:
         namespace = args.namespace or source.namespace or "default"
-        plan = plan_pod(pod=source.pod, namespace=namespace, policy=policy, namespace_labels=labels, explain=True)
+        # mirrors first (offline: no manifest check), then the rules on the rewritten Pod, as at admission
+        plan = plan_pod_offline(pod=source.pod, namespace=namespace, policy=policy, namespace_labels=labels)
         results.append((source, plan))
     if args.output == "json":
         out.write(orjson.dumps([_plan_json(s, p) for s, p in results], option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -288,6 +295,8 @@ def _print_plan(source: PodSource, plan: PodPlan, policy: CompiledPolicy, out: T
         else:
             print("    rule:       (none)", file=out)
         print(f"    why:        {c.reason}", file=out)
+    for line in (w for w in plan.warnings if w.startswith("mirror: ")):  # mirrors: each image's decision
+        print(f"  {line}", file=out)
     if plan.secrets:
         already = [name for name in plan.secrets if name not in plan.added]
         print(f"  inject: {', '.join(plan.added) if plan.added else '(nothing new)'}", file=out)
@@ -327,6 +336,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if hasattr(args, "run"):  # subcommands added by add_subcommands() (import k3s)
+            return int(args.run(args, stream))
         if args.command == "validate":
             return cmd_validate(args, stream)
         if args.command == "check":

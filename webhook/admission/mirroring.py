@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from webhook.admission.patch import build_patch, existing_pull_secrets, is_skipped
-from webhook.admission.podplan import PodPlan
+from webhook.admission.podplan import PodPlan, plan_pod
 from webhook.admission.rewrite import PodImage, Replacement, apply_ops, iter_pod_images, rewrite_ops
 from webhook.admission.wire import AdmissionReview, AdmissionReviewResponse, PatchOperation, build_response
 from webhook.policy.images import InvalidReference, Registry, parse_registry
@@ -398,3 +398,25 @@ async def ephemeral_update(
                 "(the ephemeralcontainers subresource cannot add it)"
             )
     return build_response(review=review, patch=outcome.ops, warnings=warnings), "mutated"
+
+
+def plan_pod_offline(
+    *, pod: Mapping[str, Any], namespace: str, policy: CompiledPolicy, namespace_labels: Mapping[str, str] | None
+) -> PodPlan:
+    """``plan_pod(explain=True)`` after the mirrors (no manifest check), for the ``check`` command.
+
+    The patch is the whole answer (rewrite, then secrets); each image's mirror decision is a
+    warning starting with ``mirror: `` (``docker.io/rancher/pause:3.6 -> ... by mirror docker.io,
+    rewrite ^rancher/(.*)``).
+    """
+    mirrored = apply_mirrors_offline(pod=pod, namespace=namespace, labels=namespace_labels, policy=policy.policy)
+    plan = plan_pod(
+        pod=mirrored.pod, namespace=namespace, policy=policy, namespace_labels=namespace_labels, explain=True
+    )
+    plan = with_image_volumes(plan, mirrored, policy=policy, labels=namespace_labels)
+    plan.warnings = [
+        *mirrored.warnings,
+        *plan.warnings,
+        *(f"mirror: {o.image.key}: {o.explanation}" for o in mirrored.images),
+    ]
+    return plan

@@ -206,5 +206,3 @@ class NamespaceCache:
             return []
         self._watch.stop()
         return [self._watch]
-
-

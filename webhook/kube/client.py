@@ -309,5 +309,3 @@ class KubeApi:
             patch,
             timeout=timeout,
         )
-
-

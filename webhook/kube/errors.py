@@ -67,4 +67,3 @@ def _classify(exc: BaseException, action: str) -> ApiError:
 
 def _timeout(seconds: float) -> float:
     return max(_MIN_TIMEOUT, seconds)
-

@@ -101,5 +101,3 @@ class EventRecorder:
                 log.exception("event in %s not recorded", namespace)
             else:
                 self._stats.event("ok")
-
-

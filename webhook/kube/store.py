@@ -98,5 +98,3 @@ class Store:
             self._on_change(key, before, after)
         except Exception:
             log.exception("change handler failed")
-
-

@@ -102,5 +102,3 @@ class Stats:
                 "last_sync_timestamp": self.last_sync_timestamp,
                 "leader": self.leader,
             }
-
-

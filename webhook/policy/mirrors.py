@@ -452,6 +452,18 @@ class MirrorSet:
         return MirrorDecision(image, ref, entry, tuple(targets), targets[0].explain(ref, entry.key), tuple(problems))
 
 
+def describe_mirrors(mirrors: Mapping[str, Mirror]) -> list[str]:
+    """One line per entry, for ``validate``: where its images go and how."""
+    lines = []
+    for key, mirror in mirrors.items():
+        text = f"mirror {key} -> {', '.join(mirror.endpoint)}"
+        if mirror.rewrite:
+            text += "; rewrite " + ", ".join(f"{p} -> {r}" for p, r in mirror.rewrite.items())
+        text += f"; check {'on' if mirror.check else 'off'}, fallback {mirror.fallback}"
+        lines.append(text)
+    return lines
+
+
 # The models refer to NamespaceScope, which lives in webhook.policy.model, which in turn imports
 # this module for ``Policy.mirrors``: importing it last lets either module be imported first, and
 # model.py rebuilds :class:`Mirror` once NamespaceScope exists.

@@ -123,8 +123,6 @@ def build_copy(
     )
 
 
-
-
 def is_managed(secret: Mapping[str, Any]) -> bool:
     """Whether a Secret carries our ownership label: the only Secrets we ever modify or delete."""
     labels = (secret.get("metadata") or {}).get("labels") or {}
@@ -167,5 +165,3 @@ def update_patch(secret: Mapping[str, Any], desired: Copy) -> dict[str, Any]:
     if metadata.get("resourceVersion"):
         patch_metadata["resourceVersion"] = metadata["resourceVersion"]
     return {"metadata": patch_metadata, "data": data}
-
-

@@ -194,5 +194,3 @@ class Reconciler:
         else:
             self.tracked.add(key)
         return True
-
-
