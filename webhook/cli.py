@@ -17,6 +17,7 @@ from typing import Any, TextIO
 import orjson
 
 from webhook.admission.manifests import ManifestError, PodSource, load_documents, pods_of
+from webhook.admission.mirroring import add_serve_arguments as add_mirror_serve_arguments
 from webhook.admission.mirroring import plan_pod_offline
 from webhook.admission.podplan import PodPlan
 from webhook.ops.k3s import add_subcommands as add_k3s_subcommands
@@ -157,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-format", choices=("json", "text"), default=_env("LOG_FORMAT", "json"))
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    add_mirror_serve_arguments(serve)  # --mirror-* (webhook/admission/mirroring.py)
 
     check = sub.add_parser("check", help="explain offline what the webhook would inject into the given manifests")
     check.add_argument("--policy", type=Path, help="policy YAML file (default: the bundled example)")

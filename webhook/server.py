@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from webhook.admission.handler import Handler, NamespaceLabels, SecretEnsurer
+from webhook.admission.mirroring import SecretLookup, build_mirror_checker
 from webhook.app import (
     DEFAULT_ADMISSION_TIMEOUT,
     DEFAULT_MAX_BODY_BYTES,
@@ -138,9 +139,11 @@ def build_components(args: argparse.Namespace) -> Components:
     ensurer: SecretEnsurer | None = None
     background: list[Callable[[], Coroutine[Any, Any, None]]] = [holder.watch]
     on_start: list[Callable[[], Coroutine[Any, Any, None]]] = []
+    secret_lookup: SecretLookup | None = None
 
     if not args.no_kube and (args.kubeconfig is not None or os.environ.get("KUBERNETES_SERVICE_HOST")):
         runtime = _kube_runtime(args, holder=holder, metrics=metrics)
+        secret_lookup = _cached_secret(runtime)  # mirrors: the check's credentials
         namespaces, ensurer = runtime.namespaces, runtime.ensurer
         holder.listeners.append(runtime.policy_changed)  # re-target the by-name watches
         if args.policy_configmap:
@@ -155,7 +158,13 @@ def build_components(args: argparse.Namespace) -> Components:
         background.append(keep_certs)
     else:
         tls = _tls_context(args)
-    handler = Handler(policy=holder.current, namespaces=namespaces, ensurer=ensurer, observe=metrics.observe_admission)
+    handler = Handler(
+        policy=holder.current,
+        namespaces=namespaces,
+        ensurer=ensurer,
+        observe=metrics.observe_admission,
+        mirror_checker=build_mirror_checker(args, secret_lookup),
+    )
     background.append(tls.watch)  # logs and keeps polling when a new file is broken
     return Components(
         holder=holder,
@@ -166,6 +175,11 @@ def build_components(args: argparse.Namespace) -> Components:
         background=background,
         on_start=on_start,
     )
+
+
+def _cached_secret(runtime: KubeRuntime) -> SecretLookup:
+    """A Secret from the watched cache (sources are watched), ``None`` when absent or not known."""
+    return lambda namespace, name: runtime.secrets.lookup(namespace, name)[1]
 
 
 def policy_rejected_event(runtime: KubeRuntime, *, namespace: str, configmap: str) -> Callable[[bool, list[str]], None]:

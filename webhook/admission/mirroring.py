@@ -420,3 +420,40 @@ def plan_pod_offline(
         *(f"mirror: {o.image.key}: {o.explanation}" for o in mirrored.images),
     ]
     return plan
+
+
+def add_serve_arguments(serve: Any) -> None:
+    """The ``serve`` flags of the mirror check (``serve`` is its argparse parser)."""
+    serve.add_argument(
+        "--mirror-check-budget",
+        type=float,
+        default=DEFAULT_CHECK_BUDGET,
+        help="seconds the mirror checks of one Pod may take together; keep it plus --ensure-timeout below "
+        "--admission-timeout (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--mirror-probe-timeout",
+        type=float,
+        default=0.8,
+        help="seconds one manifest HEAD (with its token request) may take (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--mirror-ca-file",
+        default=None,
+        help="PEM CA bundle trusted for mirror endpoints, on top of the system's (private registries)",
+    )
+
+
+def build_mirror_checker(args: Any, lookup: SecretLookup | None) -> MirrorChecker:
+    """The checker for ``serve``: one probe for the process, credentials from the Secret cache."""
+    import ssl
+
+    context = ssl.create_default_context()
+    ca_file = getattr(args, "mirror_ca_file", None)
+    if ca_file:
+        context.load_verify_locations(cafile=ca_file)
+    probe = ManifestProbe(timeout=getattr(args, "mirror_probe_timeout", 0.8), verify=context)
+    credentials = SecretCredentials(lookup) if lookup is not None else None
+    return MirrorChecker(
+        probe=probe, credentials=credentials, budget=getattr(args, "mirror_check_budget", DEFAULT_CHECK_BUDGET)
+    )
