@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import json
 import re
+import subprocess
+import sys
 from typing import Any
 
 import jsonpatch
@@ -19,7 +21,7 @@ from webhook.policy.mirrors import (
     go_expand,
     parse_endpoint,
 )
-from webhook.policy.model import Policy, PolicyError, parse_policy
+from webhook.policy.model import PolicyError, parse_policy
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 
@@ -247,10 +249,20 @@ def test_invalid_mirrors_are_rejected(document: str, error: str) -> None:
     assert error in str(excinfo.value)
 
 
-def test_mirrors_module_imports_on_its_own() -> None:
-    assert (
-        Policy.model_validate({"mirrors": {"*": {"endpoint": ["m.example.com"]}}}).mirrors["*"].fallback == "original"
+@pytest.mark.parametrize(
+    "first", ["webhook.policy.mirrors", "webhook.policy.model"], ids=["mirrors-first", "model-first"]
+)
+def test_either_module_can_be_imported_first(first: str) -> None:
+    """mirrors.py and model.py refer to each other; a fresh interpreter must work in both orders."""
+    code = (
+        f"import {first}\n"
+        "from webhook.policy.mirrors import Mirror\n"
+        "from webhook.policy.model import Policy\n"
+        "assert Mirror(endpoint=['m.example.com']).namespaces.include == ()\n"
+        "p = Policy.model_validate({'mirrors': {'*': {'endpoint': ['m.example.com']}}})\n"
+        "assert p.mirrors['*'].check is False\n"
     )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 # --------------------------------------------------------------------------- every image in the Pod
