@@ -352,3 +352,20 @@ def test_a_recorded_original_is_never_overwritten() -> None:
     outcome = apply_mirrors_offline(pod=pod, namespace="default", labels=None, policy=parse_policy(POLICY))
     record = json.loads(outcome.pod["metadata"]["annotations"][ORIGINAL_IMAGES_ANNOTATION])
     assert record == {"containers/c": "first", "containers/d": "redis"}
+
+
+@pytest.mark.parametrize("fallback", ["original", "deny"])
+def test_a_rewrite_that_makes_no_valid_name_falls_back(fallback: str) -> None:
+    policy = parse_policy(
+        "mirrors:\n  docker.io:\n    endpoint: [m.example.com]\n"
+        f"    rewrite: {{'^(.*)': 'UPPER/$1'}}\n    fallback: {fallback}\n"
+    )
+    pod = {"spec": {"containers": [{"name": "c", "image": "nginx"}]}}
+    outcome = apply_mirrors_offline(pod=pod, namespace="default", labels=None, policy=policy)
+    assert outcome.ops == []
+    if fallback == "deny":
+        assert outcome.denied is not None
+        assert "'nginx'" in outcome.denied
+    else:
+        assert outcome.denied is None
+        assert outcome.warnings[0].startswith("nginx kept as written: mirror docker.io: no usable endpoint")

@@ -191,6 +191,11 @@ def _finish(
         decision = outcome.decision
         if not decision.targets:
             outcome.explanation = decision.reason
+            if decision.mirror is not None and decision.problems:  # a rewrite that makes no valid name
+                if decision.fallback == "deny":
+                    denied.append(f"image {decision.image!r}: {decision.reason}")
+                else:
+                    warnings.append(f"{decision.image} kept as written: {decision.reason}")
             continue
         if outcome.chosen is not None:
             outcome.explanation = outcome.chosen.explain(decision.ref, decision.mirror.key)  # type: ignore[arg-type, union-attr]

@@ -171,12 +171,14 @@ class ManifestProbe:
             task = asyncio.ensure_future(self._probe(base_url, repository, reference, auth))
             self._inflight[key] = task
             task.add_done_callback(functools.partial(self._done, key))
-        result = await asyncio.shield(task)
-        self._remember(key, result)
-        return result
+        return await asyncio.shield(task)
 
-    def _done(self, key: Key, _task: asyncio.Task[ProbeResult]) -> None:
+    def _done(self, key: Key, task: asyncio.Task[ProbeResult]) -> None:
+        # Cached here, not by the caller: an answer arriving after its admission gave up (the
+        # budget) still serves the next Pod.
         self._inflight.pop(key, None)
+        if not task.cancelled() and task.exception() is None:
+            self._remember(key, task.result())
 
     def _remember(self, key: Key, result: ProbeResult) -> None:
         ttl = self.ttl if result.present is not None else self.unknown_ttl
