@@ -46,3 +46,5 @@ class KubeSettings:
     sync_timeout: float = 15.0
     #: Objects per page when a watch lists (``limit``); 0 lists in one piece.
     list_page_size: int = 500
+
+

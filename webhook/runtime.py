@@ -260,3 +260,5 @@ def build_runtime_from_configuration(
     api = KubeApi(build_api_client(configuration=copy.deepcopy(configuration), pool_size=settings.workers))
     watch_api = KubeApi(build_api_client(configuration=copy.deepcopy(configuration), pool_size=64))
     return KubeRuntime(api=api, watch_api=watch_api, policy=policy, settings=settings, stats=stats, elect=elect)
+
+

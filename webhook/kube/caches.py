@@ -206,3 +206,5 @@ class NamespaceCache:
             return []
         self._watch.stop()
         return [self._watch]
+
+

@@ -309,3 +309,5 @@ class KubeApi:
             patch,
             timeout=timeout,
         )
+
+

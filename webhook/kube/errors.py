@@ -67,3 +67,4 @@ def _classify(exc: BaseException, action: str) -> ApiError:
 
 def _timeout(seconds: float) -> float:
     return max(_MIN_TIMEOUT, seconds)
+

@@ -101,3 +101,5 @@ class EventRecorder:
                 log.exception("event in %s not recorded", namespace)
             else:
                 self._stats.event("ok")
+
+

@@ -218,3 +218,5 @@ class WatchSet:
 def _watch_timeouts(settings: KubeSettings) -> tuple[int, tuple[float, float]]:
     server = int(settings.watch_timeout * random.uniform(1.0, 1.2))
     return server, (settings.connect_timeout, server + 30.0)
+
+

@@ -11,8 +11,6 @@ Key = tuple[str, str]
 
 #: Called from a watch thread with ``(key, old, new)``; ``new`` is ``None`` on deletion.
 ChangeFn = Callable[[Key, KubeObject | None, KubeObject | None], None]
-
-
 def object_key(obj: Mapping[str, Any]) -> Key:
     metadata = obj.get("metadata") or {}
     return (str(metadata.get("namespace") or ""), str(metadata.get("name") or ""))
@@ -51,3 +49,4 @@ def _slim_namespace(obj: KubeObject) -> KubeObject:
 
 #: Where to watch Secrets of one name: ``None`` for cluster-wide, else one namespace.
 SecretTarget = tuple[str | None, str]
+

@@ -203,3 +203,5 @@ class LeaseElector:
             log.info("Lease not released (%s); it expires on its own", exc.kind)
         else:
             log.info("released Lease %s/%s", settings.namespace, settings.lease_name)
+
+

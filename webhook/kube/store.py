@@ -98,3 +98,5 @@ class Store:
             self._on_change(key, before, after)
         except Exception:
             log.exception("change handler failed")
+
+

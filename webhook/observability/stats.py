@@ -102,3 +102,5 @@ class Stats:
                 "last_sync_timestamp": self.last_sync_timestamp,
                 "leader": self.leader,
             }
+
+

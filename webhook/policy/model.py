@@ -224,3 +224,5 @@ def _format_error(err: Mapping[str, object]) -> str:
     if err.get("type") == "extra_forbidden":
         message = "unknown field"
     return f"{path or '(document)'}: {message}"
+
+

@@ -108,3 +108,5 @@ def repository_matches(pattern: str, repository: str) -> bool:
 
 def namespace_glob_matches(patterns: Iterable[str], namespace: str) -> bool:
     return any(fnmatch.fnmatchcase(namespace, pattern) for pattern in patterns)
+
+

@@ -123,6 +123,8 @@ def build_copy(
     )
 
 
+
+
 def is_managed(secret: Mapping[str, Any]) -> bool:
     """Whether a Secret carries our ownership label: the only Secrets we ever modify or delete."""
     labels = (secret.get("metadata") or {}).get("labels") or {}
@@ -165,3 +167,5 @@ def update_patch(secret: Mapping[str, Any], desired: Copy) -> dict[str, Any]:
     if metadata.get("resourceVersion"):
         patch_metadata["resourceVersion"] = metadata["resourceVersion"]
     return {"metadata": patch_metadata, "data": data}
+
+

@@ -55,6 +55,8 @@ ENTRY_FIELDS: Final = ("username", "password", "email", "auth", "identitytoken",
 _SECRET_FIELDS: Final = frozenset({"password", "auth", "identitytoken", "registrytoken"})
 
 
+
+
 class SourceError(ValueError):
     """A source that cannot produce a copy. ``reason`` is a CamelCase word for Events and metrics.
 
@@ -76,6 +78,8 @@ class NoMatchingCredentials(SourceError):
     """The source is fine but holds nothing for the rule's registries: a copy would be useless."""
 
     reason = "NoMatchingCredentials"
+
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +118,8 @@ def _register_entry(entry: AuthEntry) -> None:
         _, _, password = decoded.partition(":")
         if password:
             register_secret(password)
+
+
 
 
 def _decode_data(data: Mapping[str, Any], key: str, what: str) -> str:
@@ -229,6 +235,8 @@ def credentials_auths(*, registry: str, username: str, password: str, email: str
     return {registry: entry}
 
 
+
+
 def filter_auths(auths: Mapping[str, AuthEntry], registries: Iterable[str]) -> Auths:
     """Keep the entries whose registry matches one of the rule's registry patterns.
 
@@ -247,6 +255,7 @@ def filter_auths(auths: Mapping[str, AuthEntry], registries: Iterable[str]) -> A
         if any(pattern.matches(registry) for pattern in patterns):
             kept[server] = entry
     return kept
+
 
 
 # Go's encoding/json (1.22+) string escaping with HTML escaping on, as json.Marshal does:
@@ -300,3 +309,5 @@ def content_hash(config: bytes) -> str:
     is as privileged as full access in practice), so this reveals nothing new.
     """
     return "sha256:" + hashlib.sha256(config).hexdigest()
+
+

@@ -182,3 +182,5 @@ class Ensurer:
             return True, f"Secret {name} in {namespace} is not managed by pullsecret-injector: left untouched"
         self._stats.ensure({"current": "fast", "dry-run": "dry_run"}.get(outcome, "written"))
         return True, None
+
+

@@ -194,3 +194,5 @@ class Reconciler:
         else:
             self.tracked.add(key)
         return True
+
+

@@ -269,3 +269,5 @@ class SecretSync:
         self._stats.write("delete", "ok")
         self.secrets.forget(namespace, name)
         log.info("deleted Secret %s/%s", namespace, name)
+
+

@@ -28,7 +28,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
 
-    def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any], _loop: Any = None) -> None:
+    def __init__(
+        self, config: Config, server_state: ServerState, app_state: dict[str, Any], _loop: Any = None
+    ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self._header_deadline: asyncio.TimerHandle | None = None
 
