@@ -377,6 +377,7 @@ class MirrorSet:
 
     def __init__(self, mirrors: Mapping[str, Mirror], exclude_namespaces: Sequence[str] = ()) -> None:
         self._exclude = tuple(exclude_namespaces)
+        self._memo: dict[tuple[str, str, object], MirrorDecision] = {}
         self._by_registry: dict[Registry, CompiledMirror] = {}
         self._wildcard: CompiledMirror | None = None
         self.entries: list[CompiledMirror] = []
@@ -406,8 +407,24 @@ class MirrorSet:
     def holding_endpoint(self, ref: ImageRef) -> Endpoint | None:
         return next((e for e in self.endpoints if e.holds(ref)), None)
 
+    _MEMO_LIMIT = 8192
+
     def decide(self, image: str, namespace: str, labels: Mapping[str, str] | None) -> MirrorDecision:
-        """Where ``image`` may be rewritten to in ``namespace`` (``labels``: ``None`` if unknown)."""
+        """Where ``image`` may be rewritten to in ``namespace`` (``labels``: ``None`` if unknown).
+
+        Memoised (bounded) per image and namespace, and per labels when a selector reads them:
+        the same few images come back on every Pod.
+        """
+        key = (image, namespace, tuple(sorted(labels.items())) if self.uses_selectors and labels else labels is None)
+        found = self._memo.get(key)
+        if found is None:
+            found = self._decide(image, namespace, labels)
+            if len(self._memo) >= self._MEMO_LIMIT:
+                self._memo.clear()
+            self._memo[key] = found
+        return found
+
+    def _decide(self, image: str, namespace: str, labels: Mapping[str, str] | None) -> MirrorDecision:
         try:
             ref = parse_image(image)
         except InvalidReference as exc:
