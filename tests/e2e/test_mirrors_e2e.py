@@ -107,7 +107,9 @@ def mirror(control_plane: ControlPlane, api_client: Any, tmp_path_factory: pytes
                     "endpoint": [registry.host],
                     "rewrite": {"^rancher/(.*)": "mirrorproject/rancher-images/$1"},
                     "check": True,
-                }
+                },
+                # Air-gapped style: what the mirror lacks is refused at admission, not left to ImagePullBackOff.
+                "quay.io": {"endpoint": [f"{registry.host}/quay"], "check": True, "fallback": "deny"},
             },
             "rules": [
                 {
@@ -247,6 +249,21 @@ def test_an_image_the_mirror_lacks_is_kept_as_written(
     assert pod.spec.containers[0].image == "rancher/not-mirrored:1"
     assert not pod.spec.image_pull_secrets
     assert ORIGINAL_IMAGES_ANNOTATION not in (pod.metadata.annotations or {})
+
+
+def test_fallback_deny_rejects_the_pod_naming_image_and_endpoint(
+    api_client: Any, mirror: Mirror, namespace_for_mirror: str
+) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    core = _core(api_client)
+    with pytest.raises(ApiException) as excinfo:
+        core.create_namespaced_pod(namespace_for_mirror, pod_body("quay.io/org/absent:1"))
+    assert excinfo.value.status == 403
+    body = json.loads(excinfo.value.body or "{}")
+    assert "'quay.io/org/absent:1' is on no endpoint of mirror quay.io" in body["message"]
+    assert f"{mirror.host}/quay absent (404)" in body["message"]
+    assert not core.list_namespaced_pod(namespace_for_mirror).items
 
 
 def test_fixture_is_loopback(mirror: Mirror) -> None:

@@ -293,8 +293,10 @@ def full_pod() -> dict[str, Any]:
 
 def test_every_image_kind_is_rewritten_and_recorded() -> None:
     pod = full_pod()
+    before = copy.deepcopy(pod)
     policy = parse_policy(POLICY)
     outcome = apply_mirrors_offline(pod=pod, namespace="default", labels=None, policy=policy)
+    assert pod == before, "the request's Pod is never modified (copy-on-write)"
     patched = jsonpatch.apply_patch(pod, outcome.ops)
     assert patched == outcome.pod
     images = {f"{i.kind}/{i.name}": i.image for i in iter_pod_images(patched["spec"])}
@@ -369,3 +371,22 @@ def test_a_rewrite_that_makes_no_valid_name_falls_back(fallback: str) -> None:
     else:
         assert outcome.denied is None
         assert outcome.warnings[0].startswith("nginx kept as written: mirror docker.io: no usable endpoint")
+
+
+@pytest.mark.parametrize(
+    "ops",
+    [
+        [{"op": "replace", "path": "/spec/containers/0/image", "value": "x.example.com/a"}],
+        [{"op": "add", "path": "/metadata/annotations/a~1b", "value": "v"}],
+        [{"op": "remove", "path": "/spec/containers/0"}],
+        [{"op": "add", "path": "/spec/containers/-", "value": {"name": "d", "image": "e"}}],
+    ],
+    ids=["replace", "add-escaped", "remove-falls-back", "append-falls-back"],
+)
+def test_apply_ops_is_jsonpatch_without_the_deep_copy(ops: list[Any]) -> None:
+    from webhook.admission.rewrite import apply_ops
+
+    pod = {"metadata": {"annotations": {}}, "spec": {"containers": [{"name": "c", "image": "nginx"}]}}
+    before = copy.deepcopy(pod)
+    assert apply_ops(pod, ops) == jsonpatch.apply_patch(pod, ops)
+    assert pod == before
