@@ -316,8 +316,8 @@ def image_volume_rules(
 
     spec = pod.get("spec")
     found: dict[str, Rule] = {}
-    if not isinstance(spec, dict):
-        return found
+    if not isinstance(spec, dict) or not any(isinstance(v, dict) and "image" in v for v in spec.get("volumes") or ()):
+        return found  # the common case, on the hot path: no image volume at all
     for image in iter_pod_images(spec):
         if image.kind != "volumes" or not isinstance(image.image, str):
             continue
