@@ -181,6 +181,8 @@ class TokenServer:
         self._key = key
         self._cert_pem, self._key_pem = cert_pem, key_pem
         self.requests: list[dict[str, Any]] = []
+        #: refresh token -> user, for the OAuth2 ``refresh_token`` grant.
+        self.refresh_tokens: dict[str, str] = {}
         self._server: http.server.ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -234,6 +236,22 @@ class TokenServer:
                     self.end_headers()
                     return
                 body = json.dumps(owner._issue(user, query.get("scope", []))).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:  # OAuth2 refresh-token grant (Docker's identitytoken)
+                length = int(self.headers.get("Content-Length") or 0)
+                form = urllib.parse.parse_qs(self.rfile.read(length).decode())
+                user = owner.refresh_tokens.get((form.get("refresh_token") or [""])[0])
+                owner.requests.append({"user": user, "scope": form.get("scope", []), "grant": "refresh_token"})
+                if (form.get("grant_type") or [""])[0] != "refresh_token" or user is None:
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                body = json.dumps(owner._issue(user, form.get("scope", []))).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))

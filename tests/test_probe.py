@@ -121,6 +121,16 @@ async def test_bearer_token_registry(registries: Registries, probe: ManifestProb
     assert [f"repository:{REWRITTEN}:pull"] in scopes
 
 
+async def test_identity_token_is_exchanged_at_the_realm(registries: Registries, probe: ManifestProbe) -> None:
+    registries.token.refresh_tokens["refresh-for-bob"] = "bob"
+    url = registries.second.url
+    result = await probe.has_manifest(url, REWRITTEN, "3.6", RegistryAuth(identity_token="refresh-for-bob"))
+    assert result.present is True
+    assert any(r.get("grant") == "refresh_token" and r["user"] == "bob" for r in registries.token.requests)
+    refused = await probe.has_manifest(url, REWRITTEN, "3.6", RegistryAuth(identity_token="unknown-token"))
+    assert refused.present is False
+
+
 async def test_answers_are_cached_and_the_cache_is_bounded(registries: Registries) -> None:
     probe = ManifestProbe(timeout=0.8, max_entries=2, verify=registries.ca.client_context())
     auth = RegistryAuth("bob", "second-password")
