@@ -32,6 +32,7 @@ mirrors:
     rewrite:
       "^rancher/(.*)": "mirrorproject/rancher-images/$1"
       "^bitnami/(?P<rest>.*)": "bn/${rest}"
+      "^library/alpine$": "base/alpine"
   quay.io:
     endpoint: ["quay-cache.example.com/quay", "https://quay-fallback.example.com/v2"]
   "registry.k8s.io":
@@ -73,6 +74,8 @@ def rewritten(image: str, namespace: str = "default") -> str | None:
         ("nginx:1.27@" + DIGEST, "registry.example.com:5000/library/nginx:1.27@" + DIGEST),
         ("rancher/pause:3.6@" + DIGEST, "registry.example.com:5000/mirrorproject/rancher-images/pause:3.6@" + DIGEST),
         ("someone/rancher/x:1", "registry.example.com:5000/someone/rancher/x:1"),
+        ("alpine:3.20", "registry.example.com:5000/base/alpine:3.20"),  # a rewrite without captures
+        ("alpine/git:2", "registry.example.com:5000/alpine/git:2"),  # anchored at the end too: no match
         ("quay.io/prometheus/node-exporter:v1", "quay-cache.example.com/quay/prometheus/node-exporter:v1"),
         ("registry.k8s.io/pause:3.9", "k8s-mirror.example.com/pause:3.9"),
         ("ghcr.io/org/app:2", "everything.example.com:8080/org/app:2"),
