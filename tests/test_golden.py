@@ -28,7 +28,8 @@ from webhook.admission.wire import AdmissionReview, parse_review
 from webhook.policy.matching import load_policy
 
 GOLDEN = Path(__file__).parent / "golden"
-CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "request.json").is_file())
+# The mirror-* cases rewrite images as well; tests/test_golden_mirrors.py runs them with checks of their own.
+CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "request.json").is_file() and not p.name.startswith("mirror-"))
 
 
 def _handler_for(case: Path) -> Handler:

@@ -118,9 +118,9 @@ class _Mirror(BaseModel):
 
 
 class ExtendedPolicy(Policy):
-    """A policy with a field a later change adds (mirrors): the generator needs no edit for it."""
+    """A policy with a field a later change adds: the generator needs no edit for it."""
 
-    mirrors: tuple[_Mirror, ...] = ()
+    rewrites: tuple[_Mirror, ...] = ()
 
 
 class _TokenSource(Source):
@@ -152,10 +152,10 @@ def _base_with(tmp_path: Path, model: str) -> Path:
 
 def test_a_new_model_field_reaches_the_schema(tmp_path: Path) -> None:
     schema = json.loads(gen.render(_base_with(tmp_path, f"{__name__}:ExtendedPolicy")))
-    mirrors = schema["properties"]["policy"]["properties"]["mirrors"]
-    assert mirrors["type"] == "array"
-    assert mirrors["items"]["additionalProperties"] is False
-    assert set(mirrors["items"]["required"]) == {"fromRegistry", "toRegistry"}
+    rewrites = schema["properties"]["policy"]["properties"]["rewrites"]
+    assert rewrites["type"] == "array"
+    assert rewrites["items"]["additionalProperties"] is False
+    assert set(rewrites["items"]["required"]) == {"fromRegistry", "toRegistry"}
 
 
 @pytest.mark.parametrize(

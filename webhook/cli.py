@@ -19,11 +19,13 @@ import orjson
 
 from webhook import server
 from webhook.admission.manifests import ManifestError, PodSource, load_documents, pods_of
-from webhook.admission.podplan import PodPlan, plan_pod
+from webhook.admission.mirroring import plan_pod_offline
+from webhook.admission.podplan import PodPlan
 from webhook.config import CERT_MODES, LOG_FORMATS, LOG_LEVELS, Settings, SettingsError, default_identity
 from webhook.errors import EXIT_BAD_INPUT, EXIT_OK, UserError
 from webhook.examples import POLICY, WORKLOADS, bundled_example
 from webhook.policy.matching import CompiledPolicy, load_policy
+from webhook.policy.mirrors import describe_mirrors
 from webhook.policy.model import PolicyError
 from webhook.tls.certs import write_local_certs
 
@@ -220,6 +222,29 @@ SERVE_OPTIONS: tuple[ServeOption, ...] = (
     ServeOption(
         "--log-level", "server.log_level", "lowest level logged", ("PSI_LOG_LEVEL",), str.upper, choices=LOG_LEVELS
     ),
+    ServeOption(
+        "--mirror-check-budget",
+        "mirrors.check_budget",
+        "seconds the mirror checks of one Pod may take together (inside --admission-timeout, before "
+        "--ensure-timeout)",
+        ("PSI_MIRROR_CHECK_BUDGET",),
+        float,
+    ),
+    ServeOption(
+        "--mirror-probe-timeout",
+        "mirrors.probe_timeout",
+        "seconds one manifest HEAD (with its token request) may take",
+        ("PSI_MIRROR_PROBE_TIMEOUT",),
+        float,
+    ),
+    ServeOption(
+        "--mirror-ca-file",
+        "mirrors.ca_file",
+        "PEM CA bundle trusted for mirror endpoints, on top of the system's (private registries)",
+        ("PSI_MIRROR_CA_FILE",),
+        _optional(Path),
+        metavar="FILE",
+    ),
 )
 _BY_SETTING = {option.setting: option for option in SERVE_OPTIONS}
 
@@ -377,6 +402,8 @@ def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
             print(f"  {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"{args.file}: valid, {len(policy.policy.rules)} rule(s)", file=out)
+    for line in describe_mirrors(policy.policy.mirrors):  # mirrors: where each entry's images go
+        print(f"  {line}", file=out)
     return EXIT_OK
 
 
@@ -412,7 +439,8 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     results = []
     for source in sources:
         namespace = args.namespace or source.namespace or "default"
-        plan = plan_pod(pod=source.pod, namespace=namespace, policy=policy, namespace_labels=labels, explain=True)
+        # mirrors first (offline: no manifest check), then the rules on the rewritten Pod, as at admission
+        plan = plan_pod_offline(pod=source.pod, namespace=namespace, policy=policy, namespace_labels=labels)
         results.append((source, plan))
     if args.output == "json":
         out.write(orjson.dumps([_plan_json(s, p) for s, p in results], option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -462,6 +490,8 @@ def _print_plan(source: PodSource, plan: PodPlan, policy: CompiledPolicy, out: T
         else:
             print("    rule:       (none)", file=out)
         print(f"    why:        {c.reason}", file=out)
+    for line in (w for w in plan.warnings if w.startswith("mirror: ")):  # mirrors: each image's decision
+        print(f"  {line}", file=out)
     if plan.secrets:
         already = [name for name in plan.secrets if name not in plan.added]
         print(f"  inject: {', '.join(plan.added) if plan.added else '(nothing new)'}", file=out)

@@ -213,6 +213,24 @@ class KubeSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MirrorSettings:
+    """The mirror check at admission (``mirrors[*].check``): HEAD on each endpoint's manifest."""
+
+    #: Seconds the mirror checks of one Pod may take together (they run at once, one deadline).
+    #: They run before the Secrets are ensured, both under the admission backstop: a Pod whose
+    #: checks and ensure together outlast ``server.admission_timeout`` is admitted as written.
+    check_budget: float = 0.75
+    #: Seconds one manifest HEAD (with its token request) may take.
+    probe_timeout: float = 0.6
+    #: PEM CA bundle trusted for mirror endpoints on top of the system's (private registries).
+    ca_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        _positive(self.check_budget, "check_budget")
+        _positive(self.probe_timeout, "probe_timeout")
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything ``serve`` needs, one part per concern; each part goes whole to its user.
 
@@ -223,6 +241,7 @@ class Settings:
     policy: PolicySettings = field(default_factory=PolicySettings)
     certs: CertSettings = field(default_factory=CertSettings)
     kube: KubeSettings = field(default_factory=KubeSettings)
+    mirrors: MirrorSettings = field(default_factory=MirrorSettings)
 
     def __post_init__(self) -> None:
         _require(

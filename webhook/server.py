@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from webhook.admission.handler import Handler, NamespaceLabels, SecretEnsurer
+from webhook.admission.mirroring import SecretLookup, build_mirror_checker
 from webhook.app import Readiness, create_app
 from webhook.config import CertSettings, KubeSettings, ServerSettings, Settings
 from webhook.errors import EXIT_BAD_INPUT, EXIT_OK, UserError
@@ -133,9 +134,11 @@ def build_components(settings: Settings) -> Components:
     ensurer: SecretEnsurer | None = None
     background: list[Callable[[], Coroutine[Any, Any, None]]] = [_every(holder.watch, settings.policy.poll_interval)]
     on_start: list[Callable[[], Coroutine[Any, Any, None]]] = []
+    secret_lookup: SecretLookup | None = None
 
     if _cluster_configured(settings.kube):
         runtime = _kube_runtime(settings.kube, holder=holder, metrics=metrics)
+        secret_lookup = _cached_secret(runtime)  # mirrors: the check's credentials
         namespaces, ensurer = runtime.namespaces, runtime.ensurer
         holder.listeners.append(runtime.policy_changed)  # re-target the by-name watches
         if settings.policy.configmap:
@@ -150,7 +153,13 @@ def build_components(settings: Settings) -> Components:
         background.append(keep_certs)
     else:
         tls = _tls_context(settings.certs, namespace=settings.kube.namespace)
-    handler = Handler(policy=holder.current, namespaces=namespaces, ensurer=ensurer, observe=metrics.observe_admission)
+    handler = Handler(
+        policy=holder.current,
+        namespaces=namespaces,
+        ensurer=ensurer,
+        observe=metrics.observe_admission,
+        mirror_checker=build_mirror_checker(settings.mirrors, secret_lookup),
+    )
     # Logs and keeps polling when a new file is broken.
     background.append(_every(tls.watch, settings.certs.file_poll_interval))
     return Components(
@@ -162,6 +171,11 @@ def build_components(settings: Settings) -> Components:
         background=background,
         on_start=on_start,
     )
+
+
+def _cached_secret(runtime: KubeRuntime) -> SecretLookup:
+    """A Secret from the watched cache (sources are watched), ``None`` when absent or not known."""
+    return lambda namespace, name: runtime.secrets.lookup(namespace, name)[1]
 
 
 def policy_rejected_event(runtime: KubeRuntime, *, namespace: str, configmap: str) -> Callable[[bool, list[str]], None]:

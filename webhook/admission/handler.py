@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from webhook.admission.mirroring import MirrorChecker, apply_mirrors, ephemeral_update, mirror_set, with_image_volumes
 from webhook.admission.patch import is_skipped
 from webhook.admission.podplan import PodPlan, plan_pod, short
 from webhook.admission.wire import AdmissionReview, AdmissionReviewResponse, build_response
@@ -66,7 +67,9 @@ class Handler:
         namespaces: NamespaceLabels | None = None,
         ensurer: SecretEnsurer | None = None,
         observe: ObserveFn | None = None,
+        mirror_checker: MirrorChecker | None = None,
     ) -> None:
+        self._mirror_checker = mirror_checker
         self._policy = policy
         self._namespaces = namespaces
         self._ensurer = ensurer
@@ -83,6 +86,10 @@ class Handler:
     async def _handle(self, review: AdmissionReview) -> tuple[AdmissionReviewResponse, Outcome]:
         request = review["request"]
         if not _is_pod_create(request):
+            # mirrors: the pods/ephemeralcontainers subresource gets its new images rewritten too
+            answer = await ephemeral_update(review, self._policy(), self._mirror_checker)
+            if answer is not None:
+                return answer[0], Outcome(answer[1])
             return build_response(review=review), Outcome("ignored")
         pod = request.get("object")
         if not isinstance(pod, dict):
@@ -101,10 +108,30 @@ class Handler:
             )
         policy = self._policy()
         labels: Mapping[str, str] | None = None
-        if policy.uses_selectors and self._namespaces is not None and not policy.namespace_excluded(namespace):
+        mirrors = mirror_set(policy.policy)
+        if (
+            (policy.uses_selectors or mirrors.uses_selectors)
+            and self._namespaces is not None
+            and not policy.namespace_excluded(namespace)
+        ):
             labels = await self._namespaces.labels(namespace)
-        plan = plan_pod(pod=pod, namespace=namespace, policy=policy, namespace_labels=labels)
-        warnings = [short(f"pullsecret-injector: {w}") for w in plan.warnings]
+        # --- mirrors (webhook/admission/mirroring.py): images are rewritten first, rules match the result
+        mirrored = await apply_mirrors(
+            pod=pod, namespace=namespace, labels=labels, policy=policy, checker=self._mirror_checker
+        )
+        mirror_warnings = [short(f"pullsecret-injector: {w}") for w in mirrored.warnings]
+        if mirrored.denied is not None:
+            return build_response(
+                review=review, allowed=False, message=mirrored.denied, code=403, warnings=mirror_warnings
+            ), Outcome("denied")
+        plan = with_image_volumes(
+            plan_pod(pod=mirrored.pod, namespace=namespace, policy=policy, namespace_labels=labels),
+            mirrored,
+            policy=policy,
+            labels=labels,
+        )
+        # --- end mirrors
+        warnings = [*mirror_warnings, *(short(f"pullsecret-injector: {w}") for w in plan.warnings)]
         managed = {name: rule for name, rule in plan.secrets.items() if rule.source is not None}
         if managed and self._ensurer is not None:
             result = await self._ensurer.ensure(

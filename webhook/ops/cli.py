@@ -22,6 +22,8 @@ from typing import Any, TextIO
 
 import orjson
 
+from webhook.ops.k3s import add_import_kind as add_k3s_import
+
 EXIT_OK = 0
 EXIT_PROBLEM = 1
 EXIT_USAGE = 2
@@ -52,7 +54,9 @@ def add_subcommands(sub: Any) -> None:
     doctor.add_argument("--no-probe", action="store_true", help="do not contact the webhook (TLS and /readyz)")
     doctor.set_defaults(ops_handler=cmd_doctor)
 
-    imp = sub.add_parser("import", help="build a pull Secret from local docker/podman credentials")
+    imp = sub.add_parser(
+        "import", help="build pull Secrets and policy from local credentials or another tool's registry configuration"
+    )
     kinds = imp.add_subparsers(dest="import_kind", required=True, metavar="SOURCE")
     dc = kinds.add_parser(
         "docker-config",
@@ -74,6 +78,7 @@ def add_subcommands(sub: Any) -> None:
     dc.add_argument("--kubeconfig", type=Path, help="kubeconfig for --apply (default: $KUBECONFIG, ~/.kube/config)")
     dc.add_argument("--context", help="kubeconfig context for --apply")
     dc.set_defaults(ops_handler=cmd_import)
+    add_k3s_import(kinds)  # import k3s FILE (webhook/ops/k3s.py)
 
 
 def _reader(args: argparse.Namespace) -> Any:

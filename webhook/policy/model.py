@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from webhook.policy.images import InvalidReference, parse_registry
+from webhook.policy.mirrors import Mirror, Mirrors
 from webhook.policy.patterns import RegistryPattern
 
 DEFAULT_EXCLUDED_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
@@ -141,6 +142,9 @@ class NamespaceScope(_Model):
     selector: LabelSelector | None = None
 
 
+Mirror.model_rebuild(_types_namespace={"NamespaceScope": NamespaceScope})  # mirrors.py: its scope is this one
+
+
 class SecretRef(_Model):
     namespace: NamespaceName
     name: SecretName
@@ -218,6 +222,8 @@ class Rule(_Model):
 class Policy(_Model):
     exclude_namespaces: tuple[str, ...] = DEFAULT_EXCLUDED_NAMESPACES
     rules: tuple[Rule, ...] = ()
+    #: Registry mirrors, k3s-shaped (webhook/policy/mirrors.py): images are rewritten before rules match.
+    mirrors: Mirrors = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _names_are_unique(self) -> Policy:
