@@ -24,6 +24,7 @@ import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from tests.builders import eventually
 from webhook.tls.certs import (
     CertBundle,
     build_bundle,
@@ -347,14 +348,6 @@ def test_update_validates_before_writing(tmp_path: Path, ca1: CA, ca2: CA) -> No
         assert memory_handshake(ctx.context, client_context(ca2.cert_pem)) == new.serial
 
 
-async def _wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
-
-
 async def test_watch_reloads_and_logs_without_key_material(
     tmp_path: Path, ca1: CA, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -365,17 +358,17 @@ async def test_watch_reloads_and_logs_without_key_material(
     try:
         second = ca1.issue()
         write_pair(tmp_path, second)
-        await _wait_until(lambda: ctx.current.serial_number == second.serial)
-        await _wait_until(lambda: "reloaded TLS serving certificate" in caplog.text)
+        await eventually(lambda: ctx.current.serial_number == second.serial, timeout=5.0)
+        await eventually(lambda: "reloaded TLS serving certificate" in caplog.text, timeout=5.0)
 
         broken = ca1.issue()
         write_file_atomic(ctx.cert_file, broken.cert_pem)  # key left behind: mismatch
-        await _wait_until(lambda: "keeping current TLS certificate" in caplog.text)
+        await eventually(lambda: "keeping current TLS certificate" in caplog.text, timeout=5.0)
         assert ctx.current.serial_number == second.serial
         assert not watcher.done()  # a bad file never kills the loop
 
         write_file_atomic(ctx.key_file, broken.key_pem)
-        await _wait_until(lambda: ctx.current.serial_number == broken.serial)
+        await eventually(lambda: ctx.current.serial_number == broken.serial, timeout=5.0)
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
