@@ -33,6 +33,17 @@ def b64(text: str | bytes) -> str:
     return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
 
 
+def api_secret(secret_type: str | None, data: dict[str, str], **metadata: Any) -> dict[str, Any]:
+    """The Secret ``ops/src`` as the API returns it: data values base64-encoded; no ``type`` when None."""
+    obj: dict[str, Any] = {
+        "metadata": {"name": "src", "namespace": "ops", **metadata},
+        "data": {k: b64(v) for k, v in data.items()},
+    }
+    if secret_type is not None:
+        obj["type"] = secret_type
+    return obj
+
+
 def pod(
     *images: str,
     name: str | None = "app",

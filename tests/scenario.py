@@ -1,10 +1,12 @@
-"""The scenarios the emulator tests share, so that each suite reads as what it checks.
+"""The scenarios several test modules share, so that each suite reads as what it checks.
 
 * The *shared source*: one Secret ``ops/shared`` holding Docker Hub, quay.io and an internal
   registry, and a policy of three rules (``quay`` by namespace glob, ``internal`` by namespace
   label, ``fail-closed`` with ``failurePolicy: Fail``), each copy taken from that one source.
 * The *canary*: a policy whose sources carry a password that must never be seen anywhere
   (logs, warnings, Events, metrics), and the spellings a leak of it could take.
+* The *pure formats*: the Docker config and the key file the docker-config and desired-copy
+  tests parse and render without a cluster.
 
 :func:`handler_for` is the admission handler a replica serves, wired to a runtime's caches and
 ensurer.
@@ -16,7 +18,7 @@ import base64
 import json
 from typing import Any
 
-from tests.builders import review, warnings
+from tests.builders import b64, review, warnings
 from tests.kube_fixtures import Cluster
 from webhook.admission.handler import Handler
 from webhook.policy.matching import CompiledPolicy, load_policy
@@ -132,3 +134,16 @@ def config(password: str) -> str:
 
 def gar_key(password: str) -> str:
     return json.dumps({"type": "service_account", "private_key": password, "client_email": "ci@p.iam"}, indent=2)
+
+
+# --------------------------------------------------------------------------- the pure formats
+
+#: One quay.io entry with username, password and auth: what every source format is parsed into.
+DOCKER_CONFIG = {
+    "auths": {"quay.io": {"username": "quay-user", "password": "quay-pass", "auth": b64("quay-user:quay-pass")}}
+}
+#: A service-account key file, multi-line and full of characters JSON escapes: the hardest password.
+GAR_JSON_KEY = (
+    '{\n  "type": "service_account",\n'
+    '  "private_key": "-----BEGIN PRIVATE KEY-----\\nMIIE\\n-----END PRIVATE KEY-----\\n"\n}'
+)
