@@ -1,8 +1,6 @@
 """The watched caches: Secrets listed and watched by name only, Namespace labels from the watch.
 
-Driven as in production: the real ``kubernetes`` client over HTTP against kmock's emulator on
-loopback (``tests/kube_fixtures.py``), nothing patched, faults injected on the server side.
-The policy and the source are the shared scenario of ``tests/scenario.py``.
+Against kmock's emulator on loopback (``tests/kube_fixtures.py``): the real client, nothing patched.
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
 """The Ensurer: the copies a Pod gets exist and are current before it is answered, within a budget.
 
-Driven as in production: the real ``kubernetes`` client over HTTP against kmock's emulator on
-loopback (``tests/kube_fixtures.py``), nothing patched, faults injected on the server side.
-The policy and the source are the shared scenario of ``tests/scenario.py``.
+Against kmock's emulator on loopback (``tests/kube_fixtures.py``): the real client, nothing patched.
 """
 
 from __future__ import annotations
@@ -24,6 +22,8 @@ from tests.scenario import (
     handler_for,
     shared_source,
 )
+from webhook.admission.handler import Handler
+from webhook.runtime import KubeRuntime
 from webhook.secrets.dockerconfig import (
     HASH_ANNOTATION,
     MANAGED_BY_LABEL,
@@ -31,6 +31,17 @@ from webhook.secrets.dockerconfig import (
     SOURCE_ANNOTATION,
     content_hash,
 )
+
+
+async def admitted_once(cluster: Cluster, make_runtime: RuntimeFactory) -> tuple[KubeRuntime, Handler]:
+    """A replica that does not lead, and one Pod admitted in team-a: its copy exists and is in the cache."""
+    await shared_source(cluster)
+    await cluster.namespace("team-a")
+    runtime = await make_runtime(POLICY, elect=False)
+    handler = handler_for(runtime)
+    await handler.handle(review("team-a", "quay.io/acme/web:1"))
+    await eventually(lambda: runtime.secrets.lookup("team-a", "quay-pull")[1] is not None)
+    return runtime, handler
 
 
 async def test_the_first_pod_in_a_new_namespace_gets_its_secret_before_the_response(
@@ -60,12 +71,7 @@ async def test_the_first_pod_in_a_new_namespace_gets_its_secret_before_the_respo
 async def test_a_current_copy_costs_no_api_call(
     apiserver: Apiserver, cluster: Cluster, make_runtime: RuntimeFactory
 ) -> None:
-    await shared_source(cluster)
-    await cluster.namespace("team-a")
-    runtime = await make_runtime(POLICY, elect=False)
-    handler = handler_for(runtime)
-    await handler.handle(review("team-a", "quay.io/acme/web:1"))
-    await eventually(lambda: runtime.secrets.lookup("team-a", "quay-pull")[1] is not None)
+    runtime, handler = await admitted_once(cluster, make_runtime)
 
     before = apiserver.request_count()
     for _ in range(20):
@@ -78,11 +84,7 @@ async def test_a_current_copy_costs_no_api_call(
 async def test_a_stale_copy_is_updated_before_the_response(
     apiserver: Apiserver, cluster: Cluster, make_runtime: RuntimeFactory
 ) -> None:
-    await shared_source(cluster)
-    await cluster.namespace("team-a")
-    runtime = await make_runtime(POLICY, elect=False)
-    handler = handler_for(runtime)
-    await handler.handle(review("team-a", "quay.io/acme/web:1"))
+    runtime, handler = await admitted_once(cluster, make_runtime)
     rotated = {"auths": {"quay.io": {"auth": base64.b64encode(b"quay-user:rotated").decode()}}}
     await cluster.update_secret("ops", "shared", {".dockerconfigjson": json.dumps(rotated)})
     await eventually(lambda: runtime.secrets.lookup("ops", "shared")[1] != apiserver.secret("team-a", "quay-pull"))
@@ -276,11 +278,7 @@ async def test_a_fail_closed_rule_denies_when_its_secret_cannot_be_provided(
 async def test_the_warm_path_answers_without_suspending(
     apiserver: Apiserver, cluster: Cluster, make_runtime: RuntimeFactory
 ) -> None:
-    await shared_source(cluster)
-    await cluster.namespace("team-a")
-    runtime = await make_runtime(POLICY, elect=False)
-    await handler_for(runtime).handle(review("team-a", "quay.io/acme/web:1"))
-    await eventually(lambda: runtime.secrets.lookup("team-a", "quay-pull")[1] is not None)
+    runtime, _ = await admitted_once(cluster, make_runtime)
     quay = POLICY.policy.rules[0]
 
     # No task, no thread hop, no timer: the coroutine completes on its first step.

@@ -1,8 +1,6 @@
 """The Reconciler: rotations, restores of deleted or edited copies, cleanup, finishing handed-off work.
 
-Driven as in production: the real ``kubernetes`` client over HTTP against kmock's emulator on
-loopback (``tests/kube_fixtures.py``), nothing patched, faults injected on the server side.
-The policy and the source are the shared scenario of ``tests/scenario.py``.
+Against kmock's emulator on loopback (``tests/kube_fixtures.py``): the real client, nothing patched.
 """
 
 from __future__ import annotations
@@ -28,6 +26,16 @@ from tests.scenario import (
 )
 from webhook.policy.holder import PolicyHolder
 from webhook.policy.matching import load_policy
+from webhook.runtime import KubeRuntime
+
+
+async def leader_with_copies(make_runtime: RuntimeFactory, cluster: Cluster, namespaces: list[str]) -> KubeRuntime:
+    """The shared source, a leading replica, and a copy of quay-pull admitted into each namespace."""
+    await shared_source(cluster)
+    runtime = await make_runtime(POLICY)
+    await eventually(lambda: runtime.stats.leader)
+    await copies_of(runtime, cluster, namespaces, "quay.io/acme/web:1")
+    return runtime
 
 
 async def test_a_copy_appears_once_its_missing_source_is_created(
@@ -53,11 +61,8 @@ async def test_a_copy_appears_once_its_missing_source_is_created(
 async def test_a_rotated_source_reaches_every_copy_within_seconds(
     apiserver: Apiserver, cluster: Cluster, make_runtime: RuntimeFactory
 ) -> None:
-    await shared_source(cluster)
-    runtime = await make_runtime(POLICY)
-    await eventually(lambda: runtime.stats.leader)
     namespaces = ["team-a", "team-b", "team-c"]
-    await copies_of(runtime, cluster, namespaces, "quay.io/acme/web:1")
+    runtime = await leader_with_copies(make_runtime, cluster, namespaces)
     rotated = {**SHARED_CONFIG, "auths": {**SHARED_CONFIG["auths"], "quay.io": {"auth": "cm90YXRlZDpuZXc="}}}
 
     started = time.monotonic()
@@ -78,10 +83,7 @@ async def test_a_rotated_source_reaches_every_copy_within_seconds(
 async def test_a_deleted_copy_is_recreated(
     apiserver: Apiserver, cluster: Cluster, make_runtime: RuntimeFactory
 ) -> None:
-    await shared_source(cluster)
-    runtime = await make_runtime(POLICY)
-    await eventually(lambda: runtime.stats.leader)
-    await copies_of(runtime, cluster, ["team-a"], "quay.io/acme/web:1")
+    runtime = await leader_with_copies(make_runtime, cluster, ["team-a"])
     await eventually(lambda: ("team-a", "quay-pull") in runtime.reconciler.tracked)
 
     await cluster.delete_secret("team-a", "quay-pull")
@@ -95,10 +97,7 @@ async def test_a_deleted_copy_is_recreated(
 async def test_a_copy_edited_by_hand_is_restored(
     apiserver: Apiserver, cluster: Cluster, make_runtime: RuntimeFactory
 ) -> None:
-    await shared_source(cluster)
-    runtime = await make_runtime(POLICY)
-    await eventually(lambda: runtime.stats.leader)
-    await copies_of(runtime, cluster, ["team-a"], "quay.io/acme/web:1")
+    await leader_with_copies(make_runtime, cluster, ["team-a"])
 
     await cluster.update_secret("team-a", "quay-pull", {".dockerconfigjson": '{"auths":{}}', "extra": "x"})
 
@@ -158,10 +157,7 @@ async def test_copies_no_rule_allows_any_more_are_cleaned_up(
 async def test_a_deleted_namespace_drops_its_copies_from_tracking(
     apiserver: Apiserver, cluster: Cluster, make_runtime: RuntimeFactory
 ) -> None:
-    await shared_source(cluster)
-    runtime = await make_runtime(POLICY)
-    await eventually(lambda: runtime.stats.leader)
-    await copies_of(runtime, cluster, ["team-a"], "quay.io/acme/web:1")
+    runtime = await leader_with_copies(make_runtime, cluster, ["team-a"])
     await eventually(lambda: ("team-a", "quay-pull") in runtime.reconciler.tracked)
 
     await cluster.delete_namespace("team-a")
