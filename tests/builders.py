@@ -3,7 +3,8 @@
 * :func:`review` builds a Pod CREATE review from images (the unit tests, the emulator tests,
   the hygiene suite); :func:`golden_review` reads one of the recorded reviews in ``tests/golden``.
 * :func:`pod` is the one Pod factory (unit tests, ``check`` manifests and the e2e suite).
-* :func:`injected` and :func:`warnings` read an answer back.
+* :func:`injected` and :func:`warnings` read an answer back; :func:`pull_secrets` a created Pod.
+* :func:`b64`, :func:`auth_entry` and :func:`api_secret` build Secret data.
 * :func:`wait_for` polls from a thread (the e2e suite, live servers); :func:`eventually` polls
   on the event loop without blocking it.
 
@@ -33,6 +34,11 @@ def b64(text: str | bytes) -> str:
     return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
 
 
+def auth_entry(username: str, password: str) -> dict[str, str]:
+    """One registry's entry in a Docker config, as ``docker login`` writes it."""
+    return {"username": username, "password": password, "auth": b64(f"{username}:{password}")}
+
+
 def api_secret(secret_type: str | None, data: dict[str, str], **metadata: Any) -> dict[str, Any]:
     """The Secret ``ops/src`` as the API returns it: data values base64-encoded; no ``type`` when None."""
     obj: dict[str, Any] = {
@@ -44,7 +50,7 @@ def api_secret(secret_type: str | None, data: dict[str, str], **metadata: Any) -
     return obj
 
 
-def pod(
+def pod_body(
     *images: str,
     name: str | None = "app",
     generate_name: str = "pod-",
@@ -76,7 +82,7 @@ def review(
 ) -> AdmissionReview:
     """An AdmissionReview of a Pod ``operation`` in ``namespace`` (None: no namespace field).
 
-    The Pod is ``pod(*images)`` unless ``obj`` is given.
+    The Pod is ``pod_body(*images)`` unless ``obj`` is given.
     """
     request: dict[str, Any] = {
         "uid": uid,
@@ -84,7 +90,7 @@ def review(
         "resource": {"group": "", "version": "v1", "resource": "pods"},
         "operation": operation,
         "dryRun": dry_run,
-        "object": dict(obj) if obj is not None else pod(*images),
+        "object": dict(obj) if obj is not None else pod_body(*images),
     }
     if namespace is not None:
         request["namespace"] = namespace
@@ -110,6 +116,11 @@ def injected(response: Mapping[str, Any]) -> list[str]:
         if op["path"] == "/spec/imagePullSecrets":
             return [ref["name"] for ref in op["value"]]
     return []
+
+
+def pull_secrets(pod: Any) -> list[str]:
+    """The imagePullSecrets names of a Pod the ``kubernetes`` client returned (a ``V1Pod``)."""
+    return [ref.name for ref in (pod.spec.image_pull_secrets or [])]
 
 
 def warnings(response: Mapping[str, Any]) -> list[str]:

@@ -7,12 +7,12 @@ import json
 import pytest
 import yaml
 
-from tests.builders import pod
+from tests.builders import pod_body
 from webhook.admission.manifests import ManifestError, load_documents, pods_of
 
 
 def deployment(name: str = "web", **template_labels: str) -> dict[str, object]:
-    template = pod("quay.io/acme/web:1")
+    template = pod_body("quay.io/acme/web:1")
     template["metadata"] = {"labels": dict(template_labels)}
     return {
         "apiVersion": "apps/v1",
@@ -23,9 +23,9 @@ def deployment(name: str = "web", **template_labels: str) -> dict[str, object]:
 
 
 def test_yaml_streams_and_json_both_load() -> None:
-    text = yaml.safe_dump_all([pod("nginx"), None, deployment()])
+    text = yaml.safe_dump_all([pod_body("nginx"), None, deployment()])
     assert [doc["kind"] for doc in load_documents(text, source="a.yaml")] == ["Pod", "Deployment"]
-    assert load_documents(json.dumps(pod("nginx")), source="a.json")[0]["kind"] == "Pod"
+    assert load_documents(json.dumps(pod_body("nginx")), source="a.json")[0]["kind"] == "Pod"
 
 
 @pytest.mark.parametrize(
@@ -45,7 +45,7 @@ def test_a_workload_stands_for_the_pod_its_template_makes() -> None:
 
 
 def test_lists_are_walked_and_kinds_without_pods_yield_nothing() -> None:
-    listing = {"kind": "List", "items": [pod("nginx", name="a"), {"kind": "Service"}, deployment("api"), "junk"]}
+    listing = {"kind": "List", "items": [pod_body("nginx", name="a"), {"kind": "Service"}, deployment("api"), "junk"]}
     assert [source.origin for source in pods_of(listing)] == ["Pod/a", "Deployment/api"]
     assert list(pods_of({"kind": "ConfigMap", "metadata": {"name": "x"}})) == []
 

@@ -7,7 +7,7 @@ from typing import Any
 import jsonpatch
 import pytest
 
-from tests.builders import pod
+from tests.builders import pod_body
 from webhook.admission.patch import (
     INJECTED_ANNOTATION,
     SKIP_LABEL,
@@ -19,7 +19,7 @@ from webhook.admission.patch import (
 
 
 def with_pull_secrets(value: Any, **metadata: Any) -> dict[str, Any]:
-    built = pod("quay.io/acme/web:1")
+    built = pod_body("quay.io/acme/web:1")
     built["metadata"].update(metadata)
     built["spec"]["imagePullSecrets"] = value
     return built
@@ -39,7 +39,7 @@ def test_the_patch_applies_and_keeps_what_was_there(existing: list[dict[str, str
 
 
 def test_an_absent_list_is_created_in_one_operation() -> None:
-    original = pod("quay.io/acme/web:1")
+    original = pod_body("quay.io/acme/web:1")
     ops, _ = build_patch(pod=original, secrets=["quay-pull"])
     assert ops[0] == {"op": "add", "path": "/spec/imagePullSecrets", "value": [{"name": "quay-pull"}]}
 
@@ -52,7 +52,7 @@ def test_names_already_present_or_repeated_are_not_added_again() -> None:
 
 
 def test_applying_our_own_output_again_adds_nothing() -> None:
-    original = pod("quay.io/acme/web:1")
+    original = pod_body("quay.io/acme/web:1")
     ops, _ = build_patch(pod=original, secrets=["quay-pull"])
     assert build_patch(pod=jsonpatch.apply_patch(original, ops), secrets=["quay-pull"]) == ([], [])
 
@@ -91,4 +91,4 @@ def test_escape_pointer_follows_rfc_6901() -> None:
     [({SKIP_LABEL: "true"}, True), ({SKIP_LABEL: "false"}, False), ({SKIP_LABEL: "True"}, False), (None, False)],
 )
 def test_only_the_skip_label_set_to_true_skips(labels: dict[str, str] | None, skipped: bool) -> None:
-    assert is_skipped(pod("quay.io/x", labels=labels)) is skipped
+    assert is_skipped(pod_body("quay.io/x", labels=labels)) is skipped

@@ -7,7 +7,7 @@ from typing import Any
 import jsonpatch
 import pytest
 
-from tests.builders import pod
+from tests.builders import pod_body
 from webhook.admission.podplan import MAX_WARNING_LENGTH, plan_pod, short
 from webhook.policy.matching import load_policy
 
@@ -33,7 +33,7 @@ def plan(
 
 
 def test_every_container_kind_is_planned_and_secrets_come_once_in_first_use_order() -> None:
-    built = pod("nginx", "quay.io/acme/web:1", "quay.io/acme/sidecar:2")
+    built = pod_body("nginx", "quay.io/acme/web:1", "quay.io/acme/sidecar:2")
     built["spec"]["initContainers"] = [{"name": "init", "image": "quay.io/acme/init:1"}]
     result = plan(built)
     assert [(c.kind, c.name) for c in result.containers] == [
@@ -50,7 +50,7 @@ def test_every_container_kind_is_planned_and_secrets_come_once_in_first_use_orde
 
 
 def test_bad_images_get_a_warning_and_the_rest_of_the_pod_its_secrets() -> None:
-    built = pod("quay.io/acme/web:1", "Not A Valid Image")
+    built = pod_body("quay.io/acme/web:1", "Not A Valid Image")
     built["spec"]["containers"].append({"name": "no-image"})
     result = plan(built)
     assert result.added == ["quay-pull"]
@@ -62,14 +62,14 @@ def test_bad_images_get_a_warning_and_the_rest_of_the_pod_its_secrets() -> None:
 
 
 def test_a_namespace_selector_is_decided_on_the_labels_given() -> None:
-    built = pod("ghcr.io/acme/tool:1")
+    built = pod_body("ghcr.io/acme/tool:1")
     assert plan(built, labels={"ghcr": "yes"}).added == ["ghcr-pull"]
     assert plan(built, labels={"ghcr": "no"}).added == []
     assert plan(built, labels=None).added == []
 
 
 def test_the_cached_and_the_explaining_paths_agree() -> None:
-    built = pod("nginx", "quay.io/acme/web:1", "registry.example.com/x")
+    built = pod_body("nginx", "quay.io/acme/web:1", "registry.example.com/x")
     fast = [plan(built) for _ in range(2)]  # the second one from the namespace's memo
     explained = plan(built, explain=True)
     for result in (*fast, explained):
