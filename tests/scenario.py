@@ -19,8 +19,10 @@ import json
 from typing import Any
 
 from tests.builders import b64, review, warnings
+from tests.conftest import RuntimeFactory
 from tests.kube_fixtures import Cluster
 from webhook.admission.handler import Handler
+from webhook.admission.wire import AdmissionReviewResponse
 from webhook.policy.matching import CompiledPolicy, load_policy
 from webhook.runtime import KubeRuntime
 
@@ -83,6 +85,17 @@ async def copies_of(runtime: KubeRuntime, cluster: Cluster, namespaces: list[str
         response = await handler.handle(review(namespace, image))
         assert warnings(response) == []
     return handler
+
+
+async def admitted_without_source(
+    cluster: Cluster, make_runtime: RuntimeFactory
+) -> tuple[KubeRuntime, AdmissionReviewResponse]:
+    """``ops`` exists but not ``ops/shared``; a replica that does not lead admits a quay.io Pod in team-a."""
+    await cluster.namespace("ops")
+    await cluster.namespace("team-a")
+    runtime = await make_runtime(POLICY, elect=False)
+    response = await handler_for(runtime).handle(review("team-a", "quay.io/acme/web:1"))
+    return runtime, response
 
 
 # --------------------------------------------------------------------------- the canary

@@ -12,12 +12,7 @@ import kmock
 from tests.builders import injected, review
 from tests.conftest import RuntimeFactory
 from tests.kube_fixtures import SECRETS, Apiserver, Cluster, decoded
-from tests.scenario import (
-    INTERNAL,
-    POLICY,
-    handler_for,
-    shared_source,
-)
+from tests.scenario import INTERNAL, POLICY, handler_for, shared_source
 
 
 async def test_secrets_are_only_listed_and_watched_by_name(

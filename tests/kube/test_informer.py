@@ -9,11 +9,7 @@ import kmock
 
 from tests.conftest import RuntimeFactory
 from tests.kube_fixtures import SECRETS, Apiserver, Cluster
-from tests.scenario import (
-    POLICY,
-    QUAY_ONLY,
-    shared_source,
-)
+from tests.scenario import POLICY, QUAY_ONLY, shared_source
 
 
 async def test_watches_list_in_pages_and_fill_the_whole_cache(

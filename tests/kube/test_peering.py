@@ -9,9 +9,7 @@ import asyncio
 
 from tests.builders import eventually
 from tests.conftest import RuntimeFactory
-from tests.scenario import (
-    POLICY,
-)
+from tests.scenario import POLICY
 
 
 async def test_only_one_replica_leads_and_another_takes_over(make_runtime: RuntimeFactory) -> None:

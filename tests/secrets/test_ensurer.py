@@ -15,13 +15,7 @@ import pytest
 from tests.builders import eventually, injected, review, warnings
 from tests.conftest import RuntimeFactory
 from tests.kube_fixtures import Apiserver, Cluster, Fault, closed_port, decoded
-from tests.scenario import (
-    HUB,
-    POLICY,
-    QUAY_ONLY,
-    handler_for,
-    shared_source,
-)
+from tests.scenario import HUB, POLICY, QUAY_ONLY, admitted_without_source, handler_for, shared_source
 from webhook.admission.handler import Handler
 from webhook.runtime import KubeRuntime
 from webhook.secrets.dockerconfig import (
@@ -185,11 +179,7 @@ async def test_a_namespace_no_rule_admits_never_gets_a_secret(
 async def test_a_missing_source_is_a_warning_and_an_event(
     apiserver: Apiserver, cluster: Cluster, make_runtime: RuntimeFactory
 ) -> None:
-    await cluster.namespace("ops")
-    await cluster.namespace("team-a")
-    runtime = await make_runtime(POLICY, elect=False)
-
-    response = await handler_for(runtime).handle(review("team-a", "quay.io/acme/web:1"))
+    runtime, response = await admitted_without_source(cluster, make_runtime)
 
     assert response["response"]["allowed"] is True
     assert injected(response) == ["quay-pull"]

@@ -20,6 +20,7 @@ from tests.scenario import (
     POLICY_TEXT,
     QUAY_ONLY,
     SHARED_CONFIG,
+    admitted_without_source,
     copies_of,
     handler_for,
     shared_source,
@@ -42,10 +43,7 @@ async def test_a_copy_appears_once_its_missing_source_is_created(
     apiserver: Apiserver, cluster: Cluster, make_runtime: RuntimeFactory
 ) -> None:
     """The admitted Pod names the Secret: fixing the source must make it appear (on any replica)."""
-    await cluster.namespace("ops")
-    await cluster.namespace("team-a")
-    runtime = await make_runtime(POLICY, elect=False)
-    response = await handler_for(runtime).handle(review("team-a", "quay.io/acme/web:1"))
+    runtime, response = await admitted_without_source(cluster, make_runtime)
     assert injected(response) == ["quay-pull"]
     assert apiserver.secret("team-a", "quay-pull") is None
 

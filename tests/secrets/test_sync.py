@@ -14,12 +14,7 @@ import pytest
 from tests.builders import injected, review, warnings
 from tests.conftest import RuntimeFactory
 from tests.kube_fixtures import Apiserver, Cluster, decoded
-from tests.scenario import (
-    POLICY,
-    QUAY,
-    SHARED_CONFIG,
-    handler_for,
-)
+from tests.scenario import POLICY, QUAY, SHARED_CONFIG, handler_for
 from webhook.observability.stats import Stats
 from webhook.policy.matching import load_policy
 from webhook.secrets.dockerconfig import (
