@@ -71,6 +71,30 @@ def pod_body(
     }
 
 
+def deployment_body(
+    name: str,
+    *images: str,
+    replicas: int = 1,
+    labels: Mapping[str, str] | None = None,
+    namespace: str | None = None,
+) -> dict[str, Any]:
+    """An ``apps/v1`` Deployment of ``pod_body(*images)``; ``labels`` are the template's and the selector's."""
+    selected = dict(labels or {"app": name})
+    metadata: dict[str, Any] = {"name": name}
+    if namespace is not None:
+        metadata["namespace"] = namespace
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata,
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selected},
+            "template": {"metadata": {"labels": selected}, "spec": pod_body(*images)["spec"]},
+        },
+    }
+
+
 def review(
     namespace: str | None,
     *images: str,

@@ -7,23 +7,12 @@ import json
 import pytest
 import yaml
 
-from tests.builders import pod_body
+from tests.builders import deployment_body, pod_body
 from webhook.admission.manifests import ManifestError, load_documents, pods_of
 
 
-def deployment(name: str = "web", **template_labels: str) -> dict[str, object]:
-    template = pod_body("quay.io/acme/web:1")
-    template["metadata"] = {"labels": dict(template_labels)}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": "team-a"},
-        "spec": {"template": {"metadata": template["metadata"], "spec": template["spec"]}},
-    }
-
-
 def test_yaml_streams_and_json_both_load() -> None:
-    text = yaml.safe_dump_all([pod_body("nginx"), None, deployment()])
+    text = yaml.safe_dump_all([pod_body("nginx"), None, deployment_body("web", "quay.io/acme/web:1")])
     assert [doc["kind"] for doc in load_documents(text, source="a.yaml")] == ["Pod", "Deployment"]
     assert load_documents(json.dumps(pod_body("nginx")), source="a.json")[0]["kind"] == "Pod"
 
@@ -38,14 +27,15 @@ def test_unreadable_files_name_the_file(text: str, message: str) -> None:
 
 
 def test_a_workload_stands_for_the_pod_its_template_makes() -> None:
-    [source] = pods_of(deployment(tier="frontend"))
+    [source] = pods_of(deployment_body("web", "quay.io/acme/web:1", labels={"tier": "frontend"}, namespace="team-a"))
     assert (source.origin, source.namespace) == ("Deployment/web", "team-a")
     assert source.pod["metadata"] == {"labels": {"tier": "frontend"}, "generateName": "web-"}
     assert source.pod["spec"]["containers"][0]["image"] == "quay.io/acme/web:1"
 
 
 def test_lists_are_walked_and_kinds_without_pods_yield_nothing() -> None:
-    listing = {"kind": "List", "items": [pod_body("nginx", name="a"), {"kind": "Service"}, deployment("api"), "junk"]}
+    items = [pod_body("nginx", name="a"), {"kind": "Service"}, deployment_body("api", "quay.io/acme/web:1"), "junk"]
+    listing = {"kind": "List", "items": items}
     assert [source.origin for source in pods_of(listing)] == ["Pod/a", "Deployment/api"]
     assert list(pods_of({"kind": "ConfigMap", "metadata": {"name": "x"}})) == []
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.builders import pod_body, wait_for
+from tests.builders import deployment_body, pod_body, wait_for
 
 from .conftest import MISSING_ASSETS
 from .controlplane import ControlPlane, find_assets, make_serving_cert, register_webhook, unregister_webhook
@@ -80,23 +80,7 @@ def test_deployment_creates_pod_via_replicaset(namespace: str, api_client: Any) 
 
     apps: Any = client.AppsV1Api(api_client)
     core: Any = client.CoreV1Api(api_client)
-    labels = {"app": "web"}
-    apps.create_namespaced_deployment(
-        namespace,
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "web"},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": pod_body(IMAGE, name=None)["spec"],
-                },
-            },
-        },
-    )
+    apps.create_namespaced_deployment(namespace, deployment_body("web", IMAGE, labels={"app": "web"}))
     pods = wait_for(
         lambda: core.list_namespaced_pod(namespace, label_selector="app=web").items,
         "the Deployment's Pod",

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.builders import auth_entry, b64, pod_body, pull_secrets, wait_for
+from tests.builders import auth_entry, b64, deployment_body, pod_body, pull_secrets, wait_for
 
 from .controlplane import ControlPlane, register_webhook, unregister_webhook
 from .webhook import HOOK_LABEL, WebhookProcess
@@ -459,20 +459,7 @@ def test_deployment_pods_get_the_secret(
 ) -> None:
     ns = namespaces.one()
     mark = live_hook.log_mark()
-    labels = {"app": "web"}
-    apps.create_namespaced_deployment(
-        ns,
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "web"},
-            "spec": {
-                "replicas": 4,
-                "selector": {"matchLabels": labels},
-                "template": {"metadata": {"labels": labels}, "spec": pod_body(EXAMPLE_IMAGE, name=None)["spec"]},
-            },
-        },
-    )
+    apps.create_namespaced_deployment(ns, deployment_body("web", EXAMPLE_IMAGE, replicas=4, labels={"app": "web"}))
 
     def all_pods() -> list[Any] | None:
         items: list[Any] = core.list_namespaced_pod(ns, label_selector="app=web").items
