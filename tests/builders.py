@@ -2,7 +2,8 @@
 
 * :func:`review` builds a Pod CREATE review from images (the unit tests, the emulator tests,
   the hygiene suite); :func:`golden_review` reads one of the recorded reviews in ``tests/golden``.
-* :func:`pod` is the one Pod factory (unit tests, ``check`` manifests and the e2e suite).
+* :func:`pod_body` is the one Pod factory and :func:`deployment_body` the one Deployment (unit
+  tests, ``check`` manifests and the e2e suite).
 * :func:`injected` and :func:`warnings` read an answer back; :func:`pull_secrets` a created Pod.
 * :func:`b64`, :func:`auth_entry` and :func:`api_secret` build Secret data.
 * :func:`wait_for` polls from a thread (the e2e suite, live servers); :func:`eventually` polls

@@ -24,7 +24,7 @@ import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tests.builders import eventually
+from tests.builders import eventually, wait_for
 from webhook.tls.certs import (
     CertBundle,
     build_bundle,
@@ -446,11 +446,12 @@ class LiveServer:
     def swap(self, pair: Pair, timeout: float = 5.0) -> None:
         """Replace the files on disk like cert-manager would and wait until the watcher has loaded them."""
         write_pair(self.directory, pair)
-        deadline = time.monotonic() + timeout
-        while self.ctx.current.serial_number != pair.serial:
-            if time.monotonic() > deadline:
-                raise AssertionError("the server did not pick up the new certificate")
-            time.sleep(0.005)
+        wait_for(
+            lambda: self.ctx.current.serial_number == pair.serial,
+            "the server to pick up the new certificate",
+            timeout=timeout,
+            interval=0.005,
+        )
 
 
 @pytest.fixture(params=_implementations())
@@ -498,11 +499,8 @@ def live_server(request: pytest.FixtureRequest, tmp_path: Path, ca1: CA) -> Iter
 
     thread = threading.Thread(target=run, name=f"uvicorn-{loop_name}", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive(), errors
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
+    wait_for(lambda: server.started or not thread.is_alive(), "the server to start", timeout=10, interval=0.01)
+    assert thread.is_alive(), errors
     try:
         yield LiveServer(port=port, ctx=ctx, directory=tmp_path, server=server, thread=thread)
     finally:
@@ -618,10 +616,9 @@ def test_swap_serves_new_cert_to_new_connections_and_keeps_old_ones(
 def test_broken_files_on_a_live_server_keep_the_old_certificate(live_server: LiveServer, ca1: CA) -> None:
     serving = live_server.ctx.current.serial_number
     write_file_atomic(live_server.directory / "tls.key", b"not a key")
-    deadline = time.monotonic() + 5
-    while live_server.ctx.last_error is None:
-        assert time.monotonic() < deadline, "watcher never noticed the broken key"
-        time.sleep(0.005)
+    wait_for(
+        lambda: live_server.ctx.last_error is not None, "the watcher to notice the broken key", timeout=5, interval=0.01
+    )
     status, body, serial = fetch(live_server.port, client_context(ca1.cert_pem))
     assert (status, body, serial) == (200, b"https", serving)
 
