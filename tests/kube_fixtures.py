@@ -46,6 +46,7 @@ import attrs
 import kmock
 from kubernetes import client as k8s
 
+from tests.builders import b64
 from webhook.kube.client import USER_AGENT
 
 NAMESPACE_PATH = re.compile(r"/api/v1/namespaces(/[^/]+)?")
@@ -171,10 +172,6 @@ class Apiserver(kmock.KubernetesEmulator):
         return len(self.ours())
 
 
-def b64(text: str | bytes) -> str:
-    return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
-
-
 def decoded(secret: Mapping[str, Any], key: str = ".dockerconfigjson") -> bytes:
     return base64.b64decode(secret["data"][key])
 
@@ -245,16 +242,3 @@ def closed_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
-
-
-async def eventually(condition: Any, *, timeout: float = 10.0, interval: float = 0.02) -> None:
-    """Wait until ``condition()`` is truthy; fail with its last value after ``timeout``."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while True:
-        value = condition()
-        if value:
-            return
-        if loop.time() > end:
-            raise AssertionError(f"condition still false after {timeout}s: {value!r}")
-        await asyncio.sleep(interval)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import uvicorn
 
+from tests.builders import wait_for
 from webhook.admission.handler import Handler
 from webhook.app import Readiness, create_app
 from webhook.tls.certs import write_local_certs
@@ -35,9 +36,17 @@ class RunningServer:
 
 @contextmanager
 def serve_in_thread(
-    handler: Handler, tmp_path: Path, *, max_body_bytes: int = 3 * 1024 * 1024, timeout_keep_alive: int = 5
+    handler: Handler,
+    tmp_path: Path,
+    *,
+    max_body_bytes: int = 3 * 1024 * 1024,
+    timeout_keep_alive: int = 5,
+    http: type[asyncio.Protocol] | str = "httptools",
 ) -> Iterator[RunningServer]:
-    """Serve ``handler`` over TLS on 127.0.0.1 in a background thread with its own loop."""
+    """Serve ``handler`` over TLS on 127.0.0.1 in a background thread with its own loop.
+
+    ``http`` is uvicorn's protocol: a name, or a class such as ``guarded_protocol(...)``.
+    """
     files = write_local_certs(service="pullsecret-injector", namespace="test", out_dir=tmp_path / "certs")
     readiness = Readiness()
     readiness.started = True
@@ -48,7 +57,7 @@ def serve_in_thread(
         host="127.0.0.1",
         port=port,
         loop="asyncio",
-        http="httptools",
+        http=http,
         lifespan="off",
         log_config=None,
         access_log=False,
@@ -59,12 +68,7 @@ def serve_in_thread(
     server = uvicorn.Server(config)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
     thread.start()
-    for _ in range(500):
-        if server.started:
-            break
-        threading.Event().wait(0.01)
-    else:  # pragma: no cover - only when the server cannot start
-        raise RuntimeError("server did not start")
+    wait_for(lambda: server.started, "the server to start", timeout=5, interval=0.01)
     try:
         yield RunningServer(
             url=f"https://127.0.0.1:{port}", ca_file=files["ca.crt"], readiness=readiness, server=server

@@ -12,20 +12,19 @@ import httpx
 import jsonpatch
 import pytest
 
+from tests.builders import golden_review
+from tests.servers import serve_in_thread
 from webhook.admission.handler import Handler
 from webhook.admission.wire import AdmissionReview
 from webhook.app import Readiness, create_app
 from webhook.policy.matching import CompiledPolicy, load_policy
 
-from .servers import serve_in_thread
-
 POLICY = load_policy("rules: [{name: hub, registries: [docker.io], secret: hub-pull}]")
-GOLDEN_REQUEST = Path(__file__).parent / "golden" / "pod-without-annotations" / "request.json"
+GOLDEN_CASE = "pod-without-annotations"
 
 
 def _review() -> AdmissionReview:
-    review: AdmissionReview = json.loads(GOLDEN_REQUEST.read_text())
-    return review
+    return golden_review(GOLDEN_CASE)
 
 
 def _handler(policy: CompiledPolicy = POLICY) -> Handler:

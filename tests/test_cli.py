@@ -14,6 +14,7 @@ import jsonpatch
 import pytest
 import yaml
 
+from tests.builders import pod_body
 from webhook.cli import SERVE_OPTIONS, build_parser, main, settings_from_args
 from webhook.config import KubeSettings, Settings
 from webhook.examples import bundled_example
@@ -62,16 +63,7 @@ def test_check_json_patch_applies_to_the_template_pod() -> None:
 
 def test_check_with_namespace_labels_evaluates_selectors(tmp_path: Path) -> None:
     manifest = tmp_path / "pod.yaml"
-    manifest.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": "p"},
-                "spec": {"containers": [{"name": "c", "image": "quay.io/org/app"}]},
-            }
-        )
-    )
+    manifest.write_text(yaml.safe_dump(pod_body("quay.io/org/app", name="p")))
     code, text = run("check", "-n", "apps", "--namespace-label", "pull-secrets=enabled", str(manifest))
     assert code == 0
     assert "rule:       quay -> secret quay-pull" in text

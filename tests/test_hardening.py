@@ -19,15 +19,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
+from tests.builders import golden_review
 from tests.metrics_text import value
 from tests.servers import free_port
+from webhook.admission.wire import AdmissionReview
 
-GOLDEN = Path(__file__).parent / "golden"
 POLICY = """
 rules:
   - {name: hub, registries: [docker.io], secret: hub-pull}
@@ -138,9 +138,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
         stop(process)
 
 
-def review(name: str = "v1-single-container") -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((GOLDEN / name / "request.json").read_text())
-    return data
+def review(name: str = "v1-single-container") -> AdmissionReview:
+    return golden_review(name)
 
 
 def test_ten_mebibyte_body_is_413_and_memory_stays_flat(server: Process) -> None:

@@ -11,7 +11,6 @@ that nothing ever tries to log a credential, not that the safety net catches it.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 from collections.abc import Iterator
@@ -19,76 +18,13 @@ from typing import Any
 
 import pytest
 
+from tests.builders import eventually, review
 from tests.conftest import RuntimeFactory
-from tests.kube_fixtures import Apiserver, Cluster, Fault, eventually
+from tests.kube_fixtures import Apiserver, Cluster, Fault, decoded
+from tests.scenario import CANARY, ROTATED, config, forms, gar_key, handler_for
+from tests.scenario import CANARY_POLICY as POLICY
 from webhook.admission.handler import Handler
-from webhook.admission.wire import AdmissionReview
-from webhook.policy.matching import load_policy
 from webhook.runtime import KubeRuntime
-
-CANARY = "Canary-pa55w0rd-never-log-me-4b1d"
-ROTATED = "Canary-rotated-pa55w0rd-also-secret-77e0"
-
-POLICY = load_policy("""
-excludeNamespaces: [ops]
-rules:
-  - name: quay
-    registries: [quay.io]
-    namespaces: {selector: {matchLabels: {pull: "yes"}}}
-    secret: quay-pull
-    source: {secret: {namespace: ops, name: shared}}
-  - name: gar
-    registries: ["*-docker.pkg.dev"]
-    namespaces: {selector: {matchLabels: {pull: "yes"}}}
-    secret: gar-pull
-    source:
-      credentials:
-        registry: europe-docker.pkg.dev
-        username: _json_key
-        passwordFrom: {namespace: ops, name: gar-key, key: key.json}
-""")
-
-
-def forms(secret: str) -> set[str]:
-    """The spellings a leaked password could take."""
-    return {
-        secret,
-        base64.b64encode(secret.encode()).decode(),
-        base64.b64encode(f"robot:{secret}".encode()).decode(),
-        json.dumps(secret)[1:-1],
-    }
-
-
-def config(password: str) -> str:
-    auth = base64.b64encode(f"robot:{password}".encode()).decode()
-    return json.dumps(
-        {
-            "auths": {
-                "quay.io": {"username": "robot", "password": password, "auth": auth},
-                "https://index.docker.io/v1/": {"username": "robot", "password": password, "auth": auth},
-            }
-        }
-    )
-
-
-def gar_key(password: str) -> str:
-    return json.dumps({"type": "service_account", "private_key": password, "client_email": "ci@p.iam"}, indent=2)
-
-
-def review(namespace: str, image: str, *, dry_run: bool = False) -> AdmissionReview:
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "hygiene",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": namespace,
-            "operation": "CREATE",
-            "dryRun": dry_run,
-            "object": {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": image}]}},
-        },
-    }
 
 
 @pytest.fixture
@@ -124,12 +60,8 @@ def everything_said(caplog: pytest.LogCaptureFixture, apiserver: Apiserver, resp
     return texts
 
 
-def decoded(secret: dict[str, Any]) -> bytes:
-    return base64.b64decode(secret["data"].get(".dockerconfigjson", ""))
-
-
 def handler(runtime: KubeRuntime) -> Handler:
-    return Handler(policy=lambda: POLICY, namespaces=runtime.namespaces, ensurer=runtime.ensurer)
+    return handler_for(runtime, POLICY)
 
 
 async def test_every_sync_path_keeps_the_password_out_of_logs(
@@ -160,7 +92,8 @@ async def test_every_sync_path_keeps_the_password_out_of_logs(
 
     # rotation (update), deletion (recreate), relabel (cleanup)
     await cluster.update_secret("ops", "shared", {".dockerconfigjson": config(ROTATED)})
-    await eventually(lambda: ROTATED.encode() in decoded(apiserver.secret("team-a", "quay-pull") or {"data": {}}))
+    no_copy = {"data": {".dockerconfigjson": ""}}
+    await eventually(lambda: ROTATED.encode() in decoded(apiserver.secret("team-a", "quay-pull") or no_copy))
     await cluster.delete_secret("team-a", "quay-pull")
     await eventually(lambda: apiserver.secret("team-a", "quay-pull") is not None)
     await cluster.label_namespace("team-a", pull=None)

@@ -35,7 +35,6 @@ import contextlib
 import http.client
 import ipaddress
 import json
-import os
 import re
 import secrets
 import shutil
@@ -52,16 +51,16 @@ from typing import IO, Any
 
 import yaml
 
-from .controlplane import ControlPlane, _pdeathsig_preexec, tail, terminate
-from .webhook import REPO, wait_for
+from tests.builders import wait_for
+
+from .controlplane import ControlPlane
+from .process import REPO, ServeProcess, serve_env
 
 CHART = REPO / "charts" / "pullsecret-injector"
 #: Set by Kubernetes >= 1.21 on every namespace; emulated here (the chart's namespaceSelector uses it).
 METADATA_NAME_LABEL = "kubernetes.io/metadata.name"
 #: The ``kubeVersion`` the chart copy declares so Helm accepts the 1.20 apiserver of the harness.
 HARNESS_KUBE_VERSION = ">=1.20.0-0"
-#: Environment variables ``serve`` reads as defaults: never inherited by the process.
-_SCRUBBED_ENV = ("KUBECONFIG", "POD_NAME", "POD_NAMESPACE", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")
 
 
 class ChartE2EError(RuntimeError):
@@ -412,7 +411,7 @@ def override_args(args: Sequence[str], overrides: Mapping[str, str]) -> list[str
 
 
 @dataclass(eq=False)
-class DeploymentProcess:
+class DeploymentProcess(ServeProcess):
     """``python -m webhook <the installed Deployment's container args>``, as that Pod would run.
 
     Overrides, and why:
@@ -458,10 +457,6 @@ class DeploymentProcess:
     def policy_path(self) -> Path:
         return self.dir / "etc" / "policy.yaml"
 
-    @property
-    def running(self) -> bool:
-        return self._popen is not None and self._popen.poll() is None
-
     def argv(self) -> list[str]:
         args = list(self.args)
         if not args or args[0] != "serve":
@@ -484,22 +479,7 @@ class DeploymentProcess:
         self._dir = self.workdir or Path(tempfile.mkdtemp(prefix="psi-chart-webhook-"))
         self.policy_path.parent.mkdir(parents=True, exist_ok=True)
         self.policy_path.write_text(self.policy_yaml)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PSI_") and k not in _SCRUBBED_ENV}
-        env.update(PYTHONUNBUFFERED="1", POD_NAME=self.pod_name, POD_NAMESPACE=self.pod_namespace)
-        argv = self.argv()
-        log_file = self.log_path.open("ab")
-        log_file.write(("$ " + " ".join(argv) + "\n").encode())
-        log_file.flush()
-        self._log_file = log_file
-        self._popen = subprocess.Popen(
-            argv,
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_pdeathsig_preexec(),
-        )
+        self._spawn(self.argv(), serve_env(POD_NAME=self.pod_name, POD_NAMESPACE=self.pod_namespace))
         return self
 
     def check_alive(self) -> None:
@@ -509,35 +489,9 @@ class DeploymentProcess:
             self._reap()
             raise ChartE2EError(f"the webhook exited with code {code}:\n{self.log_tail()}")
 
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM the process started here, SIGKILL if it lingers; its exit code."""
-        if self._popen is None:
-            return self.returncode
-        terminate(self._popen, timeout)
-        self._reap()
-        return self.returncode
-
-    def _reap(self) -> None:
-        if self._popen is not None:
-            self.returncode = self._popen.wait()
-            self._popen = None
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-
     def cleanup(self, keep: bool = False) -> None:
         self.stop()
-        if not keep and self.workdir is None and self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-
-    def logs(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def log_tail(self, lines: int = 40) -> str:
-        return tail(self.log_path, lines)
+        self._remove_dir(keep)
 
 
 __all__ = [

@@ -36,6 +36,8 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from tests.builders import auth_entry, b64, pod_body, pull_secrets, wait_for
+
 from .chart_support import (
     CLUSTER,
     METADATA_NAME_LABEL,
@@ -59,7 +61,6 @@ from .chart_support import (
 )
 from .conftest import require_assets
 from .controlplane import ControlPlane
-from .webhook import wait_for
 
 RELEASE = "psi"
 FULLNAME = "psi-pullsecret-injector"  # <release>-<chart name>
@@ -119,30 +120,9 @@ KEEP = os.environ.get("PSI_E2E_KEEP") == "1"
 # --------------------------------------------------------------------------- small helpers
 
 
-def b64(text: str | bytes) -> str:
-    return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
-
-
-def auth_entry(username: str, password: str) -> dict[str, str]:
-    return {"username": username, "password": password, "auth": b64(f"{username}:{password}")}
-
-
 def namespace_body(name: str, **labels: str) -> dict[str, Any]:
     """A namespace carrying ``kubernetes.io/metadata.name`` as Kubernetes >= 1.21 would set it."""
     return {"metadata": {"name": name, "labels": {METADATA_NAME_LABEL: name, **labels}}}
-
-
-def pod_body(*images: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"generateName": "chart-e2e-"},
-        "spec": {"containers": [{"name": f"c{i}", "image": image} for i, image in enumerate(images)]},
-    }
-
-
-def pull_secrets(pod: Any) -> list[str]:
-    return [ref.name for ref in (pod.spec.image_pull_secrets or [])]
 
 
 def get_json(control_plane: ControlPlane, path: str) -> dict[str, Any]:
@@ -419,7 +399,7 @@ def test_a_pod_gets_its_secrets_through_the_service(
 
     def mutated_dry_run() -> bool:
         try:
-            pod = core.create_namespaced_pod(ns, pod_body(EXAMPLE_IMAGE), dry_run="All")
+            pod = core.create_namespaced_pod(ns, pod_body(EXAMPLE_IMAGE, name=None), dry_run="All")
         except ApiException:  # failurePolicy Fail: refused until the apiserver trusts the new caBundle
             return False
         return "example-pull" in pull_secrets(pod)
@@ -428,7 +408,7 @@ def test_a_pod_gets_its_secrets_through_the_service(
     wait_for(mutated_dry_run, "the API server to call the webhook through its Service", timeout=30, interval=0.2)
     print(f"\nchart e2e: API server calls the webhook {time.monotonic() - t0:.2f}s after it was serving")
 
-    pod = core.create_namespaced_pod(ns, pod_body(EXAMPLE_IMAGE, HARBOR_IMAGE))
+    pod = core.create_namespaced_pod(ns, pod_body(EXAMPLE_IMAGE, HARBOR_IMAGE, name=None))
     assert sorted(pull_secrets(pod)) == ["example-pull", "harbor-pull"]
 
     example = core.read_namespaced_secret("example-pull", ns)
@@ -450,7 +430,7 @@ def test_a_pod_gets_its_secrets_through_the_service(
 def test_the_release_namespace_is_never_sent_to_the_webhook(webhook: Running, release: Installed, core: Any) -> None:
     """The chart's namespaceSelector excludes its own namespace (by the kubernetes.io/metadata.name label)."""
     release.control_plane.wait_for_default_service_account(RELEASE_NS)
-    pod = core.create_namespaced_pod(RELEASE_NS, pod_body(EXAMPLE_IMAGE), dry_run="All")
+    pod = core.create_namespaced_pod(RELEASE_NS, pod_body(EXAMPLE_IMAGE, name=None), dry_run="All")
     assert pull_secrets(pod) == []
 
 
@@ -1029,7 +1009,7 @@ def test_helm_upgrade_keeps_the_runtime_ca_bundle(
     assert upgraded["info"]["status"] == "deployed"
     assert ca_bundle(cp) == before
     # ... and the API server still calls the webhook, still trusting it.
-    pod = core.create_namespaced_pod(team_namespace, pod_body(EXAMPLE_IMAGE), dry_run="All")
+    pod = core.create_namespaced_pod(team_namespace, pod_body(EXAMPLE_IMAGE, name=None), dry_run="All")
     assert pull_secrets(pod) == ["example-pull"]
 
 
@@ -1076,7 +1056,7 @@ def test_helm_uninstall_leaves_no_webhook_configuration(release: Installed, core
     try:
         cp.wait_for_default_service_account(ns)
         try:
-            pod = core.create_namespaced_pod(ns, pod_body(EXAMPLE_IMAGE), dry_run="All")
+            pod = core.create_namespaced_pod(ns, pod_body(EXAMPLE_IMAGE, name=None), dry_run="All")
         except ApiException as exc:
             pytest.fail(f"Pod refused after helm uninstall: {exc.status} {exc.reason}")
         assert pull_secrets(pod) == []

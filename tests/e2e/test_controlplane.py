@@ -9,41 +9,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
+from tests.builders import deployment_body, pod_body, wait_for
+
 from .conftest import MISSING_ASSETS
 from .controlplane import ControlPlane, find_assets, make_serving_cert, register_webhook, unregister_webhook
+from .process import REPO
 
-T = TypeVar("T")
-REPO = Path(__file__).resolve().parents[2]
-
-
-def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 60.0, interval: float = 0.25) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def pod_body(name: str | None = None, **meta: Any) -> dict[str, Any]:
-    metadata: dict[str, Any] = dict(meta)
-    if name is not None:
-        metadata["name"] = name
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": metadata,
-        "spec": {"containers": [{"name": "app", "image": "registry.example.com/team/app:1.0"}]},
-    }
+IMAGE = "registry.example.com/team/app:1.0"
 
 
 # --------------------------------------------------------------------------- the control plane
@@ -85,7 +64,7 @@ def test_pod_is_created_and_stays_pending(namespace: str, api_client: Any) -> No
     from kubernetes import client
 
     core: Any = client.CoreV1Api(api_client)
-    created = core.create_namespaced_pod(namespace, pod_body("plain"))
+    created = core.create_namespaced_pod(namespace, pod_body(IMAGE, name="plain"))
     assert created.metadata.uid
     # the ServiceAccount admission plugin ran
     assert created.spec.service_account_name == "default"
@@ -101,26 +80,12 @@ def test_deployment_creates_pod_via_replicaset(namespace: str, api_client: Any) 
 
     apps: Any = client.AppsV1Api(api_client)
     core: Any = client.CoreV1Api(api_client)
-    labels = {"app": "web"}
-    apps.create_namespaced_deployment(
-        namespace,
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "web"},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": pod_body()["spec"],
-                },
-            },
-        },
-    )
+    apps.create_namespaced_deployment(namespace, deployment_body("web", IMAGE, labels={"app": "web"}))
     pods = wait_for(
         lambda: core.list_namespaced_pod(namespace, label_selector="app=web").items,
         "the Deployment's Pod",
+        timeout=60,
+        interval=0.25,
     )
     assert len(pods) == 1
     pod = pods[0]
@@ -135,7 +100,7 @@ def test_dry_run_pod_creation(namespace: str, api_client: Any) -> None:
     from kubernetes import client
 
     core: Any = client.CoreV1Api(api_client)
-    dry = core.create_namespaced_pod(namespace, pod_body("ghost"), dry_run="All")
+    dry = core.create_namespaced_pod(namespace, pod_body(IMAGE, name="ghost"), dry_run="All")
     assert dry.metadata.name == "ghost"
     assert dry.spec.service_account_name == "default"
     assert core.list_namespaced_pod(namespace).items == []
@@ -233,14 +198,14 @@ def test_register_webhook_mutates_pods(
 
         # the apiserver picks the configuration up asynchronously: poll with dry-run creates
         def mutated_dry_run() -> bool:
-            pod = core.create_namespaced_pod(namespace, pod_body("probe"), dry_run="All")
+            pod = core.create_namespaced_pod(namespace, pod_body(IMAGE, name="probe"), dry_run="All")
             return (pod.metadata.labels or {}).get("mutated-by") == "e2e"
 
         wait_for(mutated_dry_run, "the webhook to be called", timeout=30)
         assert recorder.requests[-1]["request"]["dryRun"] is True
         assert recorder.requests[-1]["apiVersion"] == "admission.k8s.io/v1"
 
-        pod = core.create_namespaced_pod(namespace, pod_body("real"))
+        pod = core.create_namespaced_pod(namespace, pod_body(IMAGE, name="real"))
         assert pod.metadata.labels == {"mutated-by": "e2e"}
         assert recorder.requests[-1]["request"]["dryRun"] is False
         assert recorder.requests[-1]["request"]["operation"] == "CREATE"

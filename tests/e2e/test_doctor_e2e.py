@@ -32,11 +32,13 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.builders import wait_for
 from webhook.cli import main as cli_main
 from webhook.tls.certs import write_local_certs
 
 from .controlplane import ControlPlane, register_webhook, unregister_webhook
-from .webhook import HOOK_LABEL, REPO, WebhookProcess, wait_for
+from .process import REPO
+from .webhook import HOOK_LABEL, WebhookProcess
 
 SYS = "pullsecret-system"
 HOOK = "psi-e2e-doctor"

@@ -24,12 +24,13 @@ from typing import Any
 
 import pytest
 
+from tests.builders import wait_for
 from tests.mirror_registries import INSTALL_HINT, LoopbackCA, LoopbackRegistry, build_image, missing_tools
 from webhook.admission.patch import INJECTED_ANNOTATION
 from webhook.policy.mirrors import ORIGINAL_IMAGES_ANNOTATION
 
 from .controlplane import ControlPlane, register_webhook, unregister_webhook
-from .webhook import HOOK_LABEL, WebhookProcess, wait_for
+from .webhook import HOOK_LABEL, WebhookProcess
 
 SYSTEM_NS = "psi-mirrors-system"
 HOOK = "psi-e2e-mirrors"

@@ -24,8 +24,10 @@ from typing import Any
 
 import pytest
 
+from tests.builders import auth_entry, b64, deployment_body, pod_body, pull_secrets, wait_for
+
 from .controlplane import ControlPlane, register_webhook, unregister_webhook
-from .webhook import HOOK_LABEL, WebhookProcess, wait_for
+from .webhook import HOOK_LABEL, WebhookProcess
 
 SYSTEM_NS = "psi-e2e-system"
 MAIN_HOOK = "psi-e2e-main"
@@ -53,14 +55,6 @@ KEEP = os.environ.get("PSI_E2E_KEEP") == "1"
 
 
 # --------------------------------------------------------------------------- content
-
-
-def b64(text: str | bytes) -> str:
-    return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
-
-
-def auth_entry(username: str, password: str) -> dict[str, str]:
-    return {"username": username, "password": password, "auth": b64(f"{username}:{password}")}
 
 
 EXAMPLE_PASSWORD = "example-pass-1"
@@ -181,23 +175,7 @@ def base_policy(
     }
 
 
-def pod_body(name: str | None, *images: str, labels: Mapping[str, str] | None = None) -> dict[str, Any]:
-    metadata: dict[str, Any] = {"name": name} if name else {"generateName": "pod-"}
-    if labels:
-        metadata["labels"] = dict(labels)
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": metadata,
-        "spec": {"containers": [{"name": f"c{i}", "image": image} for i, image in enumerate(images)]},
-    }
-
-
 # --------------------------------------------------------------------------- API helpers
-
-
-def pull_secrets(pod: Any) -> list[str]:
-    return [ref.name for ref in (pod.spec.image_pull_secrets or [])]
 
 
 def read_secret(core: Any, namespace: str, name: str) -> Any:
@@ -374,7 +352,7 @@ def dry_run_probe(core: Any, namespace: str, image: str, secret: str) -> Callabl
     """True once a dry-run Pod create in ``namespace`` comes back with ``secret`` injected."""
 
     def probe() -> bool:
-        pod = core.create_namespaced_pod(namespace, pod_body("probe", image), dry_run="All")
+        pod = core.create_namespaced_pod(namespace, pod_body(image, name="probe"), dry_run="All")
         return secret in pull_secrets(pod)
 
     return probe
@@ -452,7 +430,7 @@ def test_pod_gets_its_secret_and_the_secret_exists_when_create_returns(
     ns = namespaces.one()
     assert read_secret(core, ns, "example-pull") is None
 
-    pod, first = timed(lambda: core.create_namespaced_pod(ns, pod_body("first", EXAMPLE_IMAGE)))
+    pod, first = timed(lambda: core.create_namespaced_pod(ns, pod_body(EXAMPLE_IMAGE, name="first")))
     secret = read_secret(core, ns, "example-pull")  # read at once: no waiting, no polling
 
     assert pull_secrets(pod) == ["example-pull"]
@@ -462,12 +440,12 @@ def test_pod_gets_its_secret_and_the_secret_exists_when_create_returns(
 
     warm: list[float] = []
     for i in range(5):
-        again, seconds = timed(partial(core.create_namespaced_pod, ns, pod_body(f"warm-{i}", EXAMPLE_IMAGE)))
+        again, seconds = timed(partial(core.create_namespaced_pod, ns, pod_body(EXAMPLE_IMAGE, name=f"warm-{i}")))
         assert pull_secrets(again) == ["example-pull"]
         warm.append(seconds)
     unchanged = read_secret(core, ns, "example-pull")
     assert unchanged.metadata.resource_version == secret.metadata.resource_version, "a current copy is not rewritten"
-    _, unmatched = timed(lambda: core.create_namespaced_pod(ns, pod_body("other", UNMATCHED_IMAGE)))
+    _, unmatched = timed(lambda: core.create_namespaced_pod(ns, pod_body(UNMATCHED_IMAGE, name="other")))
     note(
         "pod-create-latency",
         f"first Pod in a new namespace (copy created on the admission path) {first * 1000:.0f} ms; "
@@ -481,20 +459,7 @@ def test_deployment_pods_get_the_secret(
 ) -> None:
     ns = namespaces.one()
     mark = live_hook.log_mark()
-    labels = {"app": "web"}
-    apps.create_namespaced_deployment(
-        ns,
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "web"},
-            "spec": {
-                "replicas": 4,
-                "selector": {"matchLabels": labels},
-                "template": {"metadata": {"labels": labels}, "spec": pod_body(None, EXAMPLE_IMAGE)["spec"]},
-            },
-        },
-    )
+    apps.create_namespaced_deployment(ns, deployment_body("web", EXAMPLE_IMAGE, replicas=4, labels={"app": "web"}))
 
     def all_pods() -> list[Any] | None:
         items: list[Any] = core.list_namespaced_pod(ns, label_selector="app=web").items
@@ -519,7 +484,7 @@ def test_dry_run_returns_the_mutated_pod_and_leaves_nothing_behind(
 ) -> None:
     ns = namespaces.one()
     mark = live_hook.log_mark()
-    pod = core.create_namespaced_pod(ns, pod_body("ghost", EXAMPLE_IMAGE), dry_run="All")
+    pod = core.create_namespaced_pod(ns, pod_body(EXAMPLE_IMAGE, name="ghost"), dry_run="All")
     assert pull_secrets(pod) == ["example-pull"]
     assert pod.metadata.annotations[INJECTED] == "example-pull"
     assert read_secret(core, ns, "example-pull") is None
@@ -548,7 +513,7 @@ def test_service_account_pull_secrets_are_not_duplicated(
     core.patch_namespaced_service_account(
         "default", ns, {"imagePullSecrets": [{"name": n} for n in service_account_secrets]}
     )
-    pod = core.create_namespaced_pod(ns, pod_body("app", EXAMPLE_IMAGE))
+    pod = core.create_namespaced_pod(ns, pod_body(EXAMPLE_IMAGE, name="app"))
     assert pull_secrets(pod) == expected
     annotations = pod.metadata.annotations or {}
     if "example-pull" in service_account_secrets:
@@ -580,14 +545,14 @@ def test_nothing_is_injected_where_the_policy_says_no(
     expected: list[str],
 ) -> None:
     ns = namespaces.one(prefix)
-    pod = core.create_namespaced_pod(ns, pod_body("app", EXAMPLE_IMAGE, QUAY_IMAGE, labels=labels))
+    pod = core.create_namespaced_pod(ns, pod_body(EXAMPLE_IMAGE, QUAY_IMAGE, name="app", labels=labels))
     assert pull_secrets(pod) == expected
     time.sleep(0.5)
     assert read_secret(core, ns, "example-pull") is None, "no Secret where no rule admits the namespace"
     assert read_secret(core, ns, "quay-pull") is None, "a rule without source never creates anything"
     if labels:
         # the namespace itself is served: the same Pod without the label is injected
-        served = core.create_namespaced_pod(ns, pod_body("served", EXAMPLE_IMAGE, QUAY_IMAGE))
+        served = core.create_namespaced_pod(ns, pod_body(EXAMPLE_IMAGE, QUAY_IMAGE, name="served"))
         assert pull_secrets(served) == ["example-pull", "quay-pull"]
 
 
@@ -598,7 +563,7 @@ def test_credentials_source_is_identical_to_kubectl(
     live_hook: WebhookProcess, core: Any, namespaces: Namespaces, control_plane: ControlPlane, note: Note
 ) -> None:
     ns = namespaces.one()
-    pod = core.create_namespaced_pod(ns, pod_body("app", GAR_IMAGE))
+    pod = core.create_namespaced_pod(ns, pod_body(GAR_IMAGE, name="app"))
     assert pull_secrets(pod) == ["gar-pull"]
     copy = read_secret(core, ns, "gar-pull")
     assert_managed_copy(copy, rule="artifact-registry", source=f"credentials:{SYSTEM_NS}/gar-key/key.json")
@@ -645,7 +610,7 @@ def test_an_unmanaged_secret_is_referenced_but_never_touched(
             "example-pull", {"registry.example.com": auth_entry("hand-made", "mine")}, labels={"owner": "team"}
         ),
     )
-    pod, _, headers = core.create_namespaced_pod_with_http_info(ns, pod_body("app", EXAMPLE_IMAGE))
+    pod, _, headers = core.create_namespaced_pod_with_http_info(ns, pod_body(EXAMPLE_IMAGE, name="app"))
     assert pull_secrets(pod) == ["example-pull"]
     warning = headers.get("Warning") or ""
     assert "not managed by pullsecret-injector" in warning, f"expected an admission warning, got {warning!r}"
@@ -661,7 +626,7 @@ def test_a_drifted_copy_is_restored(
     live_hook: WebhookProcess, core: Any, namespaces: Namespaces, drift: str, note: Note
 ) -> None:
     ns = namespaces.one()
-    core.create_namespaced_pod(ns, pod_body("app", EXAMPLE_IMAGE))
+    core.create_namespaced_pod(ns, pod_body(EXAMPLE_IMAGE, name="app"))
     original = read_secret(core, ns, "example-pull")
     assert_example_copy(original)
     t0 = time.monotonic()
@@ -699,7 +664,7 @@ def test_a_managed_secret_of_the_wrong_type_is_replaced(
             "data": {"leftover": b64("x")},
         },
     )
-    pod = core.create_namespaced_pod(ns, pod_body("app", EXAMPLE_IMAGE))
+    pod = core.create_namespaced_pod(ns, pod_body(EXAMPLE_IMAGE, name="app"))
     assert pull_secrets(pod) == ["example-pull"]
     copy = read_secret(core, ns, "example-pull")
     assert copy.metadata.uid != stale.metadata.uid
@@ -711,12 +676,12 @@ def test_a_namespace_selector_rule_follows_the_namespace_labels(
 ) -> None:
     opted_in = namespaces.one(labels={OPT_IN_LABEL: "enabled"})
     other = namespaces.one()
-    pod = core.create_namespaced_pod(opted_in, pod_body("app", LABELLED_IMAGE))
+    pod = core.create_namespaced_pod(opted_in, pod_body(LABELLED_IMAGE, name="app"))
     assert pull_secrets(pod) == ["labelled-pull"]
     copy = read_secret(core, opted_in, "labelled-pull")
     assert_managed_copy(copy, rule="labelled", source=f"secret:{SYSTEM_NS}/labelled-credentials")
     assert config_json(copy) == {"auths": {"labelled.example.com": auth_entry("lab", "pw")}}
-    pod = core.create_namespaced_pod(other, pod_body("app", LABELLED_IMAGE))
+    pod = core.create_namespaced_pod(other, pod_body(LABELLED_IMAGE, name="app"))
     assert pull_secrets(pod) == []
     assert read_secret(core, other, "labelled-pull") is None
 
@@ -725,13 +690,13 @@ def test_a_namespace_selector_rule_follows_the_namespace_labels(
     t0 = time.monotonic()
     wait_for(lambda: read_secret(core, opted_in, "labelled-pull") is None, "the opted-out copy to go", timeout=15)
     note("selector-opt-out-cleanup", f"copy deleted {time.monotonic() - t0:.2f} s after the label was removed")
-    pod = core.create_namespaced_pod(opted_in, pod_body("after-opt-out", LABELLED_IMAGE))
+    pod = core.create_namespaced_pod(opted_in, pod_body(LABELLED_IMAGE, name="after-opt-out"))
     assert pull_secrets(pod) == []
 
     # opting in later: once the webhook has seen the label, Pods get the Secret again
     core.patch_namespace(other, {"metadata": {"labels": {OPT_IN_LABEL: "enabled"}}})
     wait_for(dry_run_probe(core, other, LABELLED_IMAGE, "labelled-pull"), "the new label to be seen", timeout=10)
-    pod = core.create_namespaced_pod(other, pod_body("after-opt-in", LABELLED_IMAGE))
+    pod = core.create_namespaced_pod(other, pod_body(LABELLED_IMAGE, name="after-opt-in"))
     assert pull_secrets(pod) == ["labelled-pull"]
     assert read_secret(core, other, "labelled-pull") is not None
 
@@ -742,7 +707,7 @@ def test_a_missing_source_admits_with_a_warning_or_denies_a_fail_closed_rule(
     from kubernetes.client.exceptions import ApiException
 
     ns = namespaces.one()
-    pod, _, headers = core.create_namespaced_pod_with_http_info(ns, pod_body("lenient", LENIENT_IMAGE))
+    pod, _, headers = core.create_namespaced_pod_with_http_info(ns, pod_body(LENIENT_IMAGE, name="lenient"))
     assert pull_secrets(pod) == ["lenient-pull"], "failurePolicy Ignore: admitted, the name injected"
     warning = headers.get("Warning") or ""
     assert f"source Secret {SYSTEM_NS}/late-credentials not found" in warning, warning
@@ -756,7 +721,7 @@ def test_a_missing_source_admits_with_a_warning_or_denies_a_fail_closed_rule(
     assert f"{SYSTEM_NS}/late-credentials" in event.message
 
     with pytest.raises(ApiException) as denied:
-        core.create_namespaced_pod(ns, pod_body("strict", STRICT_IMAGE))
+        core.create_namespaced_pod(ns, pod_body(STRICT_IMAGE, name="strict"))
     body = json.loads(denied.value.body or "{}")
     assert denied.value.status == 503, body
     assert "strict-pull could not be provided" in body["message"]
@@ -783,7 +748,7 @@ def test_a_copy_appears_once_its_missing_source_is_created(
     }
     try:
         live_hook.reload_policy(base_policy(extra_rules=[rule]))
-        pod = core.create_namespaced_pod(ns, pod_body("early", "late.example.com/team/app:1.0"))
+        pod = core.create_namespaced_pod(ns, pod_body("late.example.com/team/app:1.0", name="early"))
         assert pull_secrets(pod) == ["late-pull"]
         assert read_secret(core, ns, "late-pull") is None
         core.create_namespaced_secret(
@@ -821,7 +786,7 @@ def test_both_admission_review_versions_are_answered(
     )
     try:
         wait_for(dry_run_probe(core, ns, EXAMPLE_IMAGE, "example-pull"), f"the {version} webhook", timeout=30)
-        pod = core.create_namespaced_pod(ns, pod_body("app", EXAMPLE_IMAGE, QUAY_IMAGE))
+        pod = core.create_namespaced_pod(ns, pod_body(EXAMPLE_IMAGE, QUAY_IMAGE, name="app"))
         assert pull_secrets(pod) == ["example-pull", "quay-pull"]
         assert pod.metadata.annotations[INJECTED] == "example-pull,quay-pull"
         assert_example_copy(read_secret(core, ns, "example-pull"))
@@ -837,7 +802,7 @@ def test_a_rotated_source_reaches_every_copy_within_10s(
 ) -> None:
     spaces = namespaces.make(count=3)
     for ns in spaces:
-        core.create_namespaced_pod(ns, pod_body("app", ROTATE_IMAGE))
+        core.create_namespaced_pod(ns, pod_body(ROTATE_IMAGE, name="app"))
         assert config_json(read_secret(core, ns, "rotate-pull")) == {
             "auths": {"rotate.example.com": auth_entry("rot", "v1")}
         }
@@ -865,7 +830,7 @@ def test_a_rotated_source_reaches_every_copy_within_10s(
             read_secret(core, ns, "rotate-pull"), rule="rotate", source=f"secret:{SYSTEM_NS}/rotate-credentials"
         )
     # and a new Pod gets the rotated copy as it stands
-    core.create_namespaced_pod(spaces[0], pod_body("after", ROTATE_IMAGE))
+    core.create_namespaced_pod(spaces[0], pod_body(ROTATE_IMAGE, name="after"))
     assert config_json(read_secret(core, spaces[0], "rotate-pull")) == {"auths": rotated}
 
 
@@ -876,8 +841,8 @@ def test_copies_no_rule_allows_any_more_are_deleted(
     live_hook: WebhookProcess, core: Any, namespaces: Namespaces, note: Note
 ) -> None:
     dropped, unmanaged, kept = namespaces.make(count=3)
-    core.create_namespaced_pod(dropped, pod_body("app", EXAMPLE_IMAGE))
-    core.create_namespaced_pod(kept, pod_body("app", EXAMPLE_IMAGE))
+    core.create_namespaced_pod(dropped, pod_body(EXAMPLE_IMAGE, name="app"))
+    core.create_namespaced_pod(kept, pod_body(EXAMPLE_IMAGE, name="app"))
     mine = core.create_namespaced_secret(
         unmanaged, dockerconfig_secret("example-pull", {"registry.example.com": auth_entry("hand-made", "mine")})
     )
@@ -901,7 +866,7 @@ def test_copies_no_rule_allows_any_more_are_deleted(
         still = read_secret(core, kept, "example-pull")
         assert still.metadata.resource_version == kept_copy.metadata.resource_version, "other copies stay"
         # and the excluded namespace gets nothing any more
-        pod = core.create_namespaced_pod(dropped, pod_body("after", EXAMPLE_IMAGE))
+        pod = core.create_namespaced_pod(dropped, pod_body(EXAMPLE_IMAGE, name="after"))
         assert pull_secrets(pod) == []
     finally:
         live_hook.reload_policy(base_policy())
@@ -921,7 +886,7 @@ def test_copies_of_a_removed_rule_are_deleted(
     }
     try:
         live_hook.reload_policy(base_policy(extra_rules=[rule]))
-        pod = core.create_namespaced_pod(ns, pod_body("app", "temp.example.com/team/app:1.0", EXAMPLE_IMAGE))
+        pod = core.create_namespaced_pod(ns, pod_body("temp.example.com/team/app:1.0", EXAMPLE_IMAGE, name="app"))
         assert pull_secrets(pod) == ["temp-pull", "example-pull"]
         assert_managed_copy(read_secret(core, ns, "temp-pull"), rule="temp", source=f"secret:{SYSTEM_NS}/{source}")
         example = read_secret(core, ns, "example-pull")
@@ -948,7 +913,7 @@ def test_a_policy_change_updates_existing_copies(
 ) -> None:
     """Widening a rule's registries widens the existing copies (and narrowing narrows them)."""
     ns = namespaces.one()
-    core.create_namespaced_pod(ns, pod_body("app", EXAMPLE_IMAGE))
+    core.create_namespaced_pod(ns, pod_body(EXAMPLE_IMAGE, name="app"))
     assert_example_copy(read_secret(core, ns, "example-pull"))
     widened = base_policy()
     widened["rules"][0]["registries"] = ["registry.example.com", "quay.io"]
@@ -987,19 +952,19 @@ def test_an_invalid_policy_keeps_the_last_good_one_and_a_valid_change_is_picked_
         for ns, (kind, text) in zip((first, second), invalid.items(), strict=True):
             live_hook.reload_policy(text, expect="new policy rejected")
             assert live_hook.ready(), f"{kind}: still ready"
-            pod = core.create_namespaced_pod(ns, pod_body(f"after-{kind}", EXAMPLE_IMAGE, RELOAD_IMAGE))
+            pod = core.create_namespaced_pod(ns, pod_body(EXAMPLE_IMAGE, RELOAD_IMAGE, name=f"after-{kind}"))
             assert pull_secrets(pod) == ["example-pull"], f"{kind}: the last good policy still serves"
             assert_example_copy(read_secret(core, ns, "example-pull"))
 
         reload_rule = {"name": "reload", "registries": ["reload.example.com"], "secret": "reload-pull"}
         changed = base_policy(extra_rules=[reload_rule])
         seconds = live_hook.reload_policy(changed)
-        pod = core.create_namespaced_pod(first, pod_body("after-change", EXAMPLE_IMAGE, RELOAD_IMAGE))
+        pod = core.create_namespaced_pod(first, pod_body(EXAMPLE_IMAGE, RELOAD_IMAGE, name="after-change"))
         assert pull_secrets(pod) == ["example-pull", "reload-pull"]
         note("policy-reload", f"valid change effective {seconds:.2f} s after the file was replaced")
     finally:
         live_hook.reload_policy(base_policy())
-    pod = core.create_namespaced_pod(first, pod_body("after-restore", RELOAD_IMAGE))
+    pod = core.create_namespaced_pod(first, pod_body(RELOAD_IMAGE, name="after-restore"))
     assert pull_secrets(pod) == []
 
 
@@ -1020,7 +985,7 @@ def test_pods_are_still_created_when_the_webhook_is_down(
     ns = namespaces.one(hook=name)
     hook = start_hook(control_plane, api_client, core, name=name, policy=base_policy(), probe_namespace=ns)
     try:
-        pod = core.create_namespaced_pod(ns, pod_body("before", EXAMPLE_IMAGE))
+        pod = core.create_namespaced_pod(ns, pod_body(EXAMPLE_IMAGE, name="before"))
         assert pull_secrets(pod) == ["example-pull"], "the webhook is in the path before it is stopped"
 
         code = hook.stop()
@@ -1028,7 +993,7 @@ def test_pods_are_still_created_when_the_webhook_is_down(
         assert not hook.ready()
 
         try:
-            pod, seconds = timed(lambda: core.create_namespaced_pod(ns, pod_body("after", EXAMPLE_IMAGE)))
+            pod, seconds = timed(lambda: core.create_namespaced_pod(ns, pod_body(EXAMPLE_IMAGE, name="after")))
         except ApiException as err:
             pytest.fail(f"NOT FAIL-OPEN: with the webhook down the apiserver refused the Pod: {err}")
         assert pod.metadata.uid, "created although the webhook is down"

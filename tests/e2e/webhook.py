@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import ssl
 import subprocess
 import sys
@@ -34,45 +33,28 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
 import yaml
 
+from tests.builders import wait_for
 from webhook.tls.certs import write_local_certs
 
 from .controlplane import (
     LOOPBACK,
     ControlPlane,
-    _pdeathsig_preexec,
     free_port,
     register_webhook,
-    tail,
-    terminate,
     unregister_webhook,
 )
+from .process import ServeProcess, serve_env
 
-T = TypeVar("T")
-REPO = Path(__file__).resolve().parents[2]
 #: Namespaces carrying ``HOOK_LABEL: <webhook name>`` are the ones that webhook's configuration selects.
 HOOK_LABEL = "e2e.pullsecret-injector.io/hook"
-#: Environment variables the ``serve`` command reads as defaults: never inherited by the subprocess.
-_SCRUBBED_ENV = ("KUBECONFIG", "POD_NAME", "POD_NAMESPACE", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")
 
 
 class WebhookError(RuntimeError):
     """The webhook process could not be started or did not become ready (message has the log tail)."""
-
-
-def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 30.0, interval: float = 0.1) -> T:
-    """Call ``fn`` until it returns something truthy; AssertionError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 def policy_text(policy: Mapping[str, Any] | str) -> str:
@@ -80,7 +62,7 @@ def policy_text(policy: Mapping[str, Any] | str) -> str:
 
 
 @dataclass(eq=False)
-class WebhookProcess:
+class WebhookProcess(ServeProcess):
     """One ``pullsecret-injector serve`` subprocess (see the module docstring)."""
 
     control_plane: ControlPlane
@@ -132,10 +114,6 @@ class WebhookProcess:
     @property
     def pid(self) -> int | None:
         return None if self._popen is None else self._popen.pid
-
-    @property
-    def running(self) -> bool:
-        return self._popen is not None and self._popen.poll() is None
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -196,27 +174,12 @@ class WebhookProcess:
 
     def _spawn_and_wait(self, timeout: float) -> None:
         self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PSI_") and k not in _SCRUBBED_ENV}
-        env["PYTHONUNBUFFERED"] = "1"
-        env["POD_NAME"] = f"{self.name}-{os.getpid()}"  # the Lease identity
-        log_file = self.log_path.open("ab")
-        argv = self._argv()
-        log_file.write(("$ " + " ".join(argv) + "\n").encode())
-        log_file.flush()
+        env = serve_env(POD_NAME=f"{self.name}-{os.getpid()}")  # the Lease identity
         t0 = time.monotonic()
-        self._log_file = log_file
-        self._popen = subprocess.Popen(
-            argv,
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_pdeathsig_preexec(),
-        )
+        popen = self._spawn(self._argv(), env)
         deadline = t0 + timeout
         while not self.ready():
-            code = self._popen.poll()
+            code = popen.poll()
             if code is not None:
                 self._reap()
                 raise WebhookError(f"webhook {self.name} exited with code {code}:\n{self.log_tail()}")
@@ -246,30 +209,20 @@ class WebhookProcess:
         return status == 200
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM the process started here, SIGKILL after ``timeout``; returns its exit code."""
+        """:meth:`ServeProcess.stop`, timed (``stop_seconds``)."""
         if self._popen is None:
             return self.returncode
         t0 = time.monotonic()
-        terminate(self._popen, timeout)
+        code = super().stop(timeout)
         self.stop_seconds = time.monotonic() - t0
-        self._reap()
-        return self.returncode
-
-    def _reap(self) -> None:
-        if self._popen is not None:
-            self.returncode = self._popen.wait()
-            self._popen = None
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+        return code
 
     def cleanup(self, keep: bool = False) -> None:
         """Stop, unregister, and remove the temp dir (unless ``keep``)."""
         self.stop()
         if self._api_client is not None:
             self.unregister()
-        if not keep and self.workdir is None and self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
+        self._remove_dir(keep)
 
     # ----------------------------------------------------------------- policy
 
@@ -297,23 +250,12 @@ class WebhookProcess:
 
     # ----------------------------------------------------------------- logs
 
-    def logs(self, since: int = 0) -> str:
-        try:
-            with self.log_path.open("rb") as f:
-                f.seek(since)
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
-
     def log_mark(self) -> int:
         """The log's current size: pass it as ``since`` to look only at what comes next."""
         try:
             return self.log_path.stat().st_size
         except OSError:
             return 0
-
-    def log_tail(self, lines: int = 40) -> str:
-        return tail(self.log_path, lines)
 
     def wait_for_log(self, pattern: str, *, since: int = 0, timeout: float = 15.0) -> str:
         """Wait until a log line (after offset ``since``) matches the regex ``pattern``; returns the line."""
@@ -359,4 +301,4 @@ class WebhookProcess:
             self._api_client = None
 
 
-__all__ = ["HOOK_LABEL", "REPO", "WebhookError", "WebhookProcess", "policy_text", "wait_for"]
+__all__ = ["HOOK_LABEL", "WebhookError", "WebhookProcess", "policy_text"]

@@ -16,20 +16,12 @@ CA_LIFE, CERT_LIFE = timedelta(days=300), timedelta(days=30)
 
 
 def fresh(now: datetime = T0) -> CertState:
-    state = plan(
-        current=None,
-        service=SERVICE,
-        namespace=NAMESPACE,
-        trusted_bundle=None,
-        now=now,
-        ca_valid_for=CA_LIFE,
-        cert_valid_for=CERT_LIFE,
-    )
+    state = step(None, now=now, trusted=None)
     assert state is not None
     return state
 
 
-def step(state: CertState, *, now: datetime, trusted: bytes | None) -> CertState | None:
+def step(state: CertState | None, *, now: datetime, trusted: bytes | None) -> CertState | None:
     return plan(
         current=state,
         service=SERVICE,

@@ -24,6 +24,7 @@ import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from tests.builders import eventually, wait_for
 from webhook.tls.certs import (
     CertBundle,
     build_bundle,
@@ -347,14 +348,6 @@ def test_update_validates_before_writing(tmp_path: Path, ca1: CA, ca2: CA) -> No
         assert memory_handshake(ctx.context, client_context(ca2.cert_pem)) == new.serial
 
 
-async def _wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
-
-
 async def test_watch_reloads_and_logs_without_key_material(
     tmp_path: Path, ca1: CA, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -365,17 +358,17 @@ async def test_watch_reloads_and_logs_without_key_material(
     try:
         second = ca1.issue()
         write_pair(tmp_path, second)
-        await _wait_until(lambda: ctx.current.serial_number == second.serial)
-        await _wait_until(lambda: "reloaded TLS serving certificate" in caplog.text)
+        await eventually(lambda: ctx.current.serial_number == second.serial, timeout=5.0)
+        await eventually(lambda: "reloaded TLS serving certificate" in caplog.text, timeout=5.0)
 
         broken = ca1.issue()
         write_file_atomic(ctx.cert_file, broken.cert_pem)  # key left behind: mismatch
-        await _wait_until(lambda: "keeping current TLS certificate" in caplog.text)
+        await eventually(lambda: "keeping current TLS certificate" in caplog.text, timeout=5.0)
         assert ctx.current.serial_number == second.serial
         assert not watcher.done()  # a bad file never kills the loop
 
         write_file_atomic(ctx.key_file, broken.key_pem)
-        await _wait_until(lambda: ctx.current.serial_number == broken.serial)
+        await eventually(lambda: ctx.current.serial_number == broken.serial, timeout=5.0)
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -453,11 +446,12 @@ class LiveServer:
     def swap(self, pair: Pair, timeout: float = 5.0) -> None:
         """Replace the files on disk like cert-manager would and wait until the watcher has loaded them."""
         write_pair(self.directory, pair)
-        deadline = time.monotonic() + timeout
-        while self.ctx.current.serial_number != pair.serial:
-            if time.monotonic() > deadline:
-                raise AssertionError("the server did not pick up the new certificate")
-            time.sleep(0.005)
+        wait_for(
+            lambda: self.ctx.current.serial_number == pair.serial,
+            "the server to pick up the new certificate",
+            timeout=timeout,
+            interval=0.005,
+        )
 
 
 @pytest.fixture(params=_implementations())
@@ -505,11 +499,8 @@ def live_server(request: pytest.FixtureRequest, tmp_path: Path, ca1: CA) -> Iter
 
     thread = threading.Thread(target=run, name=f"uvicorn-{loop_name}", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive(), errors
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
+    wait_for(lambda: server.started or not thread.is_alive(), "the server to start", timeout=10, interval=0.01)
+    assert thread.is_alive(), errors
     try:
         yield LiveServer(port=port, ctx=ctx, directory=tmp_path, server=server, thread=thread)
     finally:
@@ -625,10 +616,9 @@ def test_swap_serves_new_cert_to_new_connections_and_keeps_old_ones(
 def test_broken_files_on_a_live_server_keep_the_old_certificate(live_server: LiveServer, ca1: CA) -> None:
     serving = live_server.ctx.current.serial_number
     write_file_atomic(live_server.directory / "tls.key", b"not a key")
-    deadline = time.monotonic() + 5
-    while live_server.ctx.last_error is None:
-        assert time.monotonic() < deadline, "watcher never noticed the broken key"
-        time.sleep(0.005)
+    wait_for(
+        lambda: live_server.ctx.last_error is not None, "the watcher to notice the broken key", timeout=5, interval=0.01
+    )
     status, body, serial = fetch(live_server.port, client_context(ca1.cert_pem))
     assert (status, body, serial) == (200, b"https", serving)
 

@@ -6,7 +6,7 @@ patch shown decoded (``patch`` is a JSON list here, base64 on the wire). Every p
 applied with jsonpatch to the request's object, and the result is fed back to prove the
 patch is idempotent.
 
-To regenerate after an intended change: ``UPDATE_GOLDEN=1 pytest tests/test_golden.py``,
+To regenerate after an intended change: ``UPDATE_GOLDEN=1 pytest tests/admission/test_golden.py``,
 then review the diff of the files by eye.
 """
 
@@ -22,12 +22,12 @@ from typing import Any
 import jsonpatch
 import pytest
 
+from tests.builders import GOLDEN
 from webhook.admission.handler import Handler
 from webhook.admission.patch import INJECTED_ANNOTATION
 from webhook.admission.wire import AdmissionReview, parse_review
 from webhook.policy.matching import load_policy
 
-GOLDEN = Path(__file__).parent / "golden"
 # The mirror-* cases rewrite images as well; tests/test_golden_mirrors.py runs them with checks of their own.
 CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "request.json").is_file() and not p.name.startswith("mirror-"))
 

@@ -12,10 +12,12 @@ from collections.abc import AsyncIterator
 import pytest
 from prometheus_client import generate_latest
 
+from tests.builders import eventually, review
 from tests.conftest import FAST_SETTINGS
-from tests.kube_fixtures import Apiserver, Cluster, Fault, client_configuration, eventually
+from tests.kube_fixtures import Apiserver, Cluster, Fault, client_configuration
 from tests.metrics_text import value
-from tests.test_secret_hygiene import CANARY, POLICY, config, forms, gar_key, review
+from tests.scenario import CANARY, config, forms, gar_key
+from tests.scenario import CANARY_POLICY as POLICY
 from webhook.admission.handler import Handler
 from webhook.config import KubeSettings
 from webhook.observability.metrics import Metrics

@@ -1,4 +1,4 @@
-"""Docker credential formats, least-privilege filtering and the managed copy (pure, no cluster)."""
+"""Docker credential formats, kubectl-compatible rendering and least-privilege filtering (pure, no cluster)."""
 
 from __future__ import annotations
 
@@ -10,20 +10,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.builders import api_secret, b64
+from tests.scenario import DOCKER_CONFIG, GAR_JSON_KEY
 from webhook.observability.logs import REDACTED, redact
-from webhook.policy.model import Credentials, SecretKeyRef, SecretRef, Source
-from webhook.secrets.desired import build_copy, is_current, is_managed, needs_recreate, update_patch
+from webhook.policy.model import SecretRef, Source
+from webhook.secrets.desired import build_copy
 from webhook.secrets.dockerconfig import (
     DOCKERCONFIGJSON_TYPE,
-    HASH_ANNOTATION,
-    MANAGED_BY_LABEL,
-    RULE_ANNOTATION,
-    SOURCE_ANNOTATION,
     AuthEntry,
     MalformedSource,
-    NoMatchingCredentials,
-    SourceError,
-    SourceNotFound,
     content_hash,
     credentials_auths,
     encode_config,
@@ -35,27 +30,7 @@ from webhook.secrets.dockerconfig import (
 CANARY = "canary-Pa55w0rd-dockercfg-7f3a"
 
 
-def b64(text: str | bytes) -> str:
-    return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
-
-
-def secret(secret_type: str | None, data: dict[str, str], **metadata: Any) -> dict[str, Any]:
-    """A Secret as the API returns it: data values base64-encoded."""
-    obj: dict[str, Any] = {
-        "metadata": {"name": "src", "namespace": "ops", **metadata},
-        "data": {k: b64(v) for k, v in data.items()},
-    }
-    if secret_type is not None:
-        obj["type"] = secret_type
-    return obj
-
-
 # --------------------------------------------------------------------------- kubectl compatibility
-
-GAR_KEY = (
-    '{\n  "type": "service_account",\n'
-    '  "private_key": "-----BEGIN PRIVATE KEY-----\\nMIIE\\n-----END PRIVATE KEY-----\\n"\n}'
-)
 
 
 @pytest.mark.parametrize(
@@ -81,7 +56,7 @@ GAR_KEY = (
         pytest.param(
             "europe-docker.pkg.dev",
             "_json_key",
-            GAR_KEY,
+            GAR_JSON_KEY,
             None,
             b'{"auths":{"europe-docker.pkg.dev":{"username":"_json_key","password":"{\\n  \\"type\\": '
             b'\\"service_account\\",\\n  \\"private_key\\": \\"-----BEGIN PRIVATE KEY-----\\\\nMIIE\\\\n-----END '
@@ -135,23 +110,31 @@ def test_servers_are_sorted_like_go_map_keys() -> None:
 
 # --------------------------------------------------------------------------- source formats
 
-CONFIG = {"auths": {"quay.io": {"username": "quay-user", "password": "quay-pass", "auth": b64("quay-user:quay-pass")}}}
 EXPECTED = {"quay.io": AuthEntry(username="quay-user", password="quay-pass", auth=b64("quay-user:quay-pass"))}
 
 
 @pytest.mark.parametrize(
     "source",
     [
-        pytest.param(secret(DOCKERCONFIGJSON_TYPE, {".dockerconfigjson": json.dumps(CONFIG)}), id="dockerconfigjson"),
         pytest.param(
-            secret("kubernetes.io/dockercfg", {".dockercfg": json.dumps(CONFIG["auths"])}), id="legacy-dockercfg"
+            api_secret(DOCKERCONFIGJSON_TYPE, {".dockerconfigjson": json.dumps(DOCKER_CONFIG)}), id="dockerconfigjson"
         ),
-        pytest.param(secret("Opaque", {"config.json": json.dumps(CONFIG)}), id="opaque-docker-config-json"),
-        pytest.param(secret("Opaque", {"auth.json": json.dumps(CONFIG, indent=2)}), id="opaque-podman-auth-json"),
-        pytest.param(secret(None, {".dockerconfigjson": json.dumps(CONFIG)}), id="opaque-without-type"),
-        pytest.param(secret("Opaque", {".dockercfg": json.dumps(CONFIG["auths"])}), id="opaque-legacy-dockercfg"),
         pytest.param(
-            secret("Opaque", {"config.json": json.dumps({**CONFIG, "credsStore": "desktop", "HttpHeaders": {}})}),
+            api_secret("kubernetes.io/dockercfg", {".dockercfg": json.dumps(DOCKER_CONFIG["auths"])}),
+            id="legacy-dockercfg",
+        ),
+        pytest.param(api_secret("Opaque", {"config.json": json.dumps(DOCKER_CONFIG)}), id="opaque-docker-config-json"),
+        pytest.param(
+            api_secret("Opaque", {"auth.json": json.dumps(DOCKER_CONFIG, indent=2)}), id="opaque-podman-auth-json"
+        ),
+        pytest.param(api_secret(None, {".dockerconfigjson": json.dumps(DOCKER_CONFIG)}), id="opaque-without-type"),
+        pytest.param(
+            api_secret("Opaque", {".dockercfg": json.dumps(DOCKER_CONFIG["auths"])}), id="opaque-legacy-dockercfg"
+        ),
+        pytest.param(
+            api_secret(
+                "Opaque", {"config.json": json.dumps({**DOCKER_CONFIG, "credsStore": "desktop", "HttpHeaders": {}})}
+            ),
             id="docker-config-with-extras",
         ),
     ],
@@ -161,7 +144,7 @@ def test_every_source_format_yields_the_same_auths(source: dict[str, Any]) -> No
 
 
 def test_legacy_dockercfg_converts_to_dockerconfigjson() -> None:
-    legacy = secret(
+    legacy = api_secret(
         "kubernetes.io/dockercfg",
         {
             ".dockercfg": json.dumps(
@@ -189,31 +172,31 @@ def test_legacy_dockercfg_converts_to_dockerconfigjson() -> None:
             {"type": DOCKERCONFIGJSON_TYPE, "data": {".dockerconfigjson": "%%%"}}, "not base64", id="bad-base64"
         ),
         pytest.param(
-            secret(DOCKERCONFIGJSON_TYPE, {".dockerconfigjson": '{"auths": '}), "not valid JSON", id="bad-json"
+            api_secret(DOCKERCONFIGJSON_TYPE, {".dockerconfigjson": '{"auths": '}), "not valid JSON", id="bad-json"
         ),
-        pytest.param(secret(DOCKERCONFIGJSON_TYPE, {".dockerconfigjson": "[]"}), "JSON object", id="not-an-object"),
-        pytest.param(secret(DOCKERCONFIGJSON_TYPE, {}), "'.dockerconfigjson' is missing", id="missing-key"),
+        pytest.param(api_secret(DOCKERCONFIGJSON_TYPE, {".dockerconfigjson": "[]"}), "JSON object", id="not-an-object"),
+        pytest.param(api_secret(DOCKERCONFIGJSON_TYPE, {}), "'.dockerconfigjson' is missing", id="missing-key"),
         pytest.param(
-            secret(DOCKERCONFIGJSON_TYPE, {".dockerconfigjson": '{"auths": []}'}),
+            api_secret(DOCKERCONFIGJSON_TYPE, {".dockerconfigjson": '{"auths": []}'}),
             "must be a JSON object",
             id="auths-list",
         ),
         pytest.param(
-            secret(DOCKERCONFIGJSON_TYPE, {".dockerconfigjson": json.dumps({"auths": {"q.io": "x"}})}),
+            api_secret(DOCKERCONFIGJSON_TYPE, {".dockerconfigjson": json.dumps({"auths": {"q.io": "x"}})}),
             "'q.io' is not an object",
             id="entry-not-object",
         ),
         pytest.param(
-            secret(DOCKERCONFIGJSON_TYPE, {".dockerconfigjson": json.dumps({"auths": {"q.io": {"password": 7}}})}),
+            api_secret(DOCKERCONFIGJSON_TYPE, {".dockerconfigjson": json.dumps({"auths": {"q.io": {"password": 7}}})}),
             "password must be strings",
             id="field-not-string",
         ),
         pytest.param(
-            secret("Opaque", {"config.json": json.dumps({"credsStore": "osxkeychain"})}),
+            api_secret("Opaque", {"config.json": json.dumps({"credsStore": "osxkeychain"})}),
             "credential helpers",
             id="creds-store-only",
         ),
-        pytest.param(secret("Opaque", {"password": "x"}), "has none of the keys", id="opaque-without-config"),
+        pytest.param(api_secret("Opaque", {"password": "x"}), "has none of the keys", id="opaque-without-config"),
     ],
 )
 def test_malformed_sources_are_reported_without_their_content(source: dict[str, Any], message: str) -> None:
@@ -226,7 +209,9 @@ def test_malformed_sources_are_reported_without_their_content(source: dict[str, 
 def test_a_malformed_source_never_shows_its_password() -> None:
     text = json.dumps({"auths": {"q.io": {"password": CANARY, "auth": 12}}})
     with pytest.raises(MalformedSource) as info:
-        parse_source_secret(secret(DOCKERCONFIGJSON_TYPE, {".dockerconfigjson": text}), what="source Secret ops/src")
+        parse_source_secret(
+            api_secret(DOCKERCONFIGJSON_TYPE, {".dockerconfigjson": text}), what="source Secret ops/src"
+        )
     assert CANARY not in str(info.value)
     # ... and the redactor knows the value anyway, should any other path print it.
     assert redact(f"leak {CANARY}") == f"leak {REDACTED}"
@@ -235,7 +220,7 @@ def test_a_malformed_source_never_shows_its_password() -> None:
 def test_decoded_credentials_are_registered_with_the_redactor() -> None:
     password = "registered-" + CANARY
     auths = parse_source_secret(
-        secret("Opaque", {"auth.json": json.dumps({"auths": {"q.io": {"auth": b64("user:" + password)}}})}),
+        api_secret("Opaque", {"auth.json": json.dumps({"auths": {"q.io": {"auth": b64("user:" + password)}}})}),
         what="source",
     )
     assert password not in repr(auths)
@@ -289,148 +274,13 @@ def test_copy_for_quay_does_not_carry_the_docker_hub_password() -> None:
         source=Source(secret=SecretRef(namespace="ops", name="shared")),
         rules=["quay"],
         registries=["quay.io"],
-        source_secret=secret(DOCKERCONFIGJSON_TYPE, {".dockerconfigjson": json.dumps(config)}),
+        source_secret=api_secret(DOCKERCONFIGJSON_TYPE, {".dockerconfigjson": json.dumps(config)}),
     )
     assert json.loads(copy.config) == {"auths": {"quay.io": {"auth": b64("quay-user:quay-pass")}}}
     assert b"hub" not in base64.b64decode(copy.encoded)
 
 
-# --------------------------------------------------------------------------- the managed copy
-
-SOURCE = Source(secret=SecretRef(namespace="ops", name="src"))
-
-
-def quay_copy(**overrides: Any) -> Any:
-    arguments: dict[str, Any] = {
-        "name": "quay-pull",
-        "namespace": "team-a",
-        "source": SOURCE,
-        "rules": ["quay"],
-        "registries": ["quay.io"],
-        "source_secret": secret(
-            DOCKERCONFIGJSON_TYPE,
-            {".dockerconfigjson": json.dumps(CONFIG)},
-            labels={"argocd.argoproj.io/instance": "ops", "team": "x"},
-            annotations={"kubectl.kubernetes.io/last-applied-configuration": "{}"},
-        ),
-    }
-    arguments.update(overrides)
-    return build_copy(**arguments)
-
-
-def test_manifest_carries_our_ownership_and_none_of_the_source_metadata() -> None:
-    copy = quay_copy()
-    manifest = copy.manifest()
-    assert manifest["type"] == DOCKERCONFIGJSON_TYPE
-    assert manifest["metadata"]["labels"] == {MANAGED_BY_LABEL: "pullsecret-injector"}
-    assert manifest["metadata"]["annotations"] == {
-        RULE_ANNOTATION: "quay",
-        SOURCE_ANNOTATION: "secret:ops/src",
-        HASH_ANNOTATION: content_hash(copy.config),
-    }
-    assert manifest["metadata"]["namespace"] == "team-a"
-    assert manifest["data"] == {".dockerconfigjson": b64(copy.config)}
-
-
-def test_credentials_source_reference_and_content() -> None:
-    source = Source(
-        credentials=Credentials(
-            registry="europe-docker.pkg.dev",
-            username="_json_key",
-            password_from=SecretKeyRef(namespace="ops", name="gar", key="key.json"),
-        )
-    )
-    copy = build_copy(
-        name="gar-pull",
-        namespace="team-a",
-        source=source,
-        rules=["gar-b", "gar-a"],
-        registries=["*-docker.pkg.dev"],
-        source_secret=secret("Opaque", {"key.json": GAR_KEY}),
-    )
-    assert copy.annotations[SOURCE_ANNOTATION] == "credentials:ops/gar/key.json"
-    assert copy.annotations[RULE_ANNOTATION] == "gar-a,gar-b"
-    assert copy.config == encode_config(
-        credentials_auths(registry="europe-docker.pkg.dev", username="_json_key", password=GAR_KEY)
-    )
-
-
-@pytest.mark.parametrize(
-    ("overrides", "error", "message"),
-    [
-        pytest.param({"source_secret": None}, SourceNotFound, "source Secret ops/src not found", id="missing-source"),
-        pytest.param(
-            {"registries": ["ghcr.io"]}, NoMatchingCredentials, "no credentials for ghcr.io", id="nothing-for-registry"
-        ),
-        pytest.param(
-            {
-                "source": Source(
-                    credentials=Credentials(
-                        registry="quay.io",
-                        username="u",
-                        password_from=SecretKeyRef(namespace="ops", name="p", key="pw"),
-                    )
-                ),
-                "source_secret": secret("Opaque", {"other": "x"}),
-            },
-            MalformedSource,
-            "no key 'pw'",
-            id="password-key-missing",
-        ),
-    ],
-)
-def test_unusable_sources_raise_source_errors(
-    overrides: dict[str, Any], error: type[SourceError], message: str
-) -> None:
-    with pytest.raises(error, match=message):
-        quay_copy(**overrides)
-
-
-def test_current_means_managed_same_type_data_and_annotations() -> None:
-    copy = quay_copy()
-    live = copy.manifest()
-    assert is_managed(live)
-    assert is_current(live, copy)
-    edited = {**live, "data": {".dockerconfigjson": b64('{"auths":{}}')}}
-    assert not is_current(edited, copy)
-    extra_key = {**live, "data": {**live["data"], "extra": "eA=="}}
-    assert not is_current(extra_key, copy)
-    foreign = {**live, "metadata": {**live["metadata"], "labels": {}}}
-    assert not is_managed(foreign)
-    assert not is_current(foreign, copy)
-    renamed_rule = {
-        **live,
-        "metadata": {**live["metadata"], "annotations": {**copy.annotations, RULE_ANNOTATION: "old"}},
-    }
-    assert not is_current(renamed_rule, copy)
-
-
-def test_update_patch_restores_data_and_keeps_the_resource_version_precondition() -> None:
-    copy = quay_copy()
-    live = {
-        "metadata": {
-            "name": "quay-pull",
-            "namespace": "team-a",
-            "resourceVersion": "42",
-            "labels": {MANAGED_BY_LABEL: "pullsecret-injector"},
-        },
-        "type": DOCKERCONFIGJSON_TYPE,
-        "data": {".dockerconfigjson": "e30=", "stray": "eA=="},
-    }
-    assert update_patch(live, copy) == {
-        "metadata": {
-            "labels": {MANAGED_BY_LABEL: "pullsecret-injector"},
-            "annotations": copy.annotations,
-            "resourceVersion": "42",
-        },
-        "data": {"stray": None, ".dockerconfigjson": copy.encoded},
-    }
-
-
-def test_a_managed_secret_of_another_type_must_be_recreated() -> None:
-    live = {"metadata": {"labels": {MANAGED_BY_LABEL: "pullsecret-injector"}}, "type": "Opaque"}
-    assert needs_recreate(live)
-    assert not needs_recreate({"metadata": {}, "type": "Opaque"})
+# --------------------------------------------------------------------------- the copy's hash and repr
 
 
 def test_content_hash_is_stable_and_content_sensitive() -> None:

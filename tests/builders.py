@@ -1,0 +1,178 @@
+"""What tests build and wait with, written once: AdmissionReviews, Pods, patches read back, polling.
+
+* :func:`review` builds a Pod CREATE review from images (the unit tests, the emulator tests,
+  the hygiene suite); :func:`golden_review` reads one of the recorded reviews in ``tests/golden``.
+* :func:`pod_body` is the one Pod factory and :func:`deployment_body` the one Deployment (unit
+  tests, ``check`` manifests and the e2e suite).
+* :func:`injected` and :func:`warnings` read an answer back; :func:`pull_secrets` a created Pod.
+* :func:`b64`, :func:`auth_entry` and :func:`api_secret` build Secret data.
+* :func:`wait_for` polls from a thread (the e2e suite, live servers); :func:`eventually` polls
+  on the event loop without blocking it.
+
+Nothing here talks to a cluster or starts a server: that is ``kube_fixtures``, ``servers`` and
+``e2e/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from webhook.admission.wire import AdmissionReview
+
+T = TypeVar("T")
+#: One folder per recorded AdmissionReview: ``request.json``, ``response.json``, optional ``policy.yaml``.
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+def b64(text: str | bytes) -> str:
+    """Base64 of ``text`` (UTF-8 encoded when a str), as a str: what a Secret's ``data`` holds."""
+    return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
+
+
+def auth_entry(username: str, password: str) -> dict[str, str]:
+    """One registry's entry in a Docker config, as ``docker login`` writes it."""
+    return {"username": username, "password": password, "auth": b64(f"{username}:{password}")}
+
+
+def api_secret(secret_type: str | None, data: dict[str, str], **metadata: Any) -> dict[str, Any]:
+    """The Secret ``ops/src`` as the API returns it: data values base64-encoded; no ``type`` when None."""
+    obj: dict[str, Any] = {
+        "metadata": {"name": "src", "namespace": "ops", **metadata},
+        "data": {k: b64(v) for k, v in data.items()},
+    }
+    if secret_type is not None:
+        obj["type"] = secret_type
+    return obj
+
+
+def pod_body(
+    *images: str,
+    name: str | None = "app",
+    generate_name: str = "pod-",
+    labels: Mapping[str, str] | None = None,
+    annotations: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """A Pod with one container per image (``c0``, ``c1`` ...); ``name=None`` uses ``generateName``."""
+    metadata: dict[str, Any] = {"name": name} if name else {"generateName": generate_name}
+    if labels:
+        metadata["labels"] = dict(labels)
+    if annotations:
+        metadata["annotations"] = dict(annotations)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": metadata,
+        "spec": {"containers": [{"name": f"c{i}", "image": image} for i, image in enumerate(images)]},
+    }
+
+
+def deployment_body(
+    name: str,
+    *images: str,
+    replicas: int = 1,
+    labels: Mapping[str, str] | None = None,
+    namespace: str | None = None,
+) -> dict[str, Any]:
+    """An ``apps/v1`` Deployment of ``pod_body(*images)``; ``labels`` are the template's and the selector's."""
+    selected = dict(labels or {"app": name})
+    metadata: dict[str, Any] = {"name": name}
+    if namespace is not None:
+        metadata["namespace"] = namespace
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata,
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selected},
+            "template": {"metadata": {"labels": selected}, "spec": pod_body(*images)["spec"]},
+        },
+    }
+
+
+def review(
+    namespace: str | None,
+    *images: str,
+    dry_run: bool = False,
+    uid: str = "0000-1111",
+    operation: str = "CREATE",
+    obj: Mapping[str, Any] | None = None,
+    api_version: str = "admission.k8s.io/v1",
+) -> AdmissionReview:
+    """An AdmissionReview of a Pod ``operation`` in ``namespace`` (None: no namespace field).
+
+    The Pod is ``pod_body(*images)`` unless ``obj`` is given.
+    """
+    request: dict[str, Any] = {
+        "uid": uid,
+        "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "resource": {"group": "", "version": "v1", "resource": "pods"},
+        "operation": operation,
+        "dryRun": dry_run,
+        "object": dict(obj) if obj is not None else pod_body(*images),
+    }
+    if namespace is not None:
+        request["namespace"] = namespace
+    built: AdmissionReview = {"apiVersion": api_version, "kind": "AdmissionReview", "request": request}  # type: ignore[typeddict-item]
+    return built
+
+
+def golden_review(name: str) -> AdmissionReview:
+    """The recorded ``tests/golden/<name>/request.json``, parsed afresh on every call."""
+    loaded: AdmissionReview = json.loads((GOLDEN / name / "request.json").read_text())
+    return loaded
+
+
+def injected(response: Mapping[str, Any]) -> list[str]:
+    """The Secret names the review response's patch adds to imagePullSecrets (``[]`` without a patch).
+
+    Decoded here, not with the code under test's ``decode_patch``.
+    """
+    patch = response["response"].get("patch")
+    if not patch:
+        return []
+    for op in json.loads(base64.b64decode(patch)):
+        if op["path"] == "/spec/imagePullSecrets":
+            return [ref["name"] for ref in op["value"]]
+    return []
+
+
+def pull_secrets(pod: Any) -> list[str]:
+    """The imagePullSecrets names of a Pod the ``kubernetes`` client returned (a ``V1Pod``)."""
+    return [ref.name for ref in (pod.spec.image_pull_secrets or [])]
+
+
+def warnings(response: Mapping[str, Any]) -> list[str]:
+    found: list[str] = response["response"].get("warnings", [])
+    return found
+
+
+def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 30.0, interval: float = 0.1) -> T:
+    """Call ``fn`` until it returns something truthy, and return that; AssertionError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+async def eventually(condition: Callable[[], Any], *, timeout: float = 10.0, interval: float = 0.02) -> None:
+    """Wait on the loop until ``condition()`` is truthy; fail with its last value after ``timeout`` s."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        value = condition()
+        if value:
+            return
+        if loop.time() > end:
+            raise AssertionError(f"condition still false after {timeout}s: {value!r}")
+        await asyncio.sleep(interval)
