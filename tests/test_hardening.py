@@ -65,6 +65,13 @@ class Process:
         return self.context().wrap_socket(raw, server_hostname="127.0.0.1")
 
 
+
+def replace_file(path: Path, text: str) -> None:
+    """Replace ``path`` in one step, as the kubelet swaps a mounted ConfigMap: the poller never sees half a file."""
+    staged = path.with_name(path.name + ".new")
+    staged.write_text(text)
+    staged.replace(path)
+
 def start_server(tmp_path: Path, *extra: str, command: list[str] | None = None) -> Process:
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
@@ -226,11 +233,11 @@ def test_metrics_count_what_the_test_drove(tmp_path: Path) -> None:
             assert c.post("/mutate", json=review("update-is-ignored")).status_code == 200
             assert c.post("/mutate", content=b"{", headers={"content-type": "application/json"}).status_code == 400
             assert c.post("/mutate", content=b"{}", headers={"content-type": "text/plain"}).status_code == 415
-        process.policy.write_text("rules: [{name: broken}]")
+        replace_file(process.policy, "rules: [{name: broken}]")
         time.sleep(3)  # the watcher polls every 2 s
         with process.client() as c:  # the last good policy still serves
             assert c.post("/mutate", json=review("v1-single-container")).status_code == 200
-        process.policy.write_text(POLICY + "  - {name: quay, registries: [quay.io], secret: quay-pull}\n")
+        replace_file(process.policy, POLICY + "  - {name: quay, registries: [quay.io], secret: quay-pull}\n")
         time.sleep(3)
         text = process.metrics()
     finally:

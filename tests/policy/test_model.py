@@ -83,8 +83,13 @@ def test_invalid_policies_name_the_field(doc: dict[str, Any], expected: str) -> 
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("rules: [", "not valid YAML"), ("- a\n- b\n", "must be a mapping")],
-    ids=["yaml-syntax", "not-a-mapping"],
+    [
+        ("rules: [", "not valid YAML"),
+        ("- a\n- b\n", "must be a mapping"),
+        ("", "document is empty"),
+        ("# only a comment\n", "document is empty"),
+    ],
+    ids=["yaml-syntax", "not-a-mapping", "empty", "comment-only"],
 )
 def test_unreadable_documents(text: str, expected: str) -> None:
     with pytest.raises(PolicyError, match=expected):
@@ -92,7 +97,7 @@ def test_unreadable_documents(text: str, expected: str) -> None:
 
 
 def test_defaults() -> None:
-    policy = parse_policy("")
+    policy = parse_policy("{}")
     assert policy.exclude_namespaces == ("kube-system", "kube-public", "kube-node-lease")
     assert policy.rules == ()
     rule = parse_policy(yaml.safe_dump({"rules": [RULE]})).rules[0]

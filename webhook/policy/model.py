@@ -250,7 +250,10 @@ def parse_policy(text: str | bytes) -> Policy:
     except yaml.YAMLError as exc:
         raise PolicyError([f"not valid YAML: {exc}"]) from None
     if data is None:
-        data = {}
+        # An empty file is what a reader sees halfway through a non-atomic write (an editor,
+        # `cp`), not a policy anyone meant: accepting it as "no rules" would drop every rule
+        # and, with cleanup on, delete every copy. A policy with no rules says so.
+        raise PolicyError(["the policy document is empty (write `rules: []` for a policy without rules)"])
     if not isinstance(data, dict):
         raise PolicyError([f"the policy must be a mapping, not {type(data).__name__}"])
     try:
