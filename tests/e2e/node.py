@@ -28,7 +28,11 @@ root dir regardless, and what is done about it:
 - ``/var/log/pods/<ns>_<pod>_<uid>`` and ``/var/log/containers/*.log`` symlinks: removed for
   this node's Pods at ``stop()``;
 - ``/var/lib/kubelet/device-plugins/kubelet.sock`` (a constant in 1.20): removed, and
-  ``/var/lib/kubelet`` too when it did not exist before;
+  ``/var/lib/kubelet`` too when it did not exist before; likewise ``/var/log/pods``,
+  ``/var/log/containers`` and the shims' ``/run/containerd`` (only if empty);
+- cgroups: without QoS cgroups the kubelet gives no cgroup parent and containerd puts each
+  container in ``/k8s.io/<id>``; runc removes the container's own cgroup, and ``stop()``
+  removes the ``/k8s.io`` parents (only empty ones) in the hierarchies where it made them;
 - the kernel tunables the container manager sets at start (``vm.overcommit_memory``,
   ``kernel.panic``, ``kernel.panic_on_oops``, ...): read before, written back at ``stop()``.
 
@@ -85,9 +89,12 @@ KERNEL_TUNABLES = (
     "kernel/keys/root_maxkeys",
     "kernel/keys/root_maxbytes",
 )
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 POD_LOGS = Path("/var/log/pods")
 CONTAINER_LOGS = Path("/var/log/containers")
 LEGACY_KUBELET_DIR = Path("/var/lib/kubelet")
+#: Host dirs a 1.20 kubelet / containerd 1.6 shim create when missing; removed again (if empty) when we made them.
+HOST_DIRS = (POD_LOGS, CONTAINER_LOGS, Path("/run/containerd"))
 NODE_INSTALL_HINT = (
     "apt-get install containerd runc containernetworking-plugins docker-registry skopeo umoci "
     "busybox-static apache2-utils; bash hack/build-kube-assets.sh (builds the kubelet)"
@@ -231,6 +238,8 @@ class Node:
     _trusted: set[str] = field(default_factory=set, init=False, repr=False)
     _tunables: dict[str, str] = field(default_factory=dict, init=False, repr=False)
     _legacy_dir_existed: bool = field(default=True, init=False, repr=False)
+    _new_host_dirs: list[Path] = field(default_factory=list, init=False, repr=False)
+    _new_cgroups: list[Path] = field(default_factory=list, init=False, repr=False)
     _api: Any = field(default=None, init=False, repr=False)
     _sa: str = field(default="", init=False, repr=False)
 
@@ -319,6 +328,11 @@ class Node:
         for d in (self.log_dir, self.certs_d, self.containerd_root, self.containerd_state, self.kubelet_root):
             d.mkdir(parents=True, exist_ok=True)
         self._legacy_dir_existed = LEGACY_KUBELET_DIR.exists()
+        self._new_host_dirs = [d for d in HOST_DIRS if not d.exists()]
+        with contextlib.suppress(OSError):
+            self._new_cgroups = [
+                h / K8S_NAMESPACE for h in CGROUP_ROOT.iterdir() if h.is_dir() and not (h / K8S_NAMESPACE).exists()
+            ]
         self.kubelet_path = self.kubelet_path or find_kubelet()
 
     def trust(self, registry: Registry) -> None:
@@ -664,6 +678,7 @@ disabled_plugins = [
                 self.keep_workdir = True
                 print(f"node {self.name}: still mounted after stop: {left}")
         self._remove_host_leftovers(pod_dirs)
+        self._remove_cgroups()
         if self._api is not None:
             self._api.close()
             self._api = None
@@ -730,6 +745,18 @@ disabled_plugins = [
             if pid is not None and pid > 1 and _pid_alive(pid):
                 _kill_pid(pid)
 
+    def _remove_cgroups(self) -> None:
+        """Remove the ``/k8s.io`` cgroup parents this node's containers created, if empty.
+
+        runc removes a container's own cgroup when it is deleted; the parent containerd named
+        after its namespace stays. ``rmdir`` fails on a cgroup that still has children or
+        processes, so another containerd using it at the same time is never disturbed.
+        """
+        new, self._new_cgroups = self._new_cgroups, []
+        for parent in new:
+            with contextlib.suppress(OSError):
+                os.rmdir(parent)
+
     def _remove_host_leftovers(self, pod_dirs: Sequence[str] | set[str]) -> None:
         for name in pod_dirs:
             target = POD_LOGS / name
@@ -745,6 +772,11 @@ disabled_plugins = [
         if not self._legacy_dir_existed:
             shutil.rmtree(LEGACY_KUBELET_DIR, ignore_errors=True)
             self._legacy_dir_existed = True
+        new_dirs, self._new_host_dirs = self._new_host_dirs, []
+        for top in new_dirs:  # only empty dirs go: someone else may have started using them meanwhile
+            for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
+                with contextlib.suppress(OSError):
+                    os.rmdir(dirpath)
 
 
 __all__ = [
