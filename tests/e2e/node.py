@@ -33,6 +33,8 @@ root dir regardless, and what is done about it:
 - cgroups: without QoS cgroups the kubelet gives no cgroup parent and containerd puts each
   container in ``/k8s.io/<id>``; runc removes the container's own cgroup, and ``stop()``
   removes the ``/k8s.io`` parents (only empty ones) in the hierarchies where it made them;
+- the shims (``containerd-shim-runc-v2``) daemonize: found by our socket path in their
+  command line, killed by PID if still there after containerd stopped;
 - the kernel tunables the container manager sets at start (``vm.overcommit_memory``,
   ``kernel.panic``, ``kernel.panic_on_oops``, ...): read before, written back at ``stop()``.
 
@@ -175,14 +177,13 @@ def unmount_all(root: Path, rounds: int = 5) -> list[str]:
     return _mounts_under(root)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie (exited, not yet reaped by its parent) counts as gone."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _kill_pid(pid: int, timeout: float = 5.0) -> None:
@@ -190,7 +191,7 @@ def _kill_pid(pid: int, timeout: float = 5.0) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout
-    while _pid_alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
 
 
@@ -652,6 +653,46 @@ disabled_plugins = [
     def running(self) -> bool:
         return bool(self._procs) and all(p.popen.poll() is None for p in self._procs)
 
+    def process_ids(self) -> dict[str, int]:
+        """Every process this node runs, by PID: ``containerd``, ``kubelet``, ``shim:<id>``, ``init:<id>``.
+
+        The shims and the containers' first processes are not our children (shims daemonize),
+        so their PIDs come from containerd's state dir, where ``stop()`` looks for them too.
+        """
+        pids = {p.name: p.popen.pid for p in self._procs if p.popen.poll() is None}
+        pids.update({f"shim:{pid}": pid for pid in self._shim_pids()})
+        for pidfile in self.containerd_state.glob("io.containerd.runtime.v2.task/*/*/init.pid"):
+            pid = _read_pid(pidfile)
+            if pid is not None:
+                pids[f"init:{pidfile.parent.name}"] = pid
+        return pids
+
+    def _shim_pids(self) -> list[int]:
+        """The runc shims serving this containerd: ``containerd-shim-runc-v2 ... -address <our socket>``.
+
+        containerd 1.6 writes no shim.pid, and a shim daemonizes (its parent is not containerd),
+        so the shims are found by the one thing that is ours alone: our containerd's socket path.
+        """
+        socket = str(self.containerd_socket)
+        found: list[int] = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if not argv or not argv[0].endswith(b"containerd-shim-runc-v2"):
+                continue
+            args = [a.decode(errors="replace") for a in argv]
+            if any(a == "-address" and i + 1 < len(args) and args[i + 1] == socket for i, a in enumerate(args)):
+                found.append(int(proc.name))
+        return found
+
+    def mounts(self) -> list[str]:
+        """What is mounted under the node's dir now (container rootfs, shm, Pod volumes, ...)."""
+        return _mounts_under(self.dir)
+
     # ----------------------------------------------------------------- teardown
 
     def stop(self, timeout: float = 20.0) -> None:
@@ -738,11 +779,15 @@ disabled_plugins = [
         return pod_dirs
 
     def _kill_leftover_processes(self) -> None:
-        """Any shim or container init still recorded in containerd's state dir: SIGKILL by its PID."""
+        """Any container init recorded in containerd's state dir, and any shim of ours: SIGKILL by PID.
+
+        After a clean ``_remove_containers`` there are none; this is for a containerd that died
+        or hung, so that nothing started by this node outlives ``stop()``.
+        """
         tasks = self.containerd_state / "io.containerd.runtime.v2.task"
-        for pidfile in sorted(tasks.glob("*/*/init.pid")) + sorted(tasks.glob("*/*/shim.pid")):
-            pid = _read_pid(pidfile)
-            if pid is not None and pid > 1 and _pid_alive(pid):
+        pids = [_read_pid(f) for f in sorted(tasks.glob("*/*/init.pid"))]
+        for pid in [p for p in pids if p is not None] + self._shim_pids():
+            if pid > 1 and pid_alive(pid):
                 _kill_pid(pid)
 
     def _remove_cgroups(self) -> None:
@@ -780,10 +825,13 @@ disabled_plugins = [
 
 
 __all__ = [
+    "CGROUP_ROOT",
+    "K8S_NAMESPACE",
     "PAUSE_IMAGE",
     "Node",
     "NodeError",
     "find_kubelet",
     "missing_prerequisites",
+    "pid_alive",
     "unmount_all",
 ]

@@ -16,9 +16,11 @@ Measurements are printed and listed at the end of the run ("pullsecret-injector 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +30,7 @@ import pytest
 from tests.registries import BusyboxImages, PushedImage, Registry
 
 from .controlplane import ControlPlane, tail
-from .node import Node
+from .node import CGROUP_ROOT, K8S_NAMESPACE, Node, pid_alive
 from .test_webhook_e2e import (
     DOCKERCONFIGJSON,
     INJECTED,
@@ -552,3 +554,72 @@ def test_a_rotated_registry_password_reaches_new_pods_within_10s(
         f"{ROTATION_BUDGET_SECONDS:g}s); a Pod created together with the source update Succeeded after "
         f"{racing_seconds:.2f}s ({racing_failures} failed pull Events before)",
     )
+
+
+def test_stopping_a_node_leaves_no_process_mount_or_cgroup_behind(
+    control_plane: ControlPlane,
+    core: Any,
+    node_images: BusyboxImages,
+    node_registries: tuple[Registry, Registry],
+    images: Images,
+    namespaces: Namespaces,
+    note: Note,
+) -> None:
+    """A second node of its own, stopped while its Pod runs: what ``Node.stop()`` promises, checked."""
+    from kubernetes.client.exceptions import ApiException
+
+    a, _ = node_registries
+    ns = namespaces.one("e2e-node-teardown", hook=NO_HOOK)  # an explicit pull secret; no webhook needed
+    core.create_namespaced_secret(
+        ns,
+        {
+            "metadata": {"name": "pull"},
+            "type": DOCKERCONFIGJSON,
+            "data": {".dockerconfigjson": base64.b64encode(a.dockerconfigjson("puller-a")).decode()},
+        },
+    )
+    extra = Node(control_plane, node_images, name=f"psi-node-teardown-{uuid.uuid4().hex[:6]}")
+    extra.start(node_registries)
+    workdir = extra.dir
+    try:
+        spec = node_pod_spec(extra, images.web.reference, restart_policy="Always")
+        spec["imagePullSecrets"] = [{"name": "pull"}]
+        core.create_namespaced_pod(ns, {"metadata": {"name": "running"}, "spec": spec})
+        wait_pod(core, extra, ns, "running", lambda p: p.status.phase == "Running", "Running", POD_TIMEOUT)
+        pids = extra.process_ids()
+        container_ids = [info["ID"] for info in extra.containers()]
+        mounted = extra.mounts()
+    finally:
+        t0 = time.monotonic()
+        extra.stop()
+        stop_seconds = time.monotonic() - t0
+        with contextlib.suppress(ApiException):
+            core.delete_namespaced_pod("running", ns, grace_period_seconds=0)
+
+    assert {"containerd", "kubelet"} <= set(pids)
+    assert sum(key.startswith("shim:") for key in pids) == 1, f"one shim per Pod: {pids}"
+    assert sum(key.startswith("init:") for key in pids) == 2, f"a sandbox and a container: {pids}"
+    assert len(container_ids) == 2
+    assert mounted, "a running Pod has its rootfs, shm and token volume mounted"
+    alive = {name: pid for name, pid in pids.items() if pid_alive(pid)}
+    assert alive == {}, f"still running after stop(): {alive}"
+    assert not workdir.exists(), "the node's temp dir is removed"
+    assert not any(point.startswith(str(workdir)) for point in _all_mount_points())
+    leftover_cgroups = [
+        str(h / K8S_NAMESPACE / cid)
+        for h in CGROUP_ROOT.iterdir()
+        for cid in container_ids
+        if (h / K8S_NAMESPACE / cid).exists()
+    ]
+    assert leftover_cgroups == []
+    status, _ = control_plane.get(f"/api/v1/nodes/{extra.name}")
+    assert status == 404, "the Node object is deleted"
+    note(
+        "node-teardown",
+        f"node with a running Pod stopped in {stop_seconds:.2f}s; {len(pids)} processes, {len(mounted)} mounts gone",
+    )
+
+
+def _all_mount_points() -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f]
