@@ -128,7 +128,7 @@ def missing_prerequisites() -> list[str]:
     """What is missing to start a node here (empty when a node can start)."""
     missing: list[str] = []
     if find_kubelet() is None:
-        missing.append("kubelet (bash hack/build-kube-assets.sh)")
+        missing.append(f"kubelet in ${ASSETS_ENV} or {DEFAULT_ASSETS_DIR}")
     for binary, package in NODE_TOOLS.items():
         if shutil.which(binary) is None:
             missing.append(f"{binary} (package {package})")

@@ -29,6 +29,7 @@ import pytest
 
 from tests.registries import BusyboxImages, PushedImage, Registry
 
+from .conftest import require_node
 from .controlplane import ControlPlane, tail
 from .node import CGROUP_ROOT, K8S_NAMESPACE, Node, pid_alive
 from .test_webhook_e2e import (
@@ -165,6 +166,12 @@ def node_policy(a: Registry, b: Registry) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _node_prerequisites() -> None:
+    """Skip (or fail, PSI_REQUIRE_E2E=1) before the control plane starts, not 30 s later."""
+    require_node()
 
 
 @pytest.fixture(scope="module")
