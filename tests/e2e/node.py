@@ -16,6 +16,9 @@ What this machine needs, found by trying (issue 12):
 - no scheduler and no Pod network: test Pods set ``nodeName`` and ``hostNetwork: true``. A
   loopback-only CNI configuration is written anyway, only so that containerd reports
   ``NetworkReady`` and the node becomes Ready (no plugin runs for host-network Pods);
+- the kubelet's node IP is 127.0.0.1 (it logs that a loopback node IP cannot be reported as a
+  Node address, so the Node has none: nothing needs to reach the kubelet), and the AWS SDK in
+  it must not look for the EC2 metadata service (``kubelet_env()``);
 - kubelet: cgroupfs driver, ``cgroupsPerQOS: false``, ``failSwapOn: false``, eviction
   thresholds near zero (a shared disk must not make the node evict test Pods), image GC off,
   no iptables chains (``makeIPTablesUtilChains: false``), ``oomScoreAdj: 0``.
@@ -200,6 +203,20 @@ def _read_pid(path: Path) -> int | None:
         return int(path.read_text().strip())
     except (OSError, ValueError):
         return None
+
+
+def kubelet_env() -> dict[str, str]:
+    """The kubelet's environment: no AWS settings, and the EC2 metadata service switched off.
+
+    The 1.20 kubelet's in-tree ECR credential provider asks the AWS SDK for credentials at
+    start, whose default chain ends with the EC2 metadata service (169.254.169.254):
+    ``AWS_EC2_METADATA_DISABLED=true`` makes the SDK fail that step without sending anything,
+    so the node's traffic stays on loopback. (The GCP provider only reads the local DMI
+    product name; Azure's needs a config file that is not given.)
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    return env
 
 
 @dataclass
@@ -586,11 +603,12 @@ disabled_plugins = [
                 f"--node-labels=e2e.pullsecret-injector.io/node={self.name}",
                 f"--v={self.verbosity}",
             ],
+            env=kubelet_env(),
         )
 
     # ----------------------------------------------------------------- readiness
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         log = self.log(name)
         log_file = log.open("ab")
         log_file.write(("$ " + " ".join(argv) + "\n").encode())
@@ -602,6 +620,7 @@ disabled_plugins = [
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 cwd=self.dir,
+                env=env,
                 preexec_fn=_pdeathsig_preexec(),
             )
         except BaseException:
