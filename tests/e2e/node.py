@@ -49,6 +49,7 @@ everything mounted under the temp dir (deepest first) and removes the dir.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import json
@@ -315,6 +316,7 @@ class Node:
             raise NodeError("cannot start a node: missing " + "; ".join(missing) + f" ({NODE_INSTALL_HINT})")
         t0 = time.monotonic()
         deadline = t0 + timeout
+        atexit.register(self.stop)  # containers and shims are not our children: no PDEATHSIG for them
         try:
             self._prepare_dir()
             for registry in registries:
@@ -718,11 +720,11 @@ disabled_plugins = [
         """Tear everything down by PID (see the module docstring); safe to call twice."""
         procs = {p.name: p for p in self._procs}
         self._procs = []
-        self._delete_node_object()
         kubelet = procs.get("kubelet")
         if kubelet is not None:
             terminate(kubelet.popen, timeout)
             kubelet.log_file.close()
+        self._delete_node_object()  # after the kubelet: it would otherwise keep updating (or re-create) it
         self._restore_tunables()
         containerd = procs.get("containerd")
         pod_dirs: set[str] = set()
@@ -742,6 +744,7 @@ disabled_plugins = [
         if self._api is not None:
             self._api.close()
             self._api = None
+        atexit.unregister(self.stop)
         if self._tmp is not None and not self.keep_workdir:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
