@@ -20,6 +20,10 @@ Usage::
         pushed.reference                            # "127.0.0.1:40123/team/app:1.0"
         reg.set_password("alice", "pw-2")           # rotation: effective when it returns
         reg.login_ok("alice", "pw-2")               # True
+    # a pull-through mirror (users of its own) of an anonymous upstream:
+    with Registry(users={}) as up, Registry(users={"bob": "b"}, upstream=up) as mirror:
+        digest = up.push(app, "team/app", "1.0").digest
+        mirror.manifest_digest("team/app", "1.0") == digest   # fetched from up
 
 Distribution 2.8 re-reads its htpasswd file when the file's modification time changes (it
 stats it on each authenticated request), so ``set_password`` rewrites the file atomically
@@ -292,13 +296,22 @@ class Registry:
     """One Distribution process with htpasswd auth and TLS on 127.0.0.1 (see the module docstring)."""
 
     users: Mapping[str, str]
-    """username -> password; at least one (the first is the default pusher)."""
+    """username -> password (the first is the default pusher); empty: an anonymous registry
+    (no auth at all), e.g. the upstream of a mirror (see ``upstream``)."""
     name: str = "registry"
     workdir: Path | None = None
     """Config, storage, certificates, htpasswd and log; a temp dir (removed by ``stop``) when None."""
     tls: RegistryTLS | None = None
     """Certificates to serve; made with a fresh CA when None."""
     keep_workdir: bool = False
+    upstream: Registry | None = None
+    """Make this a pull-through mirror (Distribution's ``proxy`` mode) of ``upstream``: pulls
+    of what this registry lacks are fetched from there; pushes are refused. Distribution 2.8
+    sends credentials only to an upstream using token auth (it discovers Bearer realms and
+    never answers a Basic challenge), so the upstream here is an anonymous registry
+    (``users={}``); the mirror itself can still require its own users."""
+    upstream_user: str | None = None
+    """Credentials for a token-auth upstream (see above): ignored by a Basic-auth upstream."""
 
     port: int = field(default=0, init=False)
     startup_seconds: float = field(default=0.0, init=False)
@@ -384,8 +397,6 @@ class Registry:
         """Write config and credentials, spawn the process and wait until ``/v2/`` answers (401)."""
         if self._popen is not None:
             raise RegistryError(f"registry {self.name} already started")
-        if not self.users:
-            raise RegistryError("a registry needs at least one user")
         missing = missing_tools()
         if missing:
             raise RegistryError(f"missing: {', '.join(missing)} ({INSTALL_HINT})")
@@ -440,8 +451,18 @@ class Registry:
                 "tls": {"certificate": str(self.dir / "server.crt"), "key": str(self.dir / "server.key")},
                 "headers": {"X-Content-Type-Options": ["nosniff"]},
             },
-            "auth": {"htpasswd": {"realm": self.name, "path": str(self.htpasswd_path)}},
+            **({"auth": {"htpasswd": {"realm": self.name, "path": str(self.htpasswd_path)}}} if self._users else {}),
+            **self._proxy_config(),
         }
+
+    def _proxy_config(self) -> dict[str, object]:
+        if self.upstream is None:
+            return {}
+        proxy: dict[str, str] = {"remoteurl": self.upstream.url}
+        if self.upstream_user is not None:
+            proxy["username"] = self.upstream_user
+            proxy["password"] = self.upstream.current_users[self.upstream_user]
+        return {"proxy": proxy}
 
     def _spawn_and_wait(self, timeout: float) -> None:
         config = self.dir / "config.yml"
@@ -454,6 +475,9 @@ class Registry:
         self._log_file = log_file
         # Distribution reads REGISTRY_* variables as config overrides: never inherit any.
         env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+        if self.upstream is not None:
+            # Go reads its trusted roots from SSL_CERT_FILE: the mirror trusts exactly the upstream's CA
+            env["SSL_CERT_FILE"] = str(self.upstream.ca_path)
         self._popen = subprocess.Popen(
             argv,
             cwd=self.dir,
@@ -464,7 +488,7 @@ class Registry:
             preexec_fn=_pdeathsig_preexec(),
         )
         deadline = time.monotonic() + timeout
-        while self._status("/v2/") != 401:
+        while self._status("/v2/") != (401 if self._users else 200):
             code = self._popen.poll()
             if code is not None:
                 self._reap()
@@ -519,6 +543,8 @@ class Registry:
 
         Without ``restart`` this relies on Distribution re-reading the changed file (2.8 does);
         with it, or if the change is not seen within ``timeout``, the process is restarted by PID.
+        (A mirror's credentials for its upstream are config, not htpasswd: after rotating the
+        upstream's password, ``restart()`` the mirror.)
         """
         old = dict(self._users)
         t0 = time.monotonic()
@@ -573,16 +599,15 @@ class Registry:
 
     def manifest_digest(self, repository: str, tag: str, user: str | None = None) -> str | None:
         """The digest the registry serves for ``repository:tag`` (``Docker-Content-Digest``), or None."""
-        user = user or next(iter(self._users))
-        token = base64.b64encode(f"{user}:{self._users[user]}".encode()).decode()
+        headers = {
+            "Accept": "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
+        }
+        user = user or next(iter(self._users), None)
+        if user is not None:
+            token = base64.b64encode(f"{user}:{self._users[user]}".encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
         request = urllib.request.Request(  # noqa: S310 - https://127.0.0.1
-            f"{self.url}/v2/{repository}/manifests/{tag}",
-            method="HEAD",
-            headers={
-                "Authorization": f"Basic {token}",
-                "Accept": "application/vnd.oci.image.manifest.v1+json, "
-                "application/vnd.docker.distribution.manifest.v2+json",
-            },
+            f"{self.url}/v2/{repository}/manifests/{tag}", method="HEAD", headers=headers
         )
         try:
             with urllib.request.urlopen(request, timeout=5, context=self.ssl_context()) as resp:  # noqa: S310
@@ -595,7 +620,8 @@ class Registry:
 
     def push(self, image: OCIImage, repository: str, tag: str, *, user: str | None = None) -> PushedImage:
         """Copy ``image`` to ``<host>/<repository>:<tag>`` with skopeo as ``user`` (default: the first)."""
-        user = user or next(iter(self._users))
+        user = user or next(iter(self._users), None)
+        creds = ["--dest-no-creds"] if user is None else ["--dest-creds", f"{user}:{self._users[user]}"]
         digest_file = self.dir / f".digest-{os.getpid()}-{time.monotonic_ns()}"
         # a private auth file: skopeo must use the given credentials, never the machine's
         env = {**os.environ, "REGISTRY_AUTH_FILE": str(self.dir / "skopeo-auth.json")}
@@ -608,8 +634,7 @@ class Registry:
                     "--quiet",
                     "--dest-cert-dir",
                     str(self.cert_dir),
-                    "--dest-creds",
-                    f"{user}:{self._users[user]}",
+                    *creds,
                     "--digestfile",
                     str(digest_file),
                     image.transport_ref,

@@ -112,3 +112,12 @@ def test_an_archive_is_a_docker_archive_with_the_given_name(images: BusyboxImage
         assert manifest_file is not None
         manifest = json.load(manifest_file)
     assert manifest[0]["RepoTags"] == ["psi.local/pause:1"]
+
+
+def test_a_mirror_serves_the_upstreams_images_to_its_own_users(images: BusyboxImages) -> None:
+    with Registry(users={}, name="unit-upstream") as upstream:
+        pushed = upstream.push(images.image("unit-mirrored", entrypoint=["/bin/true"]), "team/mirrored", "1")
+        with Registry(users={"mirror-user": "m-pw"}, name="unit-mirror", upstream=upstream) as mirror:
+            assert mirror.manifest_digest("team/mirrored", "1", user="mirror-user") == pushed.digest
+            assert upstream.manifest_requests("team/mirrored") >= 1, "fetched from the upstream"
+            assert not mirror.login_ok("mirror-user", "wrong"), "the mirror checks its own users"
