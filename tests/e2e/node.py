@@ -332,7 +332,10 @@ class Node:
             if self._dir is not None:
                 self.keep_workdir = True
                 err.add_note(f"node workdir kept for inspection: {self._dir} (logs in logs/)")
-            self.stop()
+            try:
+                self.stop()
+            except NodeError as stop_error:
+                err.add_note(str(stop_error))
             raise
         self.startup_seconds = time.monotonic() - t0
         return self
@@ -717,38 +720,53 @@ disabled_plugins = [
     # ----------------------------------------------------------------- teardown
 
     def stop(self, timeout: float = 20.0) -> None:
-        """Tear everything down by PID (see the module docstring); safe to call twice."""
+        """Tear everything down by PID (see the module docstring); safe to call twice.
+
+        Every step runs even when an earlier one failed (an API server already gone, a hung
+        ``ctr``): what could not be done is raised as one NodeError at the end.
+        """
+        errors: list[str] = []
+
+        def step(what: str, fn: Callable[[], object]) -> None:
+            try:
+                fn()
+            except Exception as err:  # teardown goes on: report everything at the end
+                errors.append(f"{what}: {type(err).__name__}: {err}")
+
         procs = {p.name: p for p in self._procs}
         self._procs = []
         kubelet = procs.get("kubelet")
         if kubelet is not None:
-            terminate(kubelet.popen, timeout)
+            step("stop kubelet", lambda: terminate(kubelet.popen, timeout))
             kubelet.log_file.close()
-        self._delete_node_object()  # after the kubelet: it would otherwise keep updating (or re-create) it
-        self._restore_tunables()
+        # after the kubelet: it would otherwise keep updating (or re-create) it
+        step("delete the Node", self._delete_node_object)
+        step("restore kernel tunables", self._restore_tunables)
         containerd = procs.get("containerd")
         pod_dirs: set[str] = set()
         if containerd is not None:
             if containerd.popen.poll() is None:
-                pod_dirs = self._remove_containers()
-            terminate(containerd.popen, timeout)
+                step("remove containers", lambda: pod_dirs.update(self._remove_containers()))
+            step("stop containerd", lambda: terminate(containerd.popen, timeout))
             containerd.log_file.close()
         if self._dir is not None:
-            self._kill_leftover_processes()
+            step("kill leftover processes", self._kill_leftover_processes)
             left = unmount_all(self._dir)
             if left:
                 self.keep_workdir = True
-                print(f"node {self.name}: still mounted after stop: {left}")
-        self._remove_host_leftovers(pod_dirs)
-        self._remove_cgroups()
+                errors.append(f"still mounted: {left}")
+        step("remove host leftovers", lambda: self._remove_host_leftovers(pod_dirs))
+        step("remove cgroups", self._remove_cgroups)
         if self._api is not None:
-            self._api.close()
+            step("close the API client", self._api.close)
             self._api = None
         atexit.unregister(self.stop)
         if self._tmp is not None and not self.keep_workdir:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
             self._dir = None
+        if errors:
+            raise NodeError(f"node {self.name} teardown incomplete:\n" + "\n".join(errors))
 
     def _delete_node_object(self) -> None:
         if self._api is None:
@@ -764,8 +782,11 @@ disabled_plugins = [
             lambda: core.delete_namespaced_service_account(self._sa, "kube-system"),
         ]
         for call in calls:
-            with contextlib.suppress(ApiException, OSError):
+            try:
                 call()
+            except ApiException as err:
+                if err.status != 404:
+                    raise
 
     def containers(self) -> list[dict[str, Any]]:
         """containerd's containers in ``k8s.io`` (sandboxes included) as ``ctr containers info`` JSON."""
@@ -846,6 +867,47 @@ disabled_plugins = [
                     os.rmdir(dirpath)
 
 
+def main() -> int:
+    """A control plane, two registries and a Ready node to poke at by hand, until Ctrl-C / SIGTERM.
+
+    ``.venv/bin/python -m tests.e2e.node`` prints the kubeconfig, the registries and their
+    users, and how to reach containerd; everything is stopped by PID on the way out.
+    """
+    import sys
+
+    from .controlplane import find_assets
+
+    missing = missing_prerequisites()
+    assets = find_assets()
+    if missing or assets is None:
+        print(
+            f"cannot start: missing {'; '.join(missing) or 'etcd/kube-apiserver'} ({NODE_INSTALL_HINT})",
+            file=sys.stderr,
+        )
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with tempfile.TemporaryDirectory(prefix="psi-node-images-") as images_dir, ControlPlane(assets) as cp:
+        a = Registry(users={"puller-a": "a-pass-1"}, name="registry-a").start()
+        b = Registry(users={"puller-b": "b-pass-1"}, name="registry-b").start()
+        try:
+            with Node(cp, BusyboxImages(Path(images_dir) / "layout")) as node:
+                for reg in (a, b):
+                    node.trust(reg)
+                print(f"node {node.name} Ready in {node.startup_seconds:.1f}s; export KUBECONFIG={cp.kubeconfig_path}")
+                for reg in (a, b):
+                    print(f"registry {reg.host} users {reg.current_users} (CA {reg.ca_path})")
+                print(f"ctr --address {node.containerd_socket} -n {K8S_NAMESPACE} containers list")
+                print(f"logs: {node.log_dir}   (Ctrl-C to stop)")
+                sys.stdout.flush()
+                with contextlib.suppress(KeyboardInterrupt):
+                    while True:
+                        time.sleep(3600)
+        finally:
+            b.stop()
+            a.stop()
+    return 0
+
+
 __all__ = [
     "CGROUP_ROOT",
     "K8S_NAMESPACE",
@@ -857,3 +919,7 @@ __all__ = [
     "pid_alive",
     "unmount_all",
 ]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
