@@ -40,6 +40,7 @@ from webhook.observability.metrics import Metrics
 from webhook.policy.holder import PolicyHolder
 from webhook.tls.context import ReloadingSSLContext, install_into_uvicorn
 from webhook.tls.guard import guarded_protocol
+from webhook.tokens.metrics import TokenMetrics
 
 if TYPE_CHECKING:
     from webhook.runtime import KubeRuntime
@@ -141,6 +142,7 @@ def build_components(args: argparse.Namespace) -> Components:
 
     if not args.no_kube and (args.kubeconfig is not None or os.environ.get("KUBERNETES_SERVICE_HOST")):
         runtime = _kube_runtime(args, holder=holder, metrics=metrics)
+        runtime.tokens.metrics = TokenMetrics(metrics.registry)  # issue 13: token mint metrics
         namespaces, ensurer = runtime.namespaces, runtime.ensurer
         holder.listeners.append(runtime.policy_changed)  # re-target the by-name watches
         if args.policy_configmap:

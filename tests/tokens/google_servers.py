@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
@@ -29,6 +30,9 @@ from typing import Any
 
 SA_EMAIL = "puller@example-project.iam.gserviceaccount.com"
 TOKEN_PATH = "/computeMetadata/v1/instance/service-accounts/default/token"
+# google-auth asks by "default" first, then by the e-mail the account info answered.
+_ACCOUNT_TOKEN = re.compile(r"/computeMetadata/v1/instance/service-accounts/[^/]+/token")
+_ACCOUNT_INFO = re.compile(r"/computeMetadata/v1/instance/service-accounts/[^/]+/")
 
 
 @dataclass
@@ -101,14 +105,14 @@ class GoogleServers:
                     return
                 if path == "/":
                     self._answer(200, b"")
-                elif path == TOKEN_PATH:
+                elif _ACCOUNT_TOKEN.fullmatch(path):
                     if owner.fail:
                         self._answer(500, {"error": "metadata server failing (test)"})
                         return
                     self._answer(
                         200, {"access_token": owner.issue(), "expires_in": owner.lifetime, "token_type": "Bearer"}
                     )
-                elif path == "/computeMetadata/v1/instance/service-accounts/default/":
+                elif _ACCOUNT_INFO.fullmatch(path):
                     self._answer(200, {"email": SA_EMAIL, "aliases": ["default"], "scopes": []})
                 elif path == "/computeMetadata/v1/project/project-id":
                     self._answer(200, b"example-project")

@@ -144,6 +144,13 @@ class NamespaceScope(_Model):
 class SecretRef(_Model):
     namespace: NamespaceName
     name: SecretName
+    #: Auth hosts kept from the source even though no image names them (issue 13: delegated auth).
+    also_for: tuple[str, ...] = ()
+
+    @field_validator("also_for")
+    @classmethod
+    def _also_for_are_hosts(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_registry_host(value) for value in values)
 
 
 class SecretKeyRef(_Model):
@@ -159,6 +166,13 @@ class Credentials(_Model):
     username: str
     password_from: SecretKeyRef
     email: str | None = None
+    #: More hosts that get the same credential (issue 13: a registry's separate auth host).
+    also_for: tuple[str, ...] = ()
+
+    @field_validator("also_for")
+    @classmethod
+    def _also_for_are_hosts(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_registry_host(value) for value in values)
 
     @field_validator("registry")
     @classmethod
