@@ -20,6 +20,7 @@ from webhook.admission.manifests import ManifestError, PodSource, load_documents
 from webhook.admission.podplan import PodPlan, plan_pod
 from webhook.policy.matching import CompiledPolicy, load_policy
 from webhook.policy.model import PolicyError
+from webhook.tokens.explain import explain_source
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
@@ -203,6 +204,9 @@ def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
             print(f"  {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"{args.file}: valid, {len(policy.policy.rules)} rule(s)", file=out)
+    for rule in policy.policy.rules:  # issue 13: minted tokens are said to be minted at runtime
+        if rule.source is not None and rule.source.token is not None:
+            print(f"  rule {rule.name}: {explain_source(rule.source)}", file=out)
     return EXIT_OK
 
 
@@ -285,6 +289,8 @@ def _print_plan(source: PodSource, plan: PodPlan, policy: CompiledPolicy, out: T
         print(f"    normalized: {c.ref if c.ref else '(invalid)'}", file=out)
         if c.rule is not None:
             print(f"    rule:       {c.rule.name} -> secret {c.rule.secret}", file=out)
+            if c.rule.source is not None and c.rule.source.token is not None:  # issue 13: minted at runtime
+                print(f"    source:     {explain_source(c.rule.source)}", file=out)
         else:
             print("    rule:       (none)", file=out)
         print(f"    why:        {c.reason}", file=out)
