@@ -120,14 +120,14 @@ def entra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Entra]:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     federated = tmp_path / "azure-token"
     federated.write_text(jwt({"sub": "system:serviceaccount:psi:psi", "aud": "api://AzureADTokenExchange"}))
-    for key, value in {
+    for name, value in {
         "AZURE_AUTHORITY_HOST": state.url,
         "AZURE_FEDERATED_TOKEN_FILE": str(federated),
         "REQUESTS_CA_BUNDLE": str(tmp_path / "ca.crt"),
         "SSL_CERT_FILE": str(tmp_path / "ca.crt"),
         "NO_PROXY": "127.0.0.1",
     }.items():
-        monkeypatch.setenv(key, value)
+        monkeypatch.setenv(name, value)
     try:
         yield state
     finally:
