@@ -21,8 +21,9 @@ RUN python -m venv /opt/venv
 # README.md* : the readme is optional for the build context.
 COPY pyproject.toml README.md* ./
 COPY webhook/ ./webhook/
-RUN /opt/venv/bin/pip wheel --wheel-dir /wheels . \
- && /opt/venv/bin/pip install --no-index --find-links /wheels pullsecret-injector \
+# The three token providers' SDKs (extras gcp, aws, azure) are part of the image.
+RUN /opt/venv/bin/pip wheel --wheel-dir /wheels '.[gcp,aws,azure]' \
+ && /opt/venv/bin/pip install --no-index --find-links /wheels 'pullsecret-injector[gcp,aws,azure]' \
  && /opt/venv/bin/pip uninstall --yes pip setuptools wheel \
  && /opt/venv/bin/pullsecret-injector --help >/dev/null
 
