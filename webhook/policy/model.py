@@ -210,7 +210,11 @@ def _go_duration(value: str) -> str:
 #: A registry host (``host[:port]``), as written into the copy's ``auths``.
 RegistryHost = Annotated[str, AfterValidator(_registry_host)]
 #: A Go duration string (``"1h"``, ``"6h0m0s"``, ``"0"``), as the kubelet's provider config takes.
-GoDuration = Annotated[str, AfterValidator(_go_duration)]
+GoDuration = Annotated[
+    str,
+    AfterValidator(_go_duration),
+    Field(json_schema_extra={"pattern": "^(0|([0-9]*(\\.[0-9]*)?(ns|us|\u00b5s|\u03bcs|ms|s|m|h))+)$"}),
+]
 
 
 class GcpTokenOptions(_Model):
