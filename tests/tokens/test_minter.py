@@ -9,13 +9,15 @@ import logging
 import stat
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from webhook.observability.logs import RedactingFilter
-from webhook.policy.model import TokenSource
+from webhook.policy.model import Source, TokenSource
+from webhook.secrets.desired import Copy, build_copy, is_current
 from webhook.tokens.base import Token
 from webhook.tokens.errors import ExecPluginError, MintTimeout, TokenError
 from webhook.tokens.metrics import TokenMetrics
@@ -216,3 +218,43 @@ async def test_tokens_never_reach_the_log_at_debug(tmp_path: Path, caplog: pytes
     assert caplog.records
     assert token.password not in caplog.text
     assert "[REDACTED]" in caplog.text
+
+
+async def test_callers_in_backoff_get_the_last_error_without_a_mint_each(tmp_path: Path) -> None:
+    (tmp_path / "fail").write_text("")
+    source = plugin_source(tmp_path)
+    minters = TokenMinters()
+    with pytest.raises(ExecPluginError):
+        await minters.source_object(source, timeout=10)
+    for _ in range(50):  # a reconcile pass over fifty copies
+        with pytest.raises(ExecPluginError):
+            await minters.source_object(source, timeout=10)
+    assert runs(tmp_path) == 1, "one plugin run, then the backoff holds"
+
+
+def test_a_copy_holding_a_newer_token_from_another_replica_is_current() -> None:
+    """Replicas mint their own tokens: the newest valid one in the copy wins, nobody rewrites it."""
+    source = Source.model_validate({"token": {"provider": "exec", "registry": REGISTRY, "exec": {"command": ["x"]}}})
+    token_source = source.token
+    assert token_source is not None
+    now = time.time()
+    ours = Token(username="u", password="ours-canary-1", minted_at=now - 60, expires_at=now + 3540)
+    theirs = Token(username="u", password="theirs-canary-2", minted_at=now - 10, expires_at=now + 3590)
+    older = Token(username="u", password="older-canary-3", minted_at=now - 120, expires_at=now + 3480)
+
+    def copy_of(token: Token) -> Copy:
+        return build_copy(
+            name="pull",
+            namespace="team",
+            source=source,
+            rules=["r"],
+            registries=[REGISTRY],
+            source_secret=token_object(token_source, token),
+        )
+
+    desired = copy_of(ours)
+    assert is_current(copy_of(theirs).manifest(), desired)
+    assert not is_current(copy_of(older).manifest(), desired)
+    edited = copy_of(theirs).manifest()
+    edited["data"][".dockerconfigjson"] = base64.b64encode(b'{"auths":{}}').decode()
+    assert not is_current(edited, desired), "edited by hand: the hash no longer matches, ours is restored"

@@ -270,6 +270,15 @@ class TokenMinter:
         token = self.valid()
         if token is not None:
             return token
+        if (
+            self.last_error is not None
+            and self._next_retry is not None
+            and self._clock() < self._next_retry
+            and (self._inflight is None or self._inflight.done())
+        ):
+            # In backoff after a failure: every copy asking (a reconcile pass over 1,000 of them)
+            # must not turn into a mint each; the refresh loop retries on schedule.
+            raise self.last_error
         task = self.mint_shared()
         try:
             return await asyncio.wait_for(asyncio.shield(task), timeout=max(0.0, timeout))
