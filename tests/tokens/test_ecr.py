@@ -9,6 +9,7 @@ answers a fixed ``expiresAt`` in 2015: the schedule's floor must keep that from 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from webhook.observability.logs import redact
-from webhook.policy.model import TokenSource
+from webhook.policy.model import Source, TokenSource
+from webhook.secrets.desired import build_copy
 from webhook.tokens.ecr import EcrProvider
 from webhook.tokens.errors import MintError
 from webhook.tokens.minter import TokenMinters
@@ -97,3 +99,27 @@ async def test_the_floor_holds_for_an_answer_from_2015(aws_env: Path, monkeypatc
     assert at == pytest.approx(token.minted_at + FLOOR)
     assert next_refresh(now=time.time(), expires_at=token.expires_at, draw=0.5) >= time.time() + FLOOR - 0.01
     await asyncio.sleep(0)
+
+
+async def test_the_copy_is_written_under_the_proxy_endpoint_host(
+    aws_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "static-secret-canary-key")
+    source = Source.model_validate({"token": {"provider": "ecr", "ecr": {"region": "us-east-1"}}})
+    assert source.token is not None
+    minters = TokenMinters()
+    obj = await minters.source_object(source.token, timeout=30)
+    copy = build_copy(
+        name="ecr-pull",
+        namespace="team",
+        source=source,
+        rules=["ecr"],
+        registries=["*.dkr.ecr.*.amazonaws.com"],
+        source_secret=obj,
+    )
+    auths = json.loads(copy.config)["auths"]
+    (host,) = auths
+    assert host.endswith(".dkr.ecr.us-east-1.amazonaws.com")
+    assert auths[host]["username"] == "AWS"
+    assert copy.source == "token:ecr/proxyEndpoint"

@@ -35,7 +35,7 @@ def source_reference(source: Source) -> str:
     if source.secret is not None:
         return f"secret:{source.secret.namespace}/{source.secret.name}"
     if source.token is not None:  # issue 13: minted tokens
-        return f"token:{source.token.provider}/{source.token.registry or 'ecr'}"
+        return f"token:{source.token.provider}/{source.token.registry or 'proxyEndpoint'}"
     assert source.credentials is not None  # Source validates exactly one
     ref = source.credentials.password_from
     return f"credentials:{ref.namespace}/{ref.name}/{ref.key}"
