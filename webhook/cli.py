@@ -28,6 +28,7 @@ from webhook.policy.matching import CompiledPolicy, load_policy
 from webhook.policy.mirrors import describe_mirrors
 from webhook.policy.model import PolicyError
 from webhook.tls.certs import write_local_certs
+from webhook.tokens.explain import explain_source
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,6 +405,9 @@ def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
     print(f"{args.file}: valid, {len(policy.policy.rules)} rule(s)", file=out)
     for line in describe_mirrors(policy.policy.mirrors):  # mirrors: where each entry's images go
         print(f"  {line}", file=out)
+    for rule in policy.policy.rules:  # issue 13: minted tokens are said to be minted at runtime
+        if rule.source is not None and rule.source.token is not None:
+            print(f"  rule {rule.name}: {explain_source(rule.source)}", file=out)
     return EXIT_OK
 
 
@@ -487,6 +491,8 @@ def _print_plan(source: PodSource, plan: PodPlan, policy: CompiledPolicy, out: T
         print(f"    normalized: {c.ref if c.ref else '(invalid)'}", file=out)
         if c.rule is not None:
             print(f"    rule:       {c.rule.name} -> secret {c.rule.secret}", file=out)
+            if c.rule.source is not None and c.rule.source.token is not None:  # issue 13: minted at runtime
+                print(f"    source:     {explain_source(c.rule.source)}", file=out)
         else:
             print("    rule:       (none)", file=out)
         print(f"    why:        {c.reason}", file=out)

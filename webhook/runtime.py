@@ -19,11 +19,17 @@ from webhook.kube.peering import LeaseElector
 from webhook.kube.runner import Runner
 from webhook.observability.stats import Stats
 from webhook.policy.matching import CompiledPolicy
+from webhook.policy.model import SecretKeyRef, TokenSource
 from webhook.secrets.desired import is_managed
+from webhook.secrets.dockerconfig import SourceNotFound, secret_value
 from webhook.secrets.ensurer import Ensurer
 from webhook.secrets.grants import PolicyFn
 from webhook.secrets.reconciler import Reconciler
 from webhook.secrets.sync import SecretSync
+from webhook.tokens.base import Token
+from webhook.tokens.errors import TokenError
+from webhook.tokens.minter import TokenMinters, rfc3339
+from webhook.tokens.providers import describe
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +66,19 @@ class KubeRuntime:
             api=api, runner=self.runner, settings=settings, stats=self.stats, on_change=self._namespace_event
         )
         self.events = EventRecorder(api=api, runner=self.runner, settings=settings, stats=self.stats)
+        # issue 13: one minter per distinct token source; a new token wakes the reconciler.
+        self.tokens = TokenMinters(
+            read_value=self._read_token_credentials,
+            on_refresh=self._token_refreshed,
+            on_failure=self._token_failed,
+        )
         self.sync = SecretSync(
-            api=api, runner=self.runner, secrets=self.secrets, namespaces=self.namespaces, stats=self.stats
+            api=api,
+            runner=self.runner,
+            secrets=self.secrets,
+            namespaces=self.namespaces,
+            stats=self.stats,
+            tokens=self.tokens,
         )
         self.elector = LeaseElector(
             api=api, runner=self.runner, settings=settings, stats=self.stats, on_change=self._leadership_changed
@@ -113,6 +130,41 @@ class KubeRuntime:
         if changed:
             self._call_soon(self.reconciler.notify)
 
+    # issue 13: minted tokens ---------------------------------------------------------
+
+    def _token_refreshed(self) -> None:
+        """A minter has a new token (on the loop): the reconciler patches the copies in place."""
+        self.reconciler.notify()
+
+    def _token_failed(self, source: TokenSource, error: TokenError, last: Token | None) -> None:
+        keeping = (
+            f"the last good token stays in the copies until {rfc3339(last.expires_at)}"
+            if last is not None
+            else "no valid token to keep"
+        )
+        self.stats.error(error.reason)
+        self.events.warn(
+            namespace=self.settings.namespace,
+            secret=f"token-{source.provider}",
+            reason=error.reason,
+            message=f"{describe(source)}: {error}; {keeping}; retrying with backoff",
+        )
+
+    async def _read_token_credentials(self, ref: SecretKeyRef) -> str:
+        """``gcp.credentialsFrom``: from the watch cache, else one GET; registered with the redactor."""
+        known, obj = self.secrets.lookup(ref.namespace, ref.name)
+        if not known:
+            api = self._api
+            obj = await self.runner(
+                lambda t: api.get_secret(ref.namespace, ref.name, timeout=t),
+                timeout=self.settings.request_timeout,
+                action=f"get Secret {ref.namespace}/{ref.name}",
+            )
+        what = f"Secret {ref.namespace}/{ref.name} (credentialsFrom)"
+        if obj is None:
+            raise SourceNotFound(f"{what} not found")
+        return secret_value(obj, ref.key, what=what)
+
     def _leadership_changed(self, leader: bool) -> None:
         if leader:
             self.reconciler.notify()
@@ -134,6 +186,7 @@ class KubeRuntime:
             self._retired |= self._watched_names - names
         self._retired -= names
         self._watched_policy, self._watched_names = policy, names
+        self.tokens.retain(rule.source.token for rule in policy.policy.rules if rule.source and rule.source.token)
         self.secrets.sync_targets(self.sync.grants.watch_targets(policy, extra_names=self._retired))
 
     def _drop_retired(self) -> None:
@@ -186,7 +239,7 @@ class KubeRuntime:
     async def run(self) -> None:
         """The background jobs, until cancelled; then everything is stopped."""
         await self._started.wait()
-        jobs: list[Coroutine[Any, Any, None]] = [self.events.run(), self.reconciler.run()]
+        jobs: list[Coroutine[Any, Any, None]] = [self.events.run(), self.reconciler.run(), self.tokens.run()]
         if self._elect:
             jobs.append(self.elector.run())
         tasks = [asyncio.create_task(job) for job in jobs]

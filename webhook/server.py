@@ -39,6 +39,7 @@ from webhook.policy.holder import PolicyHolder
 from webhook.tls.certs import write_local_certs
 from webhook.tls.context import ReloadingSSLContext, install_into_uvicorn
 from webhook.tls.guard import guarded_protocol
+from webhook.tokens.metrics import TokenMetrics
 
 if TYPE_CHECKING:
     from webhook.runtime import KubeRuntime
@@ -139,6 +140,7 @@ def build_components(settings: Settings) -> Components:
     if _cluster_configured(settings.kube):
         runtime = _kube_runtime(settings.kube, holder=holder, metrics=metrics)
         secret_lookup = _cached_secret(runtime)  # mirrors: the check's credentials
+        runtime.tokens.metrics = TokenMetrics(metrics.registry)  # issue 13: token mint metrics
         namespaces, ensurer = runtime.namespaces, runtime.ensurer
         holder.listeners.append(runtime.policy_changed)  # re-target the by-name watches
         if settings.policy.configmap:
