@@ -27,18 +27,16 @@ from typing import Any
 
 import pytest
 
+from tests.builders import auth_entry, pod_body, pull_secrets, wait_for
 from tests.tokens.google_servers import GoogleServers
 
 from .controlplane import ControlPlane, free_port
 from .test_webhook_e2e import (
     Namespaces,
-    auth_entry,
     dockerconfig_secret,
-    pod_body,
-    pull_secrets,
     read_secret,
 )
-from .webhook import WebhookProcess, wait_for
+from .webhook import WebhookProcess
 
 TOKEN_NS = "psi-e2e-tokens"
 TOKEN_HOOK = "psi-e2e-tokens"
@@ -135,7 +133,7 @@ def token_hook(
 
 def _probe(core: Any, namespace: str) -> Any:
     def probe() -> bool:
-        pod = core.create_namespaced_pod(namespace, pod_body("probe", PROBE_IMAGE), dry_run="All")
+        pod = core.create_namespaced_pod(namespace, pod_body(PROBE_IMAGE, name="probe"), dry_run="All")
         return "probe-pull" in pull_secrets(pod)
 
     return probe
@@ -193,7 +191,7 @@ def test_first_pod_in_a_new_namespace_gets_a_freshly_minted_token(
     assert not [s for s in google.seen if "/token" in s.path], "the minter is cold"
     (ns,) = token_namespaces.make("e2e-tok", hook=TOKEN_HOOK)
     t0 = time.monotonic()
-    pod = core.create_namespaced_pod(ns, pod_body("first", GAR_IMAGE))
+    pod = core.create_namespaced_pod(ns, pod_body(GAR_IMAGE, name="first"))
     seconds = time.monotonic() - t0
     secret = read_secret(core, ns, "gar-token-pull")  # at once: it exists when the create returns
     assert pull_secrets(pod) == ["gar-token-pull"]
@@ -207,7 +205,7 @@ def test_first_pod_in_a_new_namespace_gets_a_freshly_minted_token(
     note("cold-mint-admission", f"Pod create with a cold minter took {seconds:.2f} s (mint included)")
     more = token_namespaces.make("e2e-tok", count=4, hook=TOKEN_HOOK)
     for other in more:
-        core.create_namespaced_pod(other, pod_body("first", GAR_IMAGE))
+        core.create_namespaced_pod(other, pod_body(GAR_IMAGE, name="first"))
     copies = token_copies(core, [ns, *more])
     assert {copy_token(s)[1] for s in copies.values()} == {password}, "one minter, one token, every namespace"
     assert len([s for s in google.seen if "/token" in s.path]) == 1, "minted once for five namespaces"

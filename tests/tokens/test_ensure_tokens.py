@@ -14,8 +14,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+from tests.builders import eventually
 from tests.conftest import RuntimeFactory
-from tests.kube_fixtures import Apiserver, Cluster, eventually
+from tests.kube_fixtures import Apiserver, Cluster
 from webhook.policy.matching import CompiledPolicy, load_policy
 
 REGISTRY = "registry.example.com"
