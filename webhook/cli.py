@@ -47,8 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--policy-configmap",
         default=_env("POLICY_CONFIGMAP", "") or None,
-        help="name of the ConfigMap (in --namespace) the policy file comes from: a rejected policy is "
-        "reported as an Event on it",
+        help="name of the policy ConfigMap (in --namespace): with a cluster the policy is read and watched "
+        "through the API (no --policy file needed), permission-checked, and its status written on it",
+    )
+    serve.add_argument(
+        "--ledger-configmap",
+        default=_env("LEDGER_CONFIGMAP", "pullsecret-injector-ledger"),
+        help="ConfigMap (in --namespace) the webhook keeps its ownership ledger in: the copies it made and "
+        "the ones it owes, so any replica, after any restart, cleans up and finishes them",
     )
     serve.add_argument("--host", default=_env("HOST", "0.0.0.0"), help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=int(_env("PORT", "8443")), help="HTTPS port (default: %(default)s)")

@@ -42,6 +42,7 @@ from webhook.tls.context import ReloadingSSLContext, install_into_uvicorn
 from webhook.tls.guard import guarded_protocol
 
 if TYPE_CHECKING:
+    from webhook.kube.surface import ControlSurface
     from webhook.runtime import KubeRuntime
 
 log = logging.getLogger(__name__)
@@ -116,16 +117,29 @@ def build_components(args: argparse.Namespace) -> Components:
     """Load the policy and certificates and wire the handler (no network yet)."""
     from webhook.cli import bundled_example
 
-    policy_path: Path | None = args.policy
-    if policy_path is None:
-        if args.cert_mode != "dev":
-            raise UserError("--policy is required (or use --dev to try the bundled example)")
-        policy_path = bundled_example("policy.yaml")
-        log.info("dev mode: using the bundled example policy %s", policy_path)
-    try:
-        holder = PolicyHolder.from_file(policy_path)
-    except OSError as exc:
-        raise UserError(f"cannot read policy {policy_path}: {exc.strerror}") from None
+    with_kube = not args.no_kube and (args.kubeconfig is not None or os.environ.get("KUBERNETES_SERVICE_HOST"))
+    # Issue 11: with a cluster, the ownership ledger; with --policy-configmap, the policy from the API.
+    surface = _control_surface(args) if with_kube else None
+    if surface is not None and surface.live is not None:
+        from webhook.kube.livepolicy import StartupError
+
+        if args.policy is not None:
+            log.info("--policy-configmap given: the policy is read through the API, %s is not used", args.policy)
+        try:
+            holder = surface.live.start_blocking()
+        except StartupError as exc:
+            raise UserError(logs.redact(str(exc))) from None
+    else:
+        policy_path: Path | None = args.policy
+        if policy_path is None:
+            if args.cert_mode != "dev":
+                raise UserError("--policy is required (or use --dev to try the bundled example)")
+            policy_path = bundled_example("policy.yaml")
+            log.info("dev mode: using the bundled example policy %s", policy_path)
+        try:
+            holder = PolicyHolder.from_file(policy_path)
+        except OSError as exc:
+            raise UserError(f"cannot read policy {policy_path}: {exc.strerror}") from None
 
     if args.admission_timeout <= args.ensure_timeout:
         raise UserError("--admission-timeout must be larger than --ensure-timeout (it is the backstop behind it)")
@@ -139,11 +153,13 @@ def build_components(args: argparse.Namespace) -> Components:
     background: list[Callable[[], Coroutine[Any, Any, None]]] = [holder.watch]
     on_start: list[Callable[[], Coroutine[Any, Any, None]]] = []
 
-    if not args.no_kube and (args.kubeconfig is not None or os.environ.get("KUBERNETES_SERVICE_HOST")):
-        runtime = _kube_runtime(args, holder=holder, metrics=metrics)
+    if with_kube:
+        runtime = _kube_runtime(args, holder=holder, metrics=metrics, surface=surface)
         namespaces, ensurer = runtime.namespaces, runtime.ensurer
         holder.listeners.append(runtime.policy_changed)  # re-target the by-name watches
-        if args.policy_configmap:
+        if surface is not None and surface.live is not None:
+            _attach_live_policy(surface, runtime, metrics, on_start, background)
+        elif args.policy_configmap:
             holder.listeners.append(
                 policy_rejected_event(runtime, namespace=args.namespace, configmap=args.policy_configmap)
             )
@@ -183,7 +199,59 @@ def policy_rejected_event(runtime: KubeRuntime, *, namespace: str, configmap: st
     return listener
 
 
-def _kube_runtime(args: argparse.Namespace, *, holder: PolicyHolder, metrics: Metrics) -> KubeRuntime:
+def _control_surface(args: argparse.Namespace) -> ControlSurface:
+    """The ledger and (with ``--policy-configmap``) the live policy, on their own client."""
+    from kubernetes.config.config_exception import ConfigException
+
+    from webhook.config import KubeSettings
+    from webhook.kube.client import load_configuration
+    from webhook.kube.control import ControlSettings
+    from webhook.kube.surface import build_surface
+    from webhook.runtime import default_identity
+
+    settings = ControlSettings(
+        namespace=args.namespace,
+        policy_configmap=args.policy_configmap,
+        ledger=args.ledger_configmap,
+    )
+    kube = KubeSettings(namespace=args.namespace, identity=default_identity())
+    try:
+        configuration = load_configuration(kubeconfig=args.kubeconfig)
+    except (ConfigException, OSError) as exc:
+        raise UserError(f"cannot configure the Kubernetes client: {logs.redact(str(exc))}") from None
+    return build_surface(configuration=configuration, settings=settings, kube=kube)
+
+
+def _attach_live_policy(
+    surface: ControlSurface,
+    runtime: KubeRuntime,
+    metrics: Metrics,
+    on_start: list[Callable[[], Coroutine[Any, Any, None]]],
+    background: list[Callable[[], Coroutine[Any, Any, None]]],
+) -> None:
+    """The leader writes the status; the metrics show the version; the watch starts with the loop."""
+    from webhook.kube.livepolicy import policy_info_metric
+
+    live = surface.live
+    assert live is not None
+    live.is_leader = lambda: runtime.elector.is_leader
+    live.retiring = lambda: set(runtime._retired)
+    runtime.leadership_listeners.append(lambda _leader: live.wake())
+    listener = policy_info_metric(metrics.registry)
+    live.listeners.append(listener)
+    if live.status is not None:
+        listener(live.status)
+
+    async def start_watch() -> None:
+        live.start()
+
+    on_start.append(start_watch)
+    background.append(surface.run)
+
+
+def _kube_runtime(
+    args: argparse.Namespace, *, holder: PolicyHolder, metrics: Metrics, surface: ControlSurface | None = None
+) -> KubeRuntime:
     """The Kubernetes side, its counters feeding the Prometheus metrics."""
     from kubernetes.config.config_exception import ConfigException
 
@@ -205,6 +273,7 @@ def _kube_runtime(args: argparse.Namespace, *, holder: PolicyHolder, metrics: Me
             resync_seconds=args.resync_seconds,
             identity=default_identity(),  # POD_NAME
             stats=stats,
+            ledger=surface.ledger if surface is not None else None,
         )
     except (ConfigException, OSError) as exc:
         raise UserError(f"cannot configure the Kubernetes client: {logs.redact(str(exc))}") from None

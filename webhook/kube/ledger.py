@@ -53,7 +53,8 @@ class LedgerStore:
         self._api = api
         self._runner = runner
         self.settings = settings
-        self._on_change = on_change
+        #: Called from the watch thread when the ledger changed (the runtime hops onto its loop).
+        self.on_change = on_change
         self.watch = ConfigMapWatch(
             api=api,
             namespace=settings.namespace,
@@ -73,8 +74,8 @@ class LedgerStore:
     # reading --------------------------------------------------------------------------
 
     def _changed(self) -> None:
-        if self._on_change is not None:
-            self._on_change()
+        if self.on_change is not None:
+            self.on_change()
 
     def current(self) -> lg.Ledger:
         """The ledger as last seen (watch, else the start-up read), with our unwritten changes applied."""
