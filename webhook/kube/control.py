@@ -167,6 +167,9 @@ class ControlSettings:
     request_timeout: float = 10.0
     #: Seconds between re-checks of a policy rejected for permissions (RBAC may be granted meanwhile).
     recheck_seconds: float = 10.0
+    #: A new version missing permissions is re-checked this long before it is reported rejected
+    #: (``helm upgrade`` applies the ConfigMap before the Roles that grant its new rules).
+    rbac_grace_seconds: float = 3.0
     #: How long start-up retries an unreachable API server for the policy.
     startup_timeout: float = 60.0
     #: Quiet time collecting ledger changes before one write.

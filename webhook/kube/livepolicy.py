@@ -100,6 +100,7 @@ class LivePolicy:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._reported_missing = False
+        self._grace: tuple[str, float] | None = None
 
     # deciding (blocking: parse, then the authorizer) -------------------------------------
 
@@ -270,6 +271,12 @@ class LivePolicy:
             log.warning("policy permissions not checked yet (%s), retrying", exc)
             self._recheck_at = time.monotonic() + 2.0
             return
+        permissions = policy is None and any("missing permission" in error for error in status.errors)
+        if permissions and self._in_grace(status.version):
+            # ``helm upgrade`` applies the ConfigMap before the RBAC objects: give the new
+            # grants a moment before calling the policy rejected.
+            self._recheck_at = time.monotonic() + 0.5
+            return
         previous, self.status, self._evaluated = self.status, status, status.version
         holder = self.holder
         assert holder is not None, "start_blocking() first"
@@ -287,7 +294,6 @@ class LivePolicy:
                     status.rules,
                 )
         else:
-            permissions = any("missing permission" in error for error in status.errors)
             self._recheck_at = time.monotonic() + self.settings.recheck_seconds if permissions else None
             if previous is None or (previous.state, previous.version, previous.errors) != (
                 status.state,
@@ -304,6 +310,12 @@ class LivePolicy:
                 )
                 holder.refuse(list(status.errors))
         self._tell(status)
+
+    def _in_grace(self, version: str) -> bool:
+        now = time.monotonic()
+        if self._grace is None or self._grace[0] != version:
+            self._grace = (version, now)
+        return now - self._grace[1] < self.settings.rbac_grace_seconds
 
     def _tell(self, status: st.PolicyStatus) -> None:
         for listener in self.listeners:
