@@ -28,6 +28,8 @@ import copy
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -51,7 +53,7 @@ from .chart_support import (
 )
 from .conftest import require_assets
 from .controlplane import ControlPlane
-from .webhook import wait_for
+from .webhook import REPO, wait_for
 
 RELEASE = "psl"
 FULLNAME = "psl-pullsecret-injector"
@@ -387,6 +389,29 @@ def test_a_rule_rbac_does_not_cover_is_rejected_and_the_last_good_one_serves(clu
     pod = cluster.core.create_namespaced_pod(ns, pod_body(image(DENIED)), dry_run="All")
     assert pull_secrets(pod) == []
     assert cluster.copies("denied-pull") == set()
+
+
+def _validate(cluster: Cluster, rules: list[dict[str, Any]], *extra: str) -> subprocess.CompletedProcess[str]:
+    path = cluster.workdir / f"policy-{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(policy_text(rules))
+    argv = [sys.executable, "-m", "webhook", "validate", str(path), "--cluster", *extra]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=REPO, check=False)
+
+
+def test_validate_cluster_runs_the_same_preflight_from_a_laptop(cluster: Cluster) -> None:
+    sa = service_account_user(RELEASE_NS, FULLNAME)
+    admin = str(cluster.control_plane.kubeconfig_path)
+    # as the admin, about the webhook's ServiceAccount (SubjectAccessReview)
+    denied = _validate(cluster, [EXAMPLE, DENIED], "--kubeconfig", admin, "--as", sa)
+    assert denied.returncode == 2, denied.stdout + denied.stderr
+    assert "denied-pull" in denied.stderr
+    assert "rbac.extraSecretNames" in denied.stderr
+    fine = _validate(cluster, [EXAMPLE, LATE], "--kubeconfig", admin, "--as", sa)
+    assert fine.returncode == 0, fine.stdout + fine.stderr
+    # with the ServiceAccount's own credentials (SelfSubjectAccessReview, what a replica asks)
+    own = _validate(cluster, [EXAMPLE, DENIED], "--kubeconfig", str(cluster.kubeconfig))
+    assert own.returncode == 2, own.stdout + own.stderr
+    assert "denied-pull" in own.stderr
 
 
 # --------------------------------------------------------------------------- 3. clusterWide
