@@ -102,6 +102,7 @@ class KubeRuntime:
             stats=self.stats,
             events=self.events,
             handoff=self.reconciler.handoff,
+            persist=ledger.flush if ledger is not None else None,
         )
         self._started = asyncio.Event()
         self._closed = False
