@@ -241,8 +241,8 @@ class KubeRuntime:
 
     @property
     def synced(self) -> bool:
-        ledger_synced = self.ledger is None or self.ledger.synced
-        return self.namespaces.synced and self.secrets.synced() and ledger_synced
+        # (The ledger is not waited for: it matters to cleanup, not to admissions.)
+        return self.namespaces.synced and self.secrets.synced()
 
     async def run(self) -> None:
         """The background jobs, until cancelled; then everything is stopped."""
