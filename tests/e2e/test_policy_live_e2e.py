@@ -351,6 +351,7 @@ def test_an_applied_edit_is_effective_within_two_seconds(cluster: Cluster) -> No
     assert pull_secrets(pod) == ["late-pull"]
     assert secret.type == DOCKERCONFIGJSON
     assert effective < 2.0, f"effective {effective:.2f}s after the apply"
+
     # the status a user reads, written by the leader
     def accepted() -> dict[str, str] | None:
         annotations = cluster.annotations()
@@ -389,6 +390,20 @@ def test_a_rule_rbac_does_not_cover_is_rejected_and_the_last_good_one_serves(clu
     pod = cluster.core.create_namespaced_pod(ns, pod_body(image(DENIED)), dry_run="All")
     assert pull_secrets(pod) == []
     assert cluster.copies("denied-pull") == set()
+
+
+def test_a_replica_started_while_the_configmap_is_rejected_serves_the_last_good_one(cluster: Cluster) -> None:
+    """The last accepted policy is in the ledger: a restart does not fall back to nothing (or crash)."""
+    assert cluster.annotations()[STATUS] == "Rejected"  # left so by the previous test
+    assert cluster.a is not None
+    assert cluster.a.stop() == 0
+    cluster.start_a()
+    ns = cluster.namespace()
+    assert cluster.wait_served(LATE, ns) < 1.0  # the last good policy, from the ledger
+    pod = cluster.core.create_namespaced_pod(ns, pod_body(image(DENIED)), dry_run="All")
+    assert pull_secrets(pod) == []
+    assert cluster.annotations()[STATUS] == "Rejected"
+    assert "serving the last good one" in cluster.a.logs()
 
 
 def _validate(cluster: Cluster, rules: list[dict[str, Any]], *extra: str) -> subprocess.CompletedProcess[str]:
