@@ -480,8 +480,13 @@ def _copies_in_three_namespaces(cluster: Cluster, r: dict[str, Any]) -> list[str
 def _restart_and_time_cleanup(cluster: Cluster, secret: str) -> float:
     t0 = time.monotonic()
     cluster.start_a()
+    serving = time.monotonic() - t0
     wait_for(lambda: not cluster.copies(secret), f"the {secret} copies to be deleted after the restart", timeout=30)
     took = time.monotonic() - t0
+    print(
+        f"\nlive policy: restarted replica serving after {serving:.2f}s, "
+        f"{secret} copies gone {took - serving:.2f}s later"
+    )
     wait_for(lambda: secret not in cluster.ledger().get("names", []), "the ledger to drop the name")
     return took
 
