@@ -122,7 +122,8 @@ class LivePolicy:
         try:
             policy = load_policy(text)
         except PolicyError as exc:
-            return None, st.rejected(version, rv, serving, exc.errors), text
+            # Redacted: a YAML error quotes the offending line, which could hold a pasted credential.
+            return None, st.rejected(version, rv, serving, [redact(error) for error in exc.errors]), text
         report = check_policy(policy, self._reviewer, retired=self._retired_for(policy))
         if not report.ok:
             return None, st.rejected(version, rv, serving, report.problems()), text
