@@ -120,16 +120,12 @@ def build_components(args: argparse.Namespace) -> Components:
     with_kube = not args.no_kube and (args.kubeconfig is not None or os.environ.get("KUBERNETES_SERVICE_HOST"))
     # Issue 11: with a cluster, the ownership ledger; with --policy-configmap, the policy from the API.
     surface = _control_surface(args) if with_kube else None
-    if surface is not None and surface.live is not None:
-        from webhook.kube.livepolicy import StartupError
-
-        if args.policy is not None:
-            log.info("--policy-configmap given: the policy is read through the API, %s is not used", args.policy)
-        try:
-            holder = surface.live.start_blocking()
-        except StartupError as exc:
-            raise UserError(logs.redact(str(exc))) from None
+    live_holder = _live_policy_holder(args, surface) if surface is not None and surface.live is not None else None
+    if live_holder is not None:
+        holder = live_holder
     else:
+        if surface is not None:
+            surface.live = None  # the file it is (see _live_policy_holder)
         policy_path: Path | None = args.policy
         if policy_path is None:
             if args.cert_mode != "dev":
@@ -197,6 +193,27 @@ def policy_rejected_event(runtime: KubeRuntime, *, namespace: str, configmap: st
             )
 
     return listener
+
+
+def _live_policy_holder(args: argparse.Namespace, surface: ControlSurface) -> PolicyHolder | None:
+    """The first policy from the ConfigMap through the API; ``None``: fall back to the ``--policy`` file.
+
+    The fallback is only for a ConfigMap that cannot be read at all while a file is mounted:
+    an older chart whose RBAC has no ConfigMap access must keep working with a newer image.
+    """
+    from webhook.kube.livepolicy import StartupError
+
+    assert surface.live is not None
+    try:
+        holder = surface.live.start_blocking()
+    except StartupError as exc:
+        if exc.unreadable and args.policy is not None:
+            log.warning("policy ConfigMap unreadable (%s): falling back to the file %s", exc, args.policy)
+            return None
+        raise UserError(logs.redact(str(exc))) from None
+    if args.policy is not None:
+        log.info("--policy-configmap given: the policy is read through the API, %s is not used", args.policy)
+    return holder
 
 
 def _control_surface(args: argparse.Namespace) -> ControlSurface:

@@ -49,7 +49,15 @@ StatusListener = Callable[[st.PolicyStatus], None]
 
 
 class StartupError(Exception):
-    """No policy can be served at start-up: the ConfigMap is unusable and no last good one is known."""
+    """No policy can be served at start-up: the ConfigMap is unusable and no last good one is known.
+
+    ``unreadable``: the ConfigMap could not be read at all (forbidden, absent): a caller with
+    a mounted policy file (an older chart's RBAC) may fall back to it.
+    """
+
+    def __init__(self, message: str, *, unreadable: bool = False) -> None:
+        super().__init__(message)
+        self.unreadable = unreadable
 
 
 def copy_names(policy: CompiledPolicy) -> set[str]:
@@ -151,7 +159,7 @@ class LivePolicy:
             except (ApiError, AccessUnknown) as exc:
                 transient = isinstance(exc, AccessUnknown) or exc.transient
                 if not transient or time.monotonic() > deadline:
-                    raise StartupError(f"cannot read the policy ConfigMap: {exc}") from None
+                    raise StartupError(f"cannot read the policy ConfigMap: {exc}", unreadable=True) from None
                 log.warning("policy not read yet, retrying: %s", exc)
                 time.sleep(1.0)
         served = decided[0] if decided is not None else None
@@ -164,7 +172,8 @@ class LivePolicy:
                 if decided is None:
                     raise StartupError(
                         f"ConfigMap {settings.namespace}/{settings.policy_configmap} not found "
-                        "and no last good policy in the ledger"
+                        "and no last good policy in the ledger",
+                        unreadable=True,
                     )
                 self.status = decided[1]
                 self._best_effort_report(obj)

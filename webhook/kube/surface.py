@@ -46,7 +46,7 @@ def build_surface(
 ) -> ControlSurface:
     """The ledger (always, with a cluster) and the live policy (when a ConfigMap is named)."""
     stats = stats or Stats()
-    api = ControlApi(build_api_client(configuration=copy.deepcopy(configuration), pool_size=8))
+    api = ControlApi(build_api_client(configuration=copy.deepcopy(configuration), pool_size=16))
     runner = Runner(4)
     ledger = LedgerStore(api=api, runner=runner, settings=settings, kube=kube, stats=stats)
     live = (
