@@ -9,7 +9,16 @@ from __future__ import annotations
 
 import pytest
 
-from webhook.kube.access import AccessUnknown, Need, Reviewer, check_policy, cleanup_needs, required, review
+from webhook.kube.access import (
+    AccessUnknown,
+    CachedReviewer,
+    Need,
+    Reviewer,
+    check_policy,
+    cleanup_needs,
+    required,
+    review,
+)
 from webhook.kube.errors import ApiError
 from webhook.policy.matching import load_policy
 
@@ -162,3 +171,19 @@ def test_attributes_of_a_review() -> None:
         "namespace": "ci",
         "name": "robot",
     }
+
+
+def test_allowed_answers_are_remembered_for_a_while_denials_never() -> None:
+    now = [0.0]
+    answers = {"a": True, "b": False}
+    cached = CachedReviewer(lambda attrs: (answers[attrs["name"]], ""), ttl=30.0, clock=lambda: now[0])
+    for _ in range(3):
+        assert cached({"verb": "get", "name": "a"})[0] is True
+        assert cached({"verb": "get", "name": "b"})[0] is False
+    assert cached.asked == 4  # "a" once, "b" every time
+    answers["b"] = True  # granted by a helm upgrade: seen at once
+    assert cached({"verb": "get", "name": "b"})[0] is True
+    answers["a"] = False  # revoked: noticed once the answer expires
+    assert cached({"verb": "get", "name": "a"})[0] is True
+    now[0] = 31.0
+    assert cached({"verb": "get", "name": "a"})[0] is False

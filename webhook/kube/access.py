@@ -16,6 +16,8 @@ lines a user reads.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -133,6 +135,42 @@ def cleanup_needs(names: Iterable[str]) -> list[Need]:
 Reviewer = Callable[[dict[str, str]], tuple[bool, str]]
 
 
+class CachedReviewer:
+    """A :data:`Reviewer` that remembers *allowed* answers for ``ttl`` seconds.
+
+    An edit that adds one rule to a policy of hundreds then asks about the new names only,
+    so the edit is served as fast as a small policy's. Denials are never remembered: a
+    grant arriving with ``helm upgrade`` is seen at the next re-check. A revoked grant is
+    noticed within ``ttl``. Called from the review threads, hence the lock.
+    """
+
+    def __init__(self, reviewer: Reviewer, *, ttl: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._reviewer = reviewer
+        self._ttl = ttl
+        self._clock = clock
+        self._allowed: dict[tuple[tuple[str, str], ...], float] = {}
+        self._lock = threading.Lock()
+        self.asked = 0
+
+    def __call__(self, attributes: dict[str, str]) -> tuple[bool, str]:
+        key = tuple(sorted(attributes.items()))
+        now = self._clock()
+        with self._lock:
+            until = self._allowed.get(key)
+        if until is not None and now < until:
+            return True, "remembered"
+        self.asked += 1
+        allowed, reason = self._reviewer(attributes)
+        with self._lock:
+            if allowed:
+                if len(self._allowed) > 65536:
+                    self._allowed.clear()
+                self._allowed[key] = now + self._ttl
+            else:
+                self._allowed.pop(key, None)
+        return allowed, reason
+
+
 class AccessUnknown(Exception):
     """The authorizer could not be asked (API unreachable): neither accept nor reject yet."""
 
@@ -198,6 +236,7 @@ def check_policy(policy: CompiledPolicy, reviewer: Reviewer, *, retired: Iterabl
 __all__ = [
     "AccessReport",
     "AccessUnknown",
+    "CachedReviewer",
     "Need",
     "Permission",
     "Reviewer",

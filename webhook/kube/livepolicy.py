@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from webhook.config import KubeSettings
-from webhook.kube.access import AccessUnknown, Reviewer, check_policy
+from webhook.kube.access import AccessUnknown, CachedReviewer, Reviewer, check_policy
 from webhook.kube.control import ControlApi, ControlSettings
 from webhook.kube.errors import ApiError
 from webhook.kube.ledger import LedgerStore
@@ -82,7 +82,7 @@ class LivePolicy:
         self.settings = settings
         self._kube = kube
         self._ledger = ledger
-        self._reviewer: Reviewer = reviewer or (
+        self._reviewer: Reviewer = reviewer or CachedReviewer(
             lambda attrs: api.review_access(attrs, user=None, groups=[], timeout=settings.request_timeout)
         )
         self._runner = Runner(4)
