@@ -66,3 +66,14 @@ def test_decide(data: dict[str, str], allowed: bool, state: str, first_error: st
         assert status.errors
         assert first_error is not None
         assert first_error in status.errors[0]
+
+
+def test_a_credential_pasted_into_a_broken_policy_never_reaches_the_status() -> None:
+    """A YAML error quotes the offending line; the annotation and the Event must not carry it."""
+    canary = "hunter2-canary-7f3a"
+    text = f'rules:\n  - name: x\n    password: "{canary}\n'
+    _, status, _ = live(True).decide(configmap({"policy.yaml": text}))
+    assert status.state == "Rejected"
+    said = [*status.errors, *status.annotations().values(), *status.event()]
+    assert not [line for line in said if canary in line]
+    assert any("not valid YAML" in line for line in status.errors)
