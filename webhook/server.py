@@ -120,12 +120,10 @@ def build_components(args: argparse.Namespace) -> Components:
     with_kube = not args.no_kube and (args.kubeconfig is not None or os.environ.get("KUBERNETES_SERVICE_HOST"))
     # Issue 11: with a cluster, the ownership ledger; with --policy-configmap, the policy from the API.
     surface = _control_surface(args) if with_kube else None
-    live_holder = _live_policy_holder(args, surface) if surface is not None and surface.live is not None else None
+    live_holder = _live_policy_holder(args, surface) if surface is not None else None
     if live_holder is not None:
         holder = live_holder
     else:
-        if surface is not None:
-            surface.live = None  # the file it is (see _live_policy_holder)
         policy_path: Path | None = args.policy
         if policy_path is None:
             if args.cert_mode != "dev":
@@ -154,7 +152,9 @@ def build_components(args: argparse.Namespace) -> Components:
         namespaces, ensurer = runtime.namespaces, runtime.ensurer
         holder.listeners.append(runtime.policy_changed)  # re-target the by-name watches
         if surface is not None and surface.live is not None:
-            _attach_live_policy(surface, runtime, metrics, on_start, background)
+            from webhook.kube.surface import attach
+
+            attach(surface, runtime, registry=metrics.registry, on_start=on_start, background=background)
         elif args.policy_configmap:
             holder.listeners.append(
                 policy_rejected_event(runtime, namespace=args.namespace, configmap=args.policy_configmap)
@@ -195,75 +195,28 @@ def policy_rejected_event(runtime: KubeRuntime, *, namespace: str, configmap: st
     return listener
 
 
-def _live_policy_holder(args: argparse.Namespace, surface: ControlSurface) -> PolicyHolder | None:
-    """The first policy from the ConfigMap through the API; ``None``: fall back to the ``--policy`` file.
-
-    The fallback is only for a ConfigMap that cannot be read at all while a file is mounted:
-    an older chart whose RBAC has no ConfigMap access must keep working with a newer image.
-    """
-    from webhook.kube.livepolicy import StartupError
-
-    assert surface.live is not None
-    try:
-        holder = surface.live.start_blocking()
-    except StartupError as exc:
-        if exc.unreadable and args.policy is not None:
-            log.warning("policy ConfigMap unreadable (%s): falling back to the file %s", exc, args.policy)
-            return None
-        raise UserError(logs.redact(str(exc))) from None
-    if args.policy is not None:
-        log.info("--policy-configmap given: the policy is read through the API, %s is not used", args.policy)
-    return holder
-
-
 def _control_surface(args: argparse.Namespace) -> ControlSurface:
-    """The ledger and (with ``--policy-configmap``) the live policy, on their own client."""
-    from kubernetes.config.config_exception import ConfigException
+    """Issue 11: the ledger and (with ``--policy-configmap``) the live policy (webhook/kube/surface.py)."""
+    from webhook.kube.surface import SurfaceError, control_surface
 
-    from webhook.config import KubeSettings
-    from webhook.kube.client import load_configuration
-    from webhook.kube.control import ControlSettings
-    from webhook.kube.surface import build_surface
-    from webhook.runtime import default_identity
-
-    settings = ControlSettings(
-        namespace=args.namespace,
-        policy_configmap=args.policy_configmap,
-        ledger=args.ledger_configmap,
-    )
-    kube = KubeSettings(namespace=args.namespace, identity=default_identity())
     try:
-        configuration = load_configuration(kubeconfig=args.kubeconfig)
-    except (ConfigException, OSError) as exc:
-        raise UserError(f"cannot configure the Kubernetes client: {logs.redact(str(exc))}") from None
-    return build_surface(configuration=configuration, settings=settings, kube=kube)
+        return control_surface(
+            kubeconfig=args.kubeconfig,
+            namespace=args.namespace,
+            policy_configmap=args.policy_configmap,
+            ledger_configmap=args.ledger_configmap,
+        )
+    except SurfaceError as exc:
+        raise UserError(str(exc)) from None
 
 
-def _attach_live_policy(
-    surface: ControlSurface,
-    runtime: KubeRuntime,
-    metrics: Metrics,
-    on_start: list[Callable[[], Coroutine[Any, Any, None]]],
-    background: list[Callable[[], Coroutine[Any, Any, None]]],
-) -> None:
-    """The leader writes the status; the metrics show the version; the watch starts with the loop."""
-    from webhook.kube.livepolicy import policy_info_metric
+def _live_policy_holder(args: argparse.Namespace, surface: ControlSurface) -> PolicyHolder | None:
+    from webhook.kube.surface import SurfaceError, first_policy
 
-    live = surface.live
-    assert live is not None
-    live.is_leader = lambda: runtime.elector.is_leader
-    live.retiring = lambda: set(runtime._retired)
-    runtime.leadership_listeners.append(lambda _leader: live.wake())
-    listener = policy_info_metric(metrics.registry)
-    live.listeners.append(listener)
-    if live.status is not None:
-        listener(live.status)
-
-    async def start_watch() -> None:
-        live.start()
-
-    on_start.append(start_watch)
-    background.append(surface.run)
+    try:
+        return first_policy(surface, policy_file=args.policy)
+    except SurfaceError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _kube_runtime(
