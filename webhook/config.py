@@ -7,7 +7,7 @@ against these by ``tests/test_config.py``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,5 +46,35 @@ class KubeSettings:
     sync_timeout: float = 15.0
     #: Objects per page when a watch lists (``limit``); 0 lists in one piece.
     list_page_size: int = 500
+    #: Retries of a failed list or watch: capped at 5 s, so a watch resumes within a few seconds
+    #: of the end of an API server outage (each retry is one list per watch).
+    watch_backoff: BackoffSettings = field(default_factory=lambda: BackoffSettings(initial=0.5, maximum=5.0))
+    #: Retries of a reconcile pass that failed (copies handed off by admissions, API errors).
+    reconcile_backoff: BackoffSettings = field(default_factory=lambda: BackoffSettings(initial=1.0, maximum=30.0))
 
+
+@dataclass(frozen=True, slots=True)
+class BackoffSettings:
+    """Delays of one retry loop: exponential from ``initial`` to ``maximum``, each jittered.
+
+    Every retrying loop (the list-watch, the reconciler) takes one of these and a
+    :class:`webhook.backoff.Backoff` built from it, so the delays are named settings rather
+    than constants spread over the loops. ``jitter`` is the relative spread (0.2: each delay
+    drawn from 80-120 % of its nominal value), so replicas that failed together do not retry
+    together.
+    """
+
+    initial: float = 0.5
+    maximum: float = 30.0
+    factor: float = 2.0
+    jitter: float = 0.2
+    #: A loop that has been healthy this long starts again from ``initial`` at its next failure
+    #: (for the list-watch: seconds a watch stream has been open after a successful list).
+    healthy_after: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.initial <= self.maximum:
+            raise ValueError(f"backoff needs 0 < initial <= maximum, got {self.initial} and {self.maximum}")
+        if self.factor < 1 or not 0 <= self.jitter < 1 or self.healthy_after < 0:
+            raise ValueError("backoff needs factor >= 1, 0 <= jitter < 1 and healthy_after >= 0")
 

@@ -116,6 +116,7 @@ class SecretCache:
             store=store,
             stats=self._stats,
             page_size=settings.list_page_size or None,
+            backoff=settings.watch_backoff,
         )
 
     def stop(self) -> list[ListWatch]:
@@ -198,6 +199,7 @@ class NamespaceCache:
             store=self.store,
             stats=self._stats,
             page_size=settings.list_page_size or None,
+            backoff=settings.watch_backoff,
         )
         self._watch.start()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -12,7 +13,8 @@ from typing import Any, Final
 import orjson
 import urllib3
 
-from webhook.config import KubeSettings
+from webhook.backoff import Backoff
+from webhook.config import BackoffSettings, KubeSettings
 from webhook.kube.errors import ApiError, _classify
 from webhook.kube.objects import Key, KubeObject
 from webhook.kube.store import Store
@@ -54,8 +56,13 @@ class ListWatch:
 
     A watch that ends (server timeout, read timeout on a quiet stream) is resumed from the
     last resourceVersion seen; a 410 Gone or any error goes back to a fresh list, after a
-    capped, jittered backoff. ``stop()`` closes the open response from the outside so the
-    thread ends at once rather than at its next read timeout.
+    capped, jittered :class:`~webhook.backoff.Backoff`. The backoff starts again from its
+    shortest delay once a watch stream has been open ``healthy_after`` seconds after a
+    successful list: a watch that worked for a while and then lost its API server is
+    retried at once, not at the delay the previous outage had driven it to (with five
+    outages 15 s apart, that was the difference between 0.3 s and 22 s to resume).
+    ``stop()`` closes the open response from the outside so the thread ends at once rather
+    than at its next read timeout.
     """
 
     PAGED_RESTARTS: Final = 2
@@ -68,7 +75,7 @@ class ListWatch:
         watcher: Callable[[str], Any],
         store: Store,
         stats: Stats,
-        backoff: tuple[float, float] = (0.5, 30.0),
+        backoff: BackoffSettings | None = None,
         page_size: int | None = LIST_PAGE_SIZE,
     ) -> None:
         self.name = name
@@ -80,7 +87,9 @@ class ListWatch:
         self._watcher = watcher
         self.store = store
         self._stats = stats
-        self._backoff = backoff
+        self.backoff = Backoff(backoff or BackoffSettings(initial=0.5, maximum=5.0))
+        #: Monotonic time a watch stream opened after a successful list (``None``: not watching).
+        self._watching_since: float | None = None
         self._stop = threading.Event()
         self._response: Any = None
         self._response_lock = threading.Lock()
@@ -109,19 +118,27 @@ class ListWatch:
         return self._stop.is_set()
 
     def _run(self) -> None:
-        delay = self._backoff[0]
         while not self._stop.is_set():
             try:
                 self._list_and_watch()
-                delay = self._backoff[0]
+                self.backoff.reset()
             except Exception as exc:
                 if self._stop.is_set():
                     break
+                self._note_health()  # a watch that was healthy until now starts over from the shortest delay
                 error = _classify(exc, f"watch {self.name}")
                 self._stats.error("watch")
+                delay = self.backoff.failure()
                 log.warning("%s failed (%s), listing again in %.1fs", error.action, error.kind, delay)
-                self._stop.wait(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, self._backoff[1])
+                self._stop.wait(delay)
+            finally:
+                self._watching_since = None
+
+    def _note_health(self) -> None:
+        """Reset the backoff once a watch stream has been open ``healthy_after`` seconds since the list."""
+        since = self._watching_since
+        if since is not None and time.monotonic() - since >= self.backoff.settings.healthy_after:
+            self.backoff.reset()
 
     def _list(self) -> str | None:
         """Fill the store from a fresh list, page by page; the list's resourceVersion (``None``: stopped)."""
@@ -169,6 +186,9 @@ class ListWatch:
             if self._stop.is_set():
                 response.close()
                 return
+            if self._watching_since is None:
+                self._watching_since = time.monotonic()
+            self._note_health()
             try:
                 for line in _iter_lines(response):
                     event = orjson.loads(line)
@@ -185,6 +205,8 @@ class ListWatch:
                         resource_version = str(version)
                     if kind in ("ADDED", "MODIFIED", "DELETED"):
                         self.store.apply(kind, obj)
+                    if self.backoff.failures:
+                        self._note_health()
             except urllib3.exceptions.ReadTimeoutError:
                 pass  # a quiet stream: resume from where we are
             except urllib3.exceptions.ProtocolError:

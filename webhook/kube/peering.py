@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from webhook.backoff import jittered
 from webhook.config import KubeSettings
 from webhook.kube.client import KubeApi
 from webhook.kube.errors import ApiError
@@ -107,8 +107,8 @@ class LeaseElector:
                     self._set_leader(True)
                 elif self.is_leader and now - self._renewed_at >= settings.renew_deadline:
                     self._set_leader(False)
-                delay = settings.retry_period if self.is_leader else settings.retry_period * random.uniform(1.0, 1.2)
-                await asyncio.sleep(delay)
+                # The leader renews on the dot; the others poll out of step with each other.
+                await asyncio.sleep(settings.retry_period if self.is_leader else jittered(settings.retry_period, 0.1))
         finally:
             # Step down at once; giving the Lease back (an API call) is ``release``'s job,
             # awaited by the owner once this task is done: a cancelled task cannot be

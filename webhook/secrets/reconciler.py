@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from webhook.backoff import Backoff
 from webhook.config import KubeSettings
 from webhook.kube.errors import ApiError
 from webhook.kube.events import EventRecorder
@@ -56,7 +57,9 @@ class Reconciler:
         self._dirty_since: float | None = None
         #: The oldest change not yet applied (kept across failed passes), for ``Stats.current_lag``.
         self._behind_since: float | None = None
-        self._retry_delay = 1.0
+        #: How soon a pass that failed is retried (while admissions are handed off).
+        self.backoff = Backoff(settings.reconcile_backoff)
+        self._retry_in = settings.reconcile_backoff.initial
         self._warned_unmanaged: set[Key] = set()
         self._failures: dict[Key, str] = {}
         self.passes = 0
@@ -84,7 +87,7 @@ class Reconciler:
         while True:
             timeout = self._settings.resync_seconds
             if self.pending:
-                timeout = min(timeout, self._retry_delay)
+                timeout = min(timeout, self._retry_in)
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout)
             except TimeoutError:
@@ -99,7 +102,11 @@ class Reconciler:
                 log.exception("reconcile pass failed")
                 self._stats.error("internal")
                 clean = False
-            self._retry_delay = 1.0 if clean else min(self._retry_delay * 2, 30.0)
+            if clean:
+                self.backoff.reset()
+                self._retry_in = self.backoff.settings.initial
+            else:
+                self._retry_in = self.backoff.failure()
 
     async def run_pass(self) -> bool:
         """One pass over every copy we know of; True when nothing failed."""
