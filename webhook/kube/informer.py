@@ -15,7 +15,7 @@ import urllib3
 
 from webhook.backoff import Backoff
 from webhook.config import BackoffSettings, KubeSettings
-from webhook.kube.errors import ApiError, _classify
+from webhook.kube.errors import ApiGone, _classify, error_for_status
 from webhook.kube.objects import Key, KubeObject
 from webhook.kube.store import Store
 from webhook.observability.stats import Stats
@@ -161,8 +161,8 @@ class ListWatch:
                         break
                     if self._stop.is_set():
                         return None
-            except ApiError as exc:
-                if exc.kind != "gone" or token is None:
+            except ApiGone:
+                if token is None:
                     raise
                 # The continue token expired: the pages read so far are of an older snapshot.
                 self.expired_continues += 1
@@ -199,7 +199,7 @@ class ListWatch:
                         if code == 410:
                             log.debug("%s: resourceVersion too old, listing again", self.name)
                             return
-                        raise ApiError("server_error" if (code or 0) >= 500 else "error", action=self.name, status=code)
+                        raise error_for_status(int(code or 0), action=self.name)
                     version = (obj.get("metadata") or {}).get("resourceVersion")
                     if version:
                         resource_version = str(version)

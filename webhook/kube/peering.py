@@ -42,7 +42,7 @@ from typing import Any
 from webhook.backoff import jittered
 from webhook.config import KubeSettings
 from webhook.kube.client import KubeApi
-from webhook.kube.errors import ApiError
+from webhook.kube.errors import ApiConflict, ApiError
 from webhook.kube.runner import Runner
 from webhook.observability.stats import Stats
 
@@ -146,10 +146,8 @@ class LeaseElector:
                 await self._runner(
                     lambda t: api.create_lease(namespace, body, timeout=t), timeout=timeout, action="create the Lease"
                 )
-            except ApiError as exc:
-                if exc.kind == "conflict":
-                    return False
-                raise
+            except ApiConflict:  # another replica created it first
+                return False
             self._observed, self._observed_at = None, time.monotonic()
             return True
         spec = lease.get("spec") or {}
@@ -177,10 +175,8 @@ class LeaseElector:
             await self._runner(
                 lambda t: api.patch_lease(namespace, name, patch, timeout=t), timeout=timeout, action="renew the Lease"
             )
-        except ApiError as exc:
-            if exc.kind == "conflict":
-                return False
-            raise
+        except ApiConflict:  # the Lease changed since we read it: someone else renewed or took it
+            return False
         return True
 
     async def release(self) -> None:

@@ -40,7 +40,7 @@ from typing import Any, Literal, TypeVar
 
 from webhook.kube.caches import NamespaceCache, SecretCache
 from webhook.kube.client import KubeApi
-from webhook.kube.errors import ApiError
+from webhook.kube.errors import ApiConflict, ApiError, ApiForbidden, ApiNotFound, ApiTimeout
 from webhook.kube.objects import Key, KubeObject
 from webhook.kube.runner import Runner
 from webhook.observability.stats import Stats
@@ -65,7 +65,7 @@ class _Deadline:
     def remaining(self, action: str) -> float:
         left = self._end - time.monotonic()
         if left <= 0:
-            raise ApiError("timeout", action=action)
+            raise ApiTimeout(action=action)
         return left
 
 
@@ -208,13 +208,13 @@ class SecretSync:
                         deadline,
                         lambda t: api.create_secret(namespace, manifest, timeout=t),  # noqa: B023
                     )
-                except ApiError as exc:
-                    if exc.kind != "conflict":
-                        self._stats.write("create", "error")
-                        raise
+                except ApiConflict:
                     self._stats.write("create", "conflict")
                     existing = await self._get(namespace, name, deadline)
                     continue
+                except ApiError:
+                    self._stats.write("create", "error")
+                    raise
                 self._stats.write("create", "ok")
                 self.secrets.put(created)
                 log.info("created Secret %s/%s", namespace, name)
@@ -236,25 +236,25 @@ class SecretSync:
                     deadline,
                     lambda t: api.patch_secret(namespace, name, patch, timeout=t),  # noqa: B023
                 )
-            except ApiError as exc:
-                if exc.kind not in ("conflict", "not_found"):
-                    self._stats.write("update", "error")
-                    raise
+            except (ApiConflict, ApiNotFound):
                 self._stats.write("update", "conflict")
                 existing = await self._get(namespace, name, deadline)
                 continue
+            except ApiError:
+                self._stats.write("update", "error")
+                raise
             self._stats.write("update", "ok")
             self.secrets.put(updated)
             log.info("updated Secret %s/%s", namespace, name)
             return "updated"
-        raise ApiError("conflict", action=f"update Secret {namespace}/{name}: it keeps changing")
+        raise ApiConflict(action=f"update Secret {namespace}/{name}: it keeps changing")
 
     async def delete(self, existing: KubeObject, *, deadline: _Deadline) -> None:
         """Delete a managed copy, only if it is still the object we looked at."""
         metadata = existing.get("metadata") or {}
         namespace, name = str(metadata.get("namespace")), str(metadata.get("name"))
         if not is_managed(existing):  # the invariant, checked where the call is made
-            raise ApiError("forbidden", action=f"delete Secret {namespace}/{name}: not managed by us")
+            raise ApiForbidden(action=f"delete Secret {namespace}/{name}: not managed by us")
         api = self._api
         uid, version = metadata.get("uid"), metadata.get("resourceVersion")
         try:

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from cryptography import x509
 
-from webhook.kube.errors import ApiError
+from webhook.kube.errors import ApiConflict, ApiError
 from webhook.tls.certs import (
     build_bundle,
     build_ca,
@@ -230,12 +230,10 @@ class SelfCertManager:
                         self._namespace, self._secret_name, self._body(wanted, version), timeout=self._timeout
                     )
                     log.info("updated certificate Secret %s/%s", self._namespace, self._secret_name)
-            except ApiError as exc:
-                if exc.kind == "conflict":
-                    continue  # another replica won: read theirs and plan again
-                raise
+            except ApiConflict:
+                continue  # another replica won: read theirs and plan again
             return wanted
-        raise ApiError("conflict", action=f"update Secret {self._namespace}/{self._secret_name}")
+        raise ApiConflict(action=f"update Secret {self._namespace}/{self._secret_name}")
 
     def _body(self, state: CertState, resource_version: str | None) -> dict[str, Any]:
         metadata: dict[str, Any] = {"name": self._secret_name, "namespace": self._namespace, "labels": MANAGED_BY}
