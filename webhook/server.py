@@ -187,13 +187,9 @@ def _kube_runtime(args: argparse.Namespace, *, holder: PolicyHolder, metrics: Me
     """The Kubernetes side, its counters feeding the Prometheus metrics."""
     from kubernetes.config.config_exception import ConfigException
 
-    from webhook.observability.stats import Stats
     from webhook.runtime import build_kube_runtime, default_identity
 
-    stats = Stats(
-        on_write=metrics.observe_secret_write, on_error=metrics.observe_secret_error, on_sync=metrics.observe_sync
-    )
-    metrics.reconciler_lag.set_function(stats.current_lag)
+    stats = metrics.kube_stats()
     try:
         return build_kube_runtime(
             kubeconfig=args.kubeconfig,

@@ -45,15 +45,15 @@ class SecretEnsurer(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
-    """What the handler decided, for metrics and logs."""
+class AdmissionOutcome:
+    """What the handler decided about one review, for metrics and logs."""
 
     result: str  # "mutated", "unchanged", "skipped", "ignored", "denied"
     plan: PodPlan | None = None
 
 
 #: Called after every answer with the review, the outcome and the seconds it took.
-ObserveFn = Callable[[AdmissionReview, Outcome, float], None]
+ObserveFn = Callable[[AdmissionReview, AdmissionOutcome, float], None]
 
 
 class Handler:
@@ -80,24 +80,24 @@ class Handler:
         self._observe(review, outcome, time.perf_counter() - start)
         return response
 
-    async def _handle(self, review: AdmissionReview) -> tuple[AdmissionReviewResponse, Outcome]:
+    async def _handle(self, review: AdmissionReview) -> tuple[AdmissionReviewResponse, AdmissionOutcome]:
         request = review["request"]
         if not _is_pod_create(request):
-            return build_response(review=review), Outcome("ignored")
+            return build_response(review=review), AdmissionOutcome("ignored")
         pod = request.get("object")
         if not isinstance(pod, dict):
             return build_response(
                 review=review, warnings=["pullsecret-injector: no Pod object in the request"]
-            ), Outcome("ignored")
+            ), AdmissionOutcome("ignored")
         if is_skipped(pod):
-            return build_response(review=review), Outcome("skipped")
+            return build_response(review=review), AdmissionOutcome("skipped")
         namespace = _namespace_of(request, pod)
         if namespace is None:
             return (
                 build_response(
                     review=review, warnings=["pullsecret-injector: request has no namespace, nothing injected"]
                 ),
-                Outcome("ignored"),
+                AdmissionOutcome("ignored"),
             )
         policy = self._policy()
         labels: Mapping[str, str] | None = None
@@ -119,10 +119,10 @@ class Handler:
                 )
                 return (
                     build_response(review=review, allowed=False, message=message, code=503, warnings=warnings),
-                    Outcome("denied", plan),
+                    AdmissionOutcome("denied", plan),
                 )
         result_name = "mutated" if plan.patch else "unchanged"
-        return build_response(review=review, patch=plan.patch, warnings=warnings), Outcome(result_name, plan)
+        return build_response(review=review, patch=plan.patch, warnings=warnings), AdmissionOutcome(result_name, plan)
 
 
 def _is_pod_create(request: Mapping[str, Any]) -> bool:
@@ -151,12 +151,4 @@ def _namespace_of(request: Mapping[str, Any], pod: Mapping[str, Any]) -> str | N
     return None
 
 
-def pod_display_name(pod: Mapping[str, Any]) -> str:
-    metadata = pod.get("metadata")
-    if not isinstance(metadata, dict):
-        return ""
-    name = metadata.get("name") or metadata.get("generateName") or ""
-    return str(name)
-
-
-__all__: Sequence[str] = ("EnsureResult", "Handler", "NamespaceLabels", "Outcome", "SecretEnsurer", "pod_display_name")
+__all__: Sequence[str] = ("AdmissionOutcome", "EnsureResult", "Handler", "NamespaceLabels", "SecretEnsurer")

@@ -45,7 +45,7 @@ from webhook.kube.objects import Key, KubeObject
 from webhook.kube.runner import Runner
 from webhook.observability.stats import Stats
 from webhook.policy.model import Source
-from webhook.secrets.desired import Copy, build_copy, is_current, is_managed, needs_recreate, update_patch
+from webhook.secrets.desired import DesiredCopy, build_copy, is_current, is_managed, needs_recreate, update_patch
 from webhook.secrets.dockerconfig import SourceError
 from webhook.secrets.grants import Grant, GrantIndex, source_target
 
@@ -53,7 +53,8 @@ log = logging.getLogger(__name__)
 
 
 T = TypeVar("T")
-Outcome = Literal["current", "created", "updated", "unmanaged", "dry-run"]
+#: What :meth:`SecretSync.converge` did to the Secret in the API (not an admission's outcome).
+WriteOutcome = Literal["current", "created", "updated", "unmanaged", "dry-run"]
 
 
 class _Deadline:
@@ -88,12 +89,12 @@ class SecretSync:
         self._stats = stats
         #: Which namespace may hold which copy, for the policy last seen (the security boundary).
         self.grants = GrantIndex()
-        self._memo: dict[tuple[Any, ...], Copy] = {}
+        self._memo: dict[tuple[Any, ...], DesiredCopy] = {}
         #: ``id(grant)`` -> ``(grant, name, source object, copy)``: the copy built from that very
         #: cached source object (the store replaces an object on every change, never edits it).
-        self._copies: dict[int, tuple[Grant, str, KubeObject, Copy]] = {}
+        self._copies: dict[int, tuple[Grant, str, KubeObject, DesiredCopy]] = {}
         #: ``(namespace, name)`` -> ``(uid, resourceVersion, copy)`` of a copy found current.
-        self._verdicts: dict[Key, tuple[str, str, Copy]] = {}
+        self._verdicts: dict[Key, tuple[str, str, DesiredCopy]] = {}
 
     _MEMO_LIMIT = 1024
     _VERDICTS_LIMIT = 65536
@@ -129,7 +130,7 @@ class SecretSync:
             self._verdicts[key] = (uid, version, base)
         return True
 
-    def _base_copy(self, name: str, grant: Grant, source_obj: KubeObject | None) -> Copy:
+    def _base_copy(self, name: str, grant: Grant, source_obj: KubeObject | None) -> DesiredCopy:
         """The copy ``grant`` gives (namespace left empty), memoized; raises ``SourceError``."""
         entry = self._copies.get(id(grant))
         if entry is not None and entry[0] is grant and entry[2] is source_obj and entry[1] == name:
@@ -173,7 +174,7 @@ class SecretSync:
             return obj
         return await self._get(namespace, name, deadline)
 
-    async def desired(self, namespace: str, name: str, grant: Grant, deadline: _Deadline) -> Copy:
+    async def desired(self, namespace: str, name: str, grant: Grant, deadline: _Deadline) -> DesiredCopy:
         """The copy ``grant`` gives ``namespace``; raises ``SourceError`` or ``ApiError``."""
         source_obj = await self._source_object(grant.source, deadline)
         return dataclasses.replace(self._base_copy(name, grant, source_obj), namespace=namespace)
@@ -184,7 +185,7 @@ class SecretSync:
             f"get Secret {namespace}/{name}", deadline, lambda t: api.get_secret(namespace, name, timeout=t)
         )
 
-    async def converge(self, desired: Copy, *, deadline: _Deadline, dry_run: bool) -> Outcome:
+    async def converge(self, desired: DesiredCopy, *, deadline: _Deadline, dry_run: bool) -> WriteOutcome:
         """Make the Secret in the API equal ``desired``, never touching one that is not ours.
 
         From the cache when it knows the Secret (no call when current), else one GET.
