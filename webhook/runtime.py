@@ -69,7 +69,12 @@ class KubeRuntime:
         )
         self.events = EventRecorder(api=api, runner=self.runner, settings=settings, stats=self.stats)
         self.sync = SecretSync(
-            api=api, runner=self.runner, secrets=self.secrets, namespaces=self.namespaces, stats=self.stats
+            api=api,
+            runner=self.runner,
+            secrets=self.secrets,
+            namespaces=self.namespaces,
+            stats=self.stats,
+            limits=settings.cache_limits,
         )
         self.elector = LeaseElector(
             api=api, runner=self.runner, settings=settings, stats=self.stats, on_change=self._leadership_changed

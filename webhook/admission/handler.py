@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from webhook.admission.patch import is_skipped
-from webhook.admission.podplan import PodPlan, plan_pod, short
+from webhook.admission.podplan import PlanCache, PodPlan, plan_pod, short
 from webhook.admission.wire import AdmissionReview, AdmissionReviewResponse, build_response
+from webhook.bounded import BoundedCache
+from webhook.config import CacheLimits
 from webhook.policy.matching import CompiledPolicy
 from webhook.policy.model import Rule
 
@@ -66,8 +68,11 @@ class Handler:
         namespaces: NamespaceLabels | None = None,
         ensurer: SecretEnsurer | None = None,
         observe: ObserveFn | None = None,
+        limits: CacheLimits | None = None,
     ) -> None:
         self._policy = policy
+        #: Container plans across Pods (the admission layer's cache; the policy keeps none of it).
+        self.plans: PlanCache = BoundedCache((limits or CacheLimits()).container_plans)
         self._namespaces = namespaces
         self._ensurer = ensurer
         self._observe = observe
@@ -103,7 +108,7 @@ class Handler:
         labels: Mapping[str, str] | None = None
         if policy.uses_selectors and self._namespaces is not None and not policy.namespace_excluded(namespace):
             labels = await self._namespaces.labels(namespace)
-        plan = plan_pod(pod=pod, namespace=namespace, policy=policy, namespace_labels=labels)
+        plan = plan_pod(pod=pod, namespace=namespace, policy=policy, namespace_labels=labels, plans=self.plans)
         warnings = [short(f"pullsecret-injector: {w}") for w in plan.warnings]
         managed = {name: rule for name, rule in plan.secrets.items() if rule.source is not None}
         if managed and self._ensurer is not None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 DOCKER_HUB = "docker.io"
 #: Hostnames that are the same registry as ``docker.io`` (the legacy index and the API host).
@@ -139,12 +138,11 @@ def _split_domain(name: str) -> tuple[str, str]:
     return first, rest
 
 
-@lru_cache(maxsize=16384)
 def parse_image(reference: str) -> ImageRef:
     """Parse and normalise one image reference (``ParseNormalizedNamed`` semantics).
 
-    Raises :class:`InvalidReference` with a message fit to show a user. Cached: a cluster
-    has few distinct images and the same ones come back on every Pod.
+    Raises :class:`InvalidReference` with a message fit to show a user. Not cached here:
+    the admission layer's container-plan cache answers repeated Pods without parsing.
     """
     if not isinstance(reference, str) or not reference:
         raise InvalidReference("image reference is empty")

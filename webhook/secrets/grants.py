@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 
+from webhook.bounded import BoundedCache
+from webhook.config import CacheLimits
 from webhook.kube.objects import SecretTarget
 from webhook.policy.matching import CompiledPolicy
 from webhook.policy.model import Rule, Source
@@ -41,12 +43,11 @@ class GrantIndex:
     policy object, so it needs no notification when the policy is reloaded.
     """
 
-    _GRANTS_LIMIT = 4096
-
-    def __init__(self) -> None:
+    def __init__(self, limits: CacheLimits | None = None) -> None:
+        self._limit = (limits or CacheLimits()).grants
         self._policy: CompiledPolicy | None = None
         self._by_name: dict[str, list[tuple[int, Rule]]] = {}
-        self._grants: dict[tuple[str, frozenset[int]], Grant | None] = {}
+        self._grants: BoundedCache[tuple[str, frozenset[int]], Grant | None] = BoundedCache(self._limit)
 
     def by_name(self, policy: CompiledPolicy) -> dict[str, list[tuple[int, Rule]]]:
         if policy is not self._policy:
@@ -54,7 +55,7 @@ class GrantIndex:
             for index, rule in enumerate(policy.policy.rules):
                 if rule.source is not None:
                     by_name.setdefault(rule.secret, []).append((index, rule))
-            self._policy, self._by_name, self._grants = policy, by_name, {}
+            self._policy, self._by_name, self._grants = policy, by_name, BoundedCache(self._limit)
         return self._by_name
 
     def _grant(self, policy: CompiledPolicy, name: str, admitted: frozenset[int]) -> Grant | None:
@@ -73,8 +74,6 @@ class GrantIndex:
             pass
         rules = tuple(rule for index, rule in candidates if index in admitted)
         grant = Grant(rules) if rules else None
-        if len(self._grants) >= self._GRANTS_LIMIT:
-            self._grants.clear()
         self._grants[key] = grant
         return grant
 

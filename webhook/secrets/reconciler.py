@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 
 from webhook.backoff import Backoff
+from webhook.bounded import BoundedCache
 from webhook.config import KubeSettings
 from webhook.kube.errors import ApiError
 from webhook.kube.events import EventRecorder
@@ -61,7 +62,7 @@ class Reconciler:
         self.backoff = Backoff(settings.reconcile_backoff)
         self._retry_in = settings.reconcile_backoff.initial
         self._warned_unmanaged: set[Key] = set()
-        self._failures: dict[Key, str] = {}
+        self._failures: BoundedCache[Key, str] = BoundedCache(settings.cache_limits.failures)
         self.passes = 0
 
     def notify(self) -> None:
@@ -144,8 +145,6 @@ class Reconciler:
     def _log_failure(self, key: Key, kind: str, message: str) -> None:
         """WARNING when a copy starts failing (or fails differently), DEBUG while it keeps failing alike."""
         level = logging.DEBUG if self._failures.get(key) == kind else logging.WARNING
-        if len(self._failures) > 65536:
-            self._failures.clear()
         self._failures[key] = kind
         log.log(level, "%s", message)
 
