@@ -8,6 +8,8 @@ carry credentials.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import ClassVar, Final
 
 import urllib3
@@ -92,16 +94,18 @@ class ApiInvalid(ApiError):
     transient = False
 
 
-_BY_STATUS: Final[dict[int, type[ApiError]]] = {
-    400: ApiInvalid,
-    401: ApiUnauthorized,
-    403: ApiForbidden,
-    404: ApiNotFound,
-    409: ApiConflict,
-    410: ApiGone,
-    422: ApiInvalid,
-    429: ApiTooManyRequests,
-}
+_BY_STATUS: Final[Mapping[int, type[ApiError]]] = MappingProxyType(
+    {
+        400: ApiInvalid,
+        401: ApiUnauthorized,
+        403: ApiForbidden,
+        404: ApiNotFound,
+        409: ApiConflict,
+        410: ApiGone,
+        422: ApiInvalid,
+        429: ApiTooManyRequests,
+    }
+)
 
 
 def error_for_status(status: int, *, action: str) -> ApiError:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 DOCKER_HUB = "docker.io"
 #: Hostnames that are the same registry as ``docker.io`` (the legacy index and the API host).
@@ -37,7 +38,7 @@ _TAG_RE = re.compile(r"[\w][\w.-]{0,127}")
 _DIGEST_RE = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}")
 _ANCHORED_HEX64 = re.compile(r"[a-f0-9]{64}")
 #: Known digest algorithms and the length of their hex encoding (opencontainers/go-digest).
-_DIGEST_HEX_LENGTHS = {"sha256": 64, "sha384": 96, "sha512": 128}
+_DIGEST_HEX_LENGTHS = MappingProxyType({"sha256": 64, "sha384": 96, "sha512": 128})
 
 
 class InvalidReference(ValueError):

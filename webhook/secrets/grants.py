@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterable, Mapping
 
 from webhook.bounded import BoundedCache
 from webhook.config import CacheLimits
-from webhook.kube.objects import SecretTarget
 from webhook.policy.matching import CompiledPolicy
 from webhook.policy.model import Rule, Source
 
@@ -92,9 +91,13 @@ class GrantIndex:
             return None
         return self._grant(policy, name, policy.admitted_rules(namespace, labels))
 
-    def watch_targets(self, policy: CompiledPolicy, *, extra_names: Iterable[str] = ()) -> set[SecretTarget]:
-        """What to watch for ``policy``: each copy name cluster-wide, each source Secret in its namespace."""
-        targets: set[SecretTarget] = {(None, name) for name in self.managed_names(policy) | set(extra_names)}
+    def watch_targets(self, policy: CompiledPolicy, *, extra_names: Iterable[str] = ()) -> set[tuple[str | None, str]]:
+        """What to watch for ``policy``: each copy name cluster-wide, each source Secret in its namespace.
+
+        ``(namespace or None for cluster-wide, name)``, the ``SecretTarget`` of
+        :mod:`webhook.kube.objects`, spelled out so this pure module needs nothing of the kube side.
+        """
+        targets: set[tuple[str | None, str]] = {(None, name) for name in self.managed_names(policy) | set(extra_names)}
         for entries in self.by_name(policy).values():
             source = entries[0][1].source
             assert source is not None

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from cryptography import x509
 
 from webhook.kube.errors import ApiConflict, ApiError
+from webhook.secrets.dockerconfig import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from webhook.tls.certs import (
     build_bundle,
     build_ca,
@@ -42,7 +43,6 @@ from webhook.tls.certs import (
 
 log = logging.getLogger(__name__)
 
-MANAGED_BY = {"app.kubernetes.io/managed-by": "pullsecret-injector"}
 KEYS = ("ca.crt", "ca.key", "tls.crt", "tls.key")
 
 
@@ -236,7 +236,8 @@ class SelfCertManager:
         raise ApiConflict(action=f"update Secret {self._namespace}/{self._secret_name}")
 
     def _body(self, state: CertState, resource_version: str | None) -> dict[str, Any]:
-        metadata: dict[str, Any] = {"name": self._secret_name, "namespace": self._namespace, "labels": MANAGED_BY}
+        labels = {MANAGED_BY_LABEL: MANAGED_BY_VALUE}
+        metadata: dict[str, Any] = {"name": self._secret_name, "namespace": self._namespace, "labels": labels}
         if resource_version:
             metadata["resourceVersion"] = resource_version
         return {
