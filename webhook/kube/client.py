@@ -90,6 +90,20 @@ def _paging(limit: int | None, continue_: str | None) -> dict[str, Any]:
     return paging
 
 
+def _watching(resource_version: str, server_timeout: int, timeout: tuple[float, float]) -> dict[str, Any]:
+    """The arguments of a raw watch from ``resource_version`` (empty: from now), with bookmarks."""
+    kwargs: dict[str, Any] = {
+        "watch": True,
+        "allow_watch_bookmarks": True,
+        "timeout_seconds": server_timeout,
+        "_preload_content": False,
+        "_request_timeout": timeout,
+    }
+    if resource_version:
+        kwargs["resource_version"] = resource_version
+    return kwargs
+
+
 class KubeApi:
     """Synchronous raw-JSON API calls, each bounded by an explicit timeout (seconds).
 
@@ -205,16 +219,8 @@ class KubeApi:
         timeout: tuple[float, float],
     ) -> Any:
         """An open watch response (urllib3) for the Secrets named ``name``."""
-        kwargs: dict[str, Any] = {
-            "field_selector": f"metadata.name={name}",
-            "watch": True,
-            "allow_watch_bookmarks": True,
-            "timeout_seconds": server_timeout,
-            "_preload_content": False,
-            "_request_timeout": timeout,
-        }
-        if resource_version:
-            kwargs["resource_version"] = resource_version
+        kwargs = _watching(resource_version, server_timeout, timeout)
+        kwargs["field_selector"] = f"metadata.name={name}"
         try:
             if namespace is None:
                 return self._core.list_secret_for_all_namespaces(**kwargs)
@@ -232,17 +238,8 @@ class KubeApi:
         return self._call("list Namespaces", self._core.list_namespace, timeout=timeout, **_paging(limit, continue_))
 
     def watch_namespaces(self, *, resource_version: str, server_timeout: int, timeout: tuple[float, float]) -> Any:
-        kwargs: dict[str, Any] = {
-            "watch": True,
-            "allow_watch_bookmarks": True,
-            "timeout_seconds": server_timeout,
-            "_preload_content": False,
-            "_request_timeout": timeout,
-        }
-        if resource_version:
-            kwargs["resource_version"] = resource_version
         try:
-            return self._core.list_namespace(**kwargs)
+            return self._core.list_namespace(**_watching(resource_version, server_timeout, timeout))
         except Exception as exc:
             raise _classify(exc, "watch Namespaces") from None
 

@@ -1,33 +1,14 @@
-"""Keeping the managed Secrets in sync: at admission, in the background, on one replica.
+"""Leader election on a ``coordination.k8s.io/v1`` Lease: one replica reconciles in the background.
 
-Three actors share one core (:class:`SecretSync`: what a copy should be, and how to make
-the API agree with a bounded number of calls):
-
-* :class:`Ensurer`, the handler's ``SecretEnsurer``: before a Pod CREATE is answered,
-  every Secret it gets injected exists and is current in its namespace. When the watch
-  caches already show the copy current, that costs no API call at all. Otherwise create,
-  take 409 as "someone else was faster" and compare, patch only our own copies. All of
-  it within ``ensure_timeout``: past it the Pod is answered anyway (with a warning) and
-  the work is handed to the background.
-* :class:`Reconciler`: triggered by watch events (debounced) and a periodic resync. On
-  the leader it updates every copy when a source changes, recreates deleted copies and
-  deletes copies no rule allows any more (``cleanup``). On every replica it finishes the
-  admissions it had to hand off, because when the API was down nobody else knows about
-  them.
-* :class:`LeaseElector`: leader election on a ``coordination.k8s.io/v1`` Lease. The
-  official client ships ``kubernetes.leaderelection``, but its model does not fit here:
-  ``run()`` blocks a thread forever in ``time.sleep`` loops with no way to stop it, the
-  leading callback runs in a thread that cannot be cancelled when the lease is lost (so
-  a deposed leader keeps reconciling next to the new one), ``Config`` calls
-  ``sys.exit`` on bad values, the lock uses the global default client with no request
-  timeouts (a hung API server stalls renewal past the deadline) and ``replace``, not
-  ``patch``. This is the same algorithm as client-go's (observed-record time on the
-  local monotonic clock, renew deadline shorter than the lease), in asyncio, with
-  optimistic concurrency through ``metadata.resourceVersion`` on the patch.
-
-:class:`KubeRuntime` wires it all for :mod:`webhook.server`. The namespace policy is the
-security boundary throughout: :func:`grant_for` is the one function that says whether a
-namespace may hold a copy, and a namespace no rule admits never gets one, whatever asks.
+The official client ships ``kubernetes.leaderelection``, but its model does not fit here:
+``run()`` blocks a thread forever in ``time.sleep`` loops with no way to stop it, the
+leading callback runs in a thread that cannot be cancelled when the lease is lost (so a
+deposed leader keeps reconciling next to the new one), ``Config`` calls ``sys.exit`` on
+bad values, the lock uses the global default client with no request timeouts (a hung API
+server stalls renewal past the deadline) and ``replace``, not ``patch``. This is the same
+algorithm as client-go's (observed-record time on the local monotonic clock, renew
+deadline shorter than the lease), in asyncio, with optimistic concurrency through
+``metadata.resourceVersion`` on the patch.
 """
 
 from __future__ import annotations
