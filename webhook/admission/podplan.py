@@ -8,7 +8,7 @@ offline explanation and the server's answer can never disagree.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +16,7 @@ from webhook.admission.patch import ContainerKind, build_patch, iter_container_i
 from webhook.admission.wire import PatchOperation
 from webhook.bounded import BoundedCache
 from webhook.policy.images import ImageRef, InvalidReference, parse_image
-from webhook.policy.matching import CompiledPolicy, Decision, NamespaceDecisions
+from webhook.policy.matching import CompiledPolicy, NamespaceDecisions
 from webhook.policy.model import Rule
 
 #: Kubernetes rejects warnings longer than this in admission responses' spirit of brevity;
@@ -47,7 +47,7 @@ class PodPlan:
 
 #: Container plans by (the namespace's decisions, kind, name, image): a plan depends on
 #: nothing else, so Pods of one template in namespaces admitting the same rules share them.
-PlanKey = tuple[NamespaceDecisions, ContainerKind, str, str]
+PlanKey = tuple[NamespaceDecisions | None, ContainerKind, str, str]
 PlanCache = BoundedCache[PlanKey, ContainerPlan]
 
 
@@ -78,23 +78,23 @@ def plan_pod(
     # A container's plan depends only on (kind, name, image) and those decisions, so ``plans``
     # is keyed by them: Pods of the same template cost one lookup per container.
     decisions = None if explain else policy.namespace_decisions(namespace, namespace_labels)
-    decide: Callable[[ImageRef], Decision] = (
-        decisions.decide
-        if decisions is not None
-        else lambda ref: policy.decide(ref, namespace, namespace_labels, explain=True)
-    )
+    memo = plans if decisions is not None else None
     for kind, name, raw in iter_container_images(spec):
-        key: PlanKey | None = None
-        container_plan: ContainerPlan | None = None
-        if plans is not None and decisions is not None and isinstance(raw, str):
+        if memo is not None and isinstance(raw, str):
             key = (decisions, kind, name, raw)
-            container_plan = plans.get(key)
-        if container_plan is None:
-            container_plan, warning = _plan_container(kind, name, raw, decide)
+            container_plan = memo.get(key)
+            if container_plan is None:
+                container_plan, warning = _plan_container(
+                    kind, name, raw, policy, decisions, namespace, namespace_labels
+                )
+                if warning is None:
+                    memo[key] = container_plan
+                else:
+                    plan.warnings.append(warning)
+        else:
+            container_plan, warning = _plan_container(kind, name, raw, policy, decisions, namespace, namespace_labels)
             if warning is not None:
                 plan.warnings.append(warning)
-            elif plans is not None and key is not None:
-                plans[key] = container_plan
         plan.containers.append(container_plan)
         if container_plan.rule is not None:
             plan.secrets.setdefault(container_plan.rule.secret, container_plan.rule)
@@ -103,17 +103,26 @@ def plan_pod(
 
 
 def _plan_container(
-    kind: ContainerKind, name: str, raw: object, decide: Callable[[ImageRef], Decision]
+    kind: ContainerKind,
+    name: str,
+    raw: object,
+    policy: CompiledPolicy,
+    decisions: NamespaceDecisions | None,
+    namespace: str,
+    labels: Mapping[str, str] | None,
 ) -> tuple[ContainerPlan, str | None]:
-    """One container's plan, and the warning to give when its image is unusable."""
+    """One container's plan, and the warning to give when its image is unusable.
+
+    ``decisions`` ``None`` means explaining (the CLI): the policy's explaining decide for
+    ``namespace``; otherwise the namespace's cached decisions.
+    """
     if not isinstance(raw, str):
         plan = ContainerPlan(kind, name, repr(raw), None, None, "image is missing or not a string")
         return plan, f"container {name!r}: image missing, no pull secret"
     try:
         ref = parse_image(raw)
     except InvalidReference as exc:
-        return ContainerPlan(
-            kind, name, raw, None, None, str(exc)
-        ), f"container {name!r}: invalid image {raw!r}, no pull secret"
-    decision = decide(ref)
+        warning = f"container {name!r}: invalid image {raw!r}, no pull secret"
+        return ContainerPlan(kind, name, raw, None, None, str(exc)), warning
+    decision = decisions.decide(ref) if decisions is not None else policy.decide(ref, namespace, labels, explain=True)
     return ContainerPlan(kind, name, raw, ref, decision.rule, decision.reason), None
