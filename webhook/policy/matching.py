@@ -94,11 +94,12 @@ class _Explanation:
     labels: Mapping[str, str] | None
     skipped: list[str] = field(default_factory=list)
 
-    def repository(self, rule: Rule, image: ImageRef) -> None:
-        self.skipped.append(f"{rule.name}: repository {image.repository!r} not in its repositories")
-
-    def namespace_scope(self, rule: Rule) -> None:
-        self.skipped.append(f"{rule.name}: {self.policy._namespace_reason(rule, self.namespace, self.labels)}")
+    def passed_over(self, rule: Rule, image: ImageRef, repository_rank: tuple[int, int] | None) -> None:
+        """``rule`` did not apply: its repositories first (what the image itself decides), else its scope."""
+        if repository_rank is None:
+            self.skipped.append(f"{rule.name}: repository {image.repository!r} not in its repositories")
+        else:
+            self.skipped.append(f"{rule.name}: {self.policy._namespace_reason(rule, self.namespace, self.labels)}")
 
 
 def _reason(image: ImageRef, winner: Candidate | None, skipped: Sequence[str]) -> str:
@@ -270,14 +271,17 @@ class CompiledPolicy:
         for candidate in self.candidates(image.registry):
             if best is not None and candidate.pattern.specificity < best[0]:
                 break  # sorted by host specificity: nothing further can win
+            # Membership first: a set lookup, where ranking the repository runs its patterns.
+            if candidate.index not in admitted:
+                if explanation is not None:
+                    explanation.passed_over(
+                        candidate.rule, image, self._repository_rank(candidate.rule, image.repository)
+                    )
+                continue
             repo_rank = self._repository_rank(candidate.rule, image.repository)
             if repo_rank is None:
                 if explanation is not None:
-                    explanation.repository(candidate.rule, image)
-                continue
-            if candidate.index not in admitted:
-                if explanation is not None:
-                    explanation.namespace_scope(candidate.rule)
+                    explanation.passed_over(candidate.rule, image, None)
                 continue
             key = (candidate.pattern.specificity, repo_rank, -candidate.index)
             if best is None or key > best:
