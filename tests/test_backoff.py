@@ -12,6 +12,7 @@ does).
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import Any
 
@@ -25,6 +26,7 @@ from webhook.kube.informer import ListWatch
 from webhook.kube.objects import KubeObject, _slim_namespace
 from webhook.kube.store import Store
 from webhook.observability.stats import Stats
+from webhook.tls.selfcert import CertState, SelfCertManager, keep_current
 
 
 @pytest.mark.parametrize(
@@ -146,4 +148,34 @@ async def test_after_each_of_five_outages_the_watch_resumes_from_the_shortest_de
     finally:
         watch.stop()
         watch.join(2.0)
+        api.close()
+
+
+async def test_a_failed_certificate_check_is_retried_sooner_and_the_streak_ends_with_success(
+    apiserver: Apiserver, api_host: str
+) -> None:
+    """The self-managed certificate's loop: failures back off from ``initial``, a good check resets."""
+    api = KubeApi(build_api_client(configuration=client_configuration(api_host), pool_size=2))
+    manager = SelfCertManager(
+        api=api, namespace="pullsecret-system", secret_name="tls", service="psi", webhook_config="psi", timeout=2.0
+    )
+    initial = await asyncio.to_thread(manager.ensure)
+    applied: list[CertState] = []
+    backoff = Backoff(BackoffSettings(initial=0.02, maximum=0.1, jitter=0))
+    task = asyncio.create_task(
+        keep_current(manager, initial=initial, apply=applied.append, interval=0.1, backoff=backoff)
+    )
+    try:
+        fault = Fault(status=503)
+        apiserver.faults.append(fault)
+        await eventually(lambda: backoff.failures >= 3)
+        # 0.02, 0.04, 0.08, then the cap: each retry well before the next regular check.
+        assert backoff.last_delay == min(0.1, 0.02 * 2 ** (backoff.failures - 1))
+        apiserver.faults.remove(fault)
+        await eventually(lambda: backoff.failures == 0)
+        assert backoff.resets == 1
+        assert applied == []  # the same pair all along: nothing to switch
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
         api.close()
