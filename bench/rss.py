@@ -193,12 +193,12 @@ def dockerconfig() -> bytes:
 
 
 def secret_copy_object(index: int, config: bytes) -> dict[str, Any]:
-    """A managed copy as the API server returns it (built with :class:`webhook.secrets.desired.Copy`)."""
+    """A managed copy as the API server returns it (built with :class:`webhook.secrets.desired.DesiredCopy`)."""
     from bench.reviews import namespace_name
-    from webhook.secrets.desired import Copy
+    from webhook.secrets.desired import DesiredCopy
     from webhook.secrets.dockerconfig import content_hash
 
-    copy = Copy(
+    copy = DesiredCopy(
         name=SECRET_NAME,
         namespace=namespace_name(index),
         config=config,

@@ -19,7 +19,7 @@ from webhook.kube.access import (
     required,
     review,
 )
-from webhook.kube.errors import ApiError
+from webhook.kube.errors import ApiError, ApiForbidden, ApiTimeout, ApiUnavailable
 from webhook.policy.matching import load_policy
 
 POLICY = load_policy(
@@ -139,10 +139,10 @@ def test_cleanup_shortfall_warns_but_does_not_reject() -> None:
 @pytest.mark.parametrize(
     ("error", "outcome"),
     [
-        pytest.param(ApiError("unavailable", action="create SelfSubjectAccessReview"), "unknown", id="api-down"),
-        pytest.param(ApiError("timeout", action="create SelfSubjectAccessReview"), "unknown", id="timeout"),
+        pytest.param(ApiUnavailable(action="create SelfSubjectAccessReview"), "unknown", id="api-down"),
+        pytest.param(ApiTimeout(action="create SelfSubjectAccessReview"), "unknown", id="timeout"),
         pytest.param(
-            ApiError("forbidden", action="create SelfSubjectAccessReview", status=403), "unverified", id="403"
+            ApiForbidden(action="create SelfSubjectAccessReview", status=403), "unverified", id="403"
         ),
     ],
 )

@@ -204,6 +204,14 @@ class KubeSettings:
     #: so any replica, after any restart, cleans up and finishes them (webhook/secrets/ledger.py).
     ledger_configmap: str = "pullsecret-injector-ledger"
 
+    #: Retries of a failed list or watch: capped at 5 s, so a watch resumes within a few seconds
+    #: of the end of an API server outage (each retry is one list per watch).
+    watch_backoff: BackoffSettings = field(default_factory=lambda: BackoffSettings(initial=0.5, maximum=5.0))
+    #: Retries of a reconcile pass that failed (copies handed off by admissions, API errors).
+    reconcile_backoff: BackoffSettings = field(default_factory=lambda: BackoffSettings(initial=1.0, maximum=30.0))
+    #: Sizes of the Kubernetes side's bounded caches.
+    cache_limits: CacheLimits = field(default_factory=lambda: CacheLimits())
+
     def __post_init__(self) -> None:
         # Only what a user can set from the command line is checked: tests shrink the
         # other timings freely.
@@ -259,6 +267,66 @@ class Settings:
         return self.certs.mode == "dev"
 
 
+@dataclass(frozen=True, slots=True)
+class BackoffSettings:
+    """Delays of one retry loop: exponential from ``initial`` to ``maximum``, each jittered.
+
+    Every retrying loop (the list-watch, the reconciler) takes one of these and a
+    :class:`webhook.backoff.Backoff` built from it, so the delays are named settings rather
+    than constants spread over the loops. ``jitter`` is the relative spread (0.2: each delay
+    drawn from 80-120 % of its nominal value), so replicas that failed together do not retry
+    together.
+    """
+
+    initial: float = 0.5
+    maximum: float = 30.0
+    factor: float = 2.0
+    jitter: float = 0.2
+    #: A loop that has been healthy this long starts again from ``initial`` at its next failure
+    #: (for the list-watch: seconds a watch stream has been open after a successful list).
+    healthy_after: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.initial <= self.maximum:
+            raise ValueError(f"backoff needs 0 < initial <= maximum, got {self.initial} and {self.maximum}")
+        if self.factor < 1 or not 0 <= self.jitter < 1 or self.healthy_after < 0:
+            raise ValueError("backoff needs factor >= 1, 0 <= jitter < 1 and healthy_after >= 0")
+
+
+
+@dataclass(frozen=True, slots=True)
+class CacheLimits:
+    """Entries each bounded cache (:class:`webhook.bounded.BoundedCache`) keeps; every limit in one place.
+
+    Sized so that a cluster of 10,000 namespaces fits with room to spare (the RSS benchmark
+    measures that case); past a limit the least recently used entry is forgotten, and
+    rebuilding it costs one cold admission, not a cache emptied at once.
+    """
+
+    #: Policy decisions per (namespace, selector label values): the admit scan over every
+    #: scoped rule costs 180 us with 1,000 rules, a hit 0.1 us.
+    namespaces: int = 65536
+    #: Ranked rule candidates per registry host (few distinct hosts in any cluster).
+    registries: int = 4096
+    #: Container plans per (namespace decisions, kind, name, image): Pods of one template
+    #: cost a lookup per container instead of parsing and matching each image.
+    container_plans: int = 16384
+    #: Grants per (Secret name, admitted rules): one object per distinct answer, so the
+    #: desired copy memoized on its identity is built once, not per admission.
+    grants: int = 4096
+    #: Desired copies built from a source's content (decoding and re-encoding the
+    #: credentials is the expensive part of the warm ensure path).
+    desired_copies: int = 1024
+    #: Copies found current, per (namespace, name), by resourceVersion.
+    verdicts: int = 65536
+    #: Namespaces whose label lookup failed a moment ago (held off, not asked again at once).
+    failed_lookups: int = 1024
+    #: Events posted recently, per (namespace, reason, object): the dedupe window's memory.
+    recent_events: int = 4096
+    #: Copies whose last reconcile failed, with how (to log a change of failure once).
+    failures: int = 65536
+
+
 def default_identity(env: Mapping[str, str]) -> str:
     """The Pod name (``POD_NAME``, from the downward API), else host and pid: unique per replica."""
     return env.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
@@ -268,10 +336,13 @@ __all__ = [
     "CERT_MODES",
     "LOG_FORMATS",
     "LOG_LEVELS",
+    "BackoffSettings",
+    "CacheLimits",
     "CertMode",
     "CertSettings",
     "KubeSettings",
     "LogFormat",
+    "MirrorSettings",
     "PolicySettings",
     "ServerSettings",
     "Settings",

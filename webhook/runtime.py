@@ -86,6 +86,7 @@ class KubeRuntime:
             namespaces=self.namespaces,
             stats=self.stats,
             tokens=self.tokens,
+            limits=settings.cache_limits,
         )
         self.elector = LeaseElector(
             api=api, runner=self.runner, settings=settings, stats=self.stats, on_change=self._leadership_changed

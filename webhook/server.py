@@ -253,13 +253,9 @@ def _kube_runtime(
     """
     from kubernetes.config.config_exception import ConfigException
 
-    from webhook.observability.stats import Stats
     from webhook.runtime import build_kube_runtime
 
-    stats = Stats(
-        on_write=metrics.observe_secret_write, on_error=metrics.observe_secret_error, on_sync=metrics.observe_sync
-    )
-    metrics.reconciler_lag.set_function(stats.current_lag)
+    stats = metrics.kube_stats()
     try:
         return build_kube_runtime(
             settings=kube, policy=holder.current, stats=stats, ledger=surface.ledger if surface is not None else None

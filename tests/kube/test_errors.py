@@ -6,7 +6,7 @@ import pytest
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from webhook.kube.errors import ApiError, _classify
+from webhook.kube.errors import ApiConflict, _classify
 
 
 @pytest.mark.parametrize(
@@ -52,5 +52,5 @@ def test_transport_failures_map_to_kinds(exc: BaseException, kind: str) -> None:
 
 
 def test_an_api_error_is_passed_through() -> None:
-    original = ApiError("conflict", action="create Secret", status=409)
+    original = ApiConflict(action="create Secret", status=409)
     assert _classify(original, "another action") is original

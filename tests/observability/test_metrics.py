@@ -21,17 +21,13 @@ from tests.scenario import CANARY_POLICY as POLICY
 from webhook.admission.handler import Handler
 from webhook.config import KubeSettings
 from webhook.observability.metrics import Metrics
-from webhook.observability.stats import Stats
 from webhook.runtime import KubeRuntime, build_runtime_from_configuration
 
 
 @pytest.fixture
 async def wired(api_host: str) -> AsyncIterator[tuple[KubeRuntime, Metrics, Handler]]:
     metrics = Metrics()
-    stats = Stats(
-        on_write=metrics.observe_secret_write, on_error=metrics.observe_secret_error, on_sync=metrics.observe_sync
-    )
-    metrics.reconciler_lag.set_function(stats.current_lag)
+    stats = metrics.kube_stats()
     runtime = build_runtime_from_configuration(
         configuration=client_configuration(api_host),
         policy=lambda: POLICY,
@@ -71,6 +67,7 @@ async def test_secret_metrics_follow_what_happened(
     responses.append(await handler.handle(review("team-b", "quay.io/x/y")))  # API 500: warning, handed off
     await eventually(lambda: apiserver.secret("team-b", "quay-pull") is not None)  # the background recovers
     await eventually(lambda: runtime.stats.secret_writes[("create", "ok")] == 3)  # and has counted it
+    await eventually(lambda: runtime.stats.events["ok"] == 1)  # the Event saying the Secret is late
     await eventually(
         lambda: "last_successful_sync_timestamp_seconds 0.0" not in generate_latest(metrics.registry).decode()
     )
@@ -83,8 +80,11 @@ async def test_secret_metrics_follow_what_happened(
     assert value(text, prefix + "admission_requests_total", outcome="mutated") == 4
     assert value(text, prefix + "injections_total", rule="quay") == 3
     assert value(text, prefix + "injections_total", rule="gar") == 1
+    assert value(text, prefix + "events_total", result="ok") == 1
     assert 0 <= value(text, prefix + "seconds_since_last_successful_sync") < 30
     assert value(text, prefix + "reconciler_lag_seconds") >= 0
+    assert value(text, prefix + "secret_ensures_total", outcome="fast") == runtime.stats.ensures["fast"] >= 1
+    assert value(text, prefix + "secret_ensures_total", outcome="failed") == runtime.stats.ensures["failed"] == 1
     assert responses[-1]["response"]["allowed"] is True
     for form in forms(CANARY):
         assert form not in text, "credential material on /metrics"

@@ -11,17 +11,8 @@ from typing import Any
 
 import pytest
 
-from webhook.ops.findings import (
-    Finding,
-    Snapshot,
-    Unreadable,
-    WebhookProbe,
-    diagnose,
-    exit_code,
-    render_json,
-    render_text,
-    selector_fix,
-)
+from webhook.ops.findings import diagnose, exit_code, render_json, render_text
+from webhook.ops.snapshot import Finding, Snapshot, Unreadable, WebhookProbe, selector_fix
 from webhook.policy.matching import load_policy
 from webhook.policy.model import LabelSelector
 from webhook.secrets.desired import build_copy

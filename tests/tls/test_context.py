@@ -34,7 +34,7 @@ from webhook.tls.certs import (
     service_dns_names,
     write_file_atomic,
 )
-from webhook.tls.context import CertificateReloadError, ReloadingSSLContext, install_into_uvicorn, load_from_memory
+from webhook.tls.context import CertificateReloadError, ReloadingSSLContext, install_into_uvicorn
 
 SERVICE, NAMESPACE = "pullsecret-injector", "infra"
 HOSTNAME = "pullsecret-injector.infra.svc"  # the name the API server dials
@@ -315,9 +315,9 @@ def test_validated_bytes_are_staged_privately(
 
 
 @pytest.mark.parametrize("parent", ["given", "default"], ids=["given-directory", "system-tempdir"])
-def test_load_from_memory_uses_a_private_directory(tmp_path: Path, ca1: CA, parent: str) -> None:
+def test_a_context_from_a_bundle_uses_a_private_directory(tmp_path: Path, ca1: CA, parent: str) -> None:
     bundle = build_bundle(service=SERVICE, namespace=NAMESPACE, ca_cert_pem=ca1.cert_pem, ca_key_pem=ca1.key_pem)
-    ctx = load_from_memory(bundle, tmp_path if parent == "given" else None)
+    ctx = ReloadingSSLContext.from_bundle(bundle, tmp_path if parent == "given" else None)
     private_dir = ctx.cert_file.parent
     try:
         if parent == "given":
@@ -336,7 +336,7 @@ def test_load_from_memory_uses_a_private_directory(tmp_path: Path, ca1: CA, pare
 
 def test_update_validates_before_writing(tmp_path: Path, ca1: CA, ca2: CA) -> None:
     bundle = build_bundle(service=SERVICE, namespace=NAMESPACE, ca_cert_pem=ca1.cert_pem, ca_key_pem=ca1.key_pem)
-    with load_from_memory(bundle, tmp_path) as ctx:
+    with ReloadingSSLContext.from_bundle(bundle, tmp_path) as ctx:
         new = ca2.issue()
         ctx.update(cert_pem=new.cert_pem, key_pem=new.key_pem)
         assert ctx.cert_file.read_bytes() == new.cert_pem
@@ -685,7 +685,7 @@ def test_concurrent_requests_across_swaps_have_zero_failures(live_server: LiveSe
 def test_certbundle_helpers_roundtrip_with_live_reload(tmp_path: Path) -> None:
     """The renewal flow end to end, without sockets: same CA renews, caBundle unchanged."""
     bundle: CertBundle = build_bundle(service=SERVICE, namespace=NAMESPACE)
-    with load_from_memory(bundle, tmp_path) as ctx:
+    with ReloadingSSLContext.from_bundle(bundle, tmp_path) as ctx:
         renewed = build_bundle(
             service=SERVICE, namespace=NAMESPACE, ca_cert_pem=bundle.ca_cert_pem, ca_key_pem=bundle.ca_key_pem
         )

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from webhook.observability.logs import RedactingFilter
 from webhook.policy.model import Source, TokenSource
-from webhook.secrets.desired import Copy, build_copy, is_current
+from webhook.secrets.desired import DesiredCopy, build_copy, is_current
 from webhook.tokens.base import Token
 from webhook.tokens.errors import ExecPluginError, MintTimeout, TokenError
 from webhook.tokens.metrics import TokenMetrics
@@ -242,7 +242,7 @@ def test_a_copy_holding_a_newer_token_from_another_replica_is_current() -> None:
     theirs = Token(username="u", password="theirs-canary-2", minted_at=now - 10, expires_at=now + 3590)
     older = Token(username="u", password="older-canary-3", minted_at=now - 120, expires_at=now + 3480)
 
-    def copy_of(token: Token) -> Copy:
+    def copy_of(token: Token) -> DesiredCopy:
         return build_copy(
             name="pull",
             namespace="team",

@@ -16,8 +16,10 @@ from typing import Any, Protocol
 
 from webhook.admission.mirroring import MirrorChecker, apply_mirrors, ephemeral_update, mirror_set, with_image_volumes
 from webhook.admission.patch import is_skipped
-from webhook.admission.podplan import PodPlan, plan_pod, short
+from webhook.admission.podplan import PlanCache, PodPlan, plan_pod, short
 from webhook.admission.wire import AdmissionReview, AdmissionReviewResponse, build_response
+from webhook.bounded import BoundedCache
+from webhook.config import CacheLimits
 from webhook.policy.matching import CompiledPolicy
 from webhook.policy.model import Rule
 
@@ -46,15 +48,15 @@ class SecretEnsurer(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
-    """What the handler decided, for metrics and logs."""
+class AdmissionOutcome:
+    """What the handler decided about one review, for metrics and logs."""
 
     result: str  # "mutated", "unchanged", "skipped", "ignored", "denied"
     plan: PodPlan | None = None
 
 
 #: Called after every answer with the review, the outcome and the seconds it took.
-ObserveFn = Callable[[AdmissionReview, Outcome, float], None]
+ObserveFn = Callable[[AdmissionReview, AdmissionOutcome, float], None]
 
 
 class Handler:
@@ -68,9 +70,12 @@ class Handler:
         ensurer: SecretEnsurer | None = None,
         observe: ObserveFn | None = None,
         mirror_checker: MirrorChecker | None = None,
+        limits: CacheLimits | None = None,
     ) -> None:
         self._mirror_checker = mirror_checker
         self._policy = policy
+        #: Container plans across Pods (the admission layer's cache; the policy keeps none of it).
+        self.plans: PlanCache = BoundedCache((limits or CacheLimits()).container_plans)
         self._namespaces = namespaces
         self._ensurer = ensurer
         self._observe = observe
@@ -83,28 +88,28 @@ class Handler:
         self._observe(review, outcome, time.perf_counter() - start)
         return response
 
-    async def _handle(self, review: AdmissionReview) -> tuple[AdmissionReviewResponse, Outcome]:
+    async def _handle(self, review: AdmissionReview) -> tuple[AdmissionReviewResponse, AdmissionOutcome]:
         request = review["request"]
         if not _is_pod_create(request):
             # mirrors: the pods/ephemeralcontainers subresource gets its new images rewritten too
             answer = await ephemeral_update(review, self._policy(), self._mirror_checker)
             if answer is not None:
-                return answer[0], Outcome(answer[1])
-            return build_response(review=review), Outcome("ignored")
+                return answer[0], AdmissionOutcome(answer[1])
+            return build_response(review=review), AdmissionOutcome("ignored")
         pod = request.get("object")
         if not isinstance(pod, dict):
             return build_response(
                 review=review, warnings=["pullsecret-injector: no Pod object in the request"]
-            ), Outcome("ignored")
+            ), AdmissionOutcome("ignored")
         if is_skipped(pod):
-            return build_response(review=review), Outcome("skipped")
+            return build_response(review=review), AdmissionOutcome("skipped")
         namespace = _namespace_of(request, pod)
         if namespace is None:
             return (
                 build_response(
                     review=review, warnings=["pullsecret-injector: request has no namespace, nothing injected"]
                 ),
-                Outcome("ignored"),
+                AdmissionOutcome("ignored"),
             )
         policy = self._policy()
         labels: Mapping[str, str] | None = None
@@ -123,9 +128,9 @@ class Handler:
         if mirrored.denied is not None:
             return build_response(
                 review=review, allowed=False, message=mirrored.denied, code=403, warnings=mirror_warnings
-            ), Outcome("denied")
+            ), AdmissionOutcome("denied")
         plan = with_image_volumes(
-            plan_pod(pod=mirrored.pod, namespace=namespace, policy=policy, namespace_labels=labels),
+            plan_pod(pod=mirrored.pod, namespace=namespace, policy=policy, namespace_labels=labels, plans=self.plans),
             mirrored,
             policy=policy,
             labels=labels,
@@ -146,10 +151,10 @@ class Handler:
                 )
                 return (
                     build_response(review=review, allowed=False, message=message, code=503, warnings=warnings),
-                    Outcome("denied", plan),
+                    AdmissionOutcome("denied", plan),
                 )
         result_name = "mutated" if plan.patch else "unchanged"
-        return build_response(review=review, patch=plan.patch, warnings=warnings), Outcome(result_name, plan)
+        return build_response(review=review, patch=plan.patch, warnings=warnings), AdmissionOutcome(result_name, plan)
 
 
 def _is_pod_create(request: Mapping[str, Any]) -> bool:
@@ -178,12 +183,4 @@ def _namespace_of(request: Mapping[str, Any], pod: Mapping[str, Any]) -> str | N
     return None
 
 
-def pod_display_name(pod: Mapping[str, Any]) -> str:
-    metadata = pod.get("metadata")
-    if not isinstance(metadata, dict):
-        return ""
-    name = metadata.get("name") or metadata.get("generateName") or ""
-    return str(name)
-
-
-__all__: Sequence[str] = ("EnsureResult", "Handler", "NamespaceLabels", "Outcome", "SecretEnsurer", "pod_display_name")
+__all__: Sequence[str] = ("AdmissionOutcome", "EnsureResult", "Handler", "NamespaceLabels", "SecretEnsurer")

@@ -9,21 +9,24 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import yaml
 
 #: Workload kind -> path to its Pod template.
-TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
-    "Deployment": ("spec", "template"),
-    "StatefulSet": ("spec", "template"),
-    "DaemonSet": ("spec", "template"),
-    "ReplicaSet": ("spec", "template"),
-    "ReplicationController": ("spec", "template"),
-    "Job": ("spec", "template"),
-    "CronJob": ("spec", "jobTemplate", "spec", "template"),
-    "PodTemplate": ("template",),
-}
+TEMPLATE_PATHS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "Deployment": ("spec", "template"),
+        "StatefulSet": ("spec", "template"),
+        "DaemonSet": ("spec", "template"),
+        "ReplicaSet": ("spec", "template"),
+        "ReplicationController": ("spec", "template"),
+        "Job": ("spec", "template"),
+        "CronJob": ("spec", "jobTemplate", "spec", "template"),
+        "PodTemplate": ("template",),
+    }
+)
 
 
 class ManifestError(ValueError):

@@ -9,7 +9,6 @@ call us a second time under ``reinvocationPolicy: IfNeeded``).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from webhook.admission.wire import PatchOperation
@@ -21,21 +20,12 @@ ContainerKind = Literal["initContainers", "containers", "ephemeralContainers"]
 CONTAINER_KINDS: tuple[ContainerKind, ...] = ("initContainers", "containers", "ephemeralContainers")
 
 
-@dataclass(frozen=True, slots=True)
-class ContainerImage:
-    kind: ContainerKind
-    name: str
-    image: object  # whatever the object holds; the caller validates it
-
-
-def iter_images(pod_spec: Mapping[str, Any]) -> Iterator[ContainerImage]:
-    """Every container's image, init, regular and ephemeral, in spec order."""
-    for kind, name, image in iter_container_images(pod_spec):
-        yield ContainerImage(kind=kind, name=name, image=image)
-
-
 def iter_container_images(pod_spec: Mapping[str, Any]) -> Iterator[tuple[ContainerKind, str, object]]:
-    """:func:`iter_images` as plain ``(kind, name, image)`` tuples (the admission hot path)."""
+    """Every container's ``(kind, name, image)``, init, regular and ephemeral, in spec order.
+
+    Plain tuples (this is the admission hot path); ``image`` is whatever the object holds,
+    the caller validates it.
+    """
     for kind in CONTAINER_KINDS:
         containers = pod_spec.get(kind)
         if not isinstance(containers, list):

@@ -7,6 +7,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Final
 
+from webhook.bounded import BoundedCache
 from webhook.config import KubeSettings
 from webhook.kube.client import KubeApi
 from webhook.kube.errors import ApiError
@@ -116,6 +117,7 @@ class SecretCache:
             store=store,
             stats=self._stats,
             page_size=settings.list_page_size or None,
+            backoff=settings.watch_backoff,
         )
 
     def stop(self) -> list[ListWatch]:
@@ -145,7 +147,8 @@ class NamespaceCache:
         self._stats = stats
         self.store = Store(on_change=on_change, slim=_slim_namespace)
         self._watch: ListWatch | None = None
-        self._failed: dict[str, float] = {}
+        #: Namespace -> monotonic time until which a failed lookup is not tried again.
+        self._failed: BoundedCache[str, float] = BoundedCache(settings.cache_limits.failed_lookups)
 
     @property
     def synced(self) -> bool:
@@ -163,8 +166,6 @@ class NamespaceCache:
                 obj = await self.fetch(namespace, timeout=self._settings.ensure_timeout / 4)
             except ApiError as exc:
                 self._stats.error(exc.kind)
-                if len(self._failed) > 1024:
-                    self._failed.clear()
                 self._failed[namespace] = time.monotonic() + self.RETRY_AFTER
                 log.info("namespace %s: labels unknown (%s)", namespace, exc.kind)
                 return None
@@ -198,6 +199,7 @@ class NamespaceCache:
             store=self.store,
             stats=self._stats,
             page_size=settings.list_page_size or None,
+            backoff=settings.watch_backoff,
         )
         self._watch.start()
 

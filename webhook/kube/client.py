@@ -8,8 +8,9 @@ to audit what it reads and writes:
   run these in a thread pool (:class:`webhook.runtime.KubeRuntime` owns it) and never on
   the event loop. Every call carries an explicit ``_request_timeout`` and urllib3 retries
   are off, so a call takes at most the time it is given whatever the API server does
-  (hangs, refuses connections, answers 5xx), and failures arrive as one
-  :class:`ApiError` with a ``kind`` fit for metrics and messages.
+  (hangs, refuses connections, answers 5xx), and failures arrive as a subclass of
+  :class:`~webhook.kube.errors.ApiError` (``ApiConflict``, ``ApiTimeout``...) whose
+  ``kind`` is fit for metrics and messages.
 * :class:`ListWatch`: one list-then-watch loop per thread, feeding a :class:`Store`
   under a lock. Secrets are only ever listed and watched *by name* (``fieldSelector
   metadata.name=X``), one watch per name the policy uses: that is what RBAC
@@ -27,6 +28,7 @@ HTTP status, nothing more.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -35,7 +37,7 @@ import orjson
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
-from webhook.kube.errors import ApiError, _classify, _timeout
+from webhook.kube.errors import ApiError, ApiNotFound, _classify, _timeout
 from webhook.kube.objects import KubeObject
 
 USER_AGENT: Final = "pullsecret-injector"
@@ -75,7 +77,7 @@ def _json(response: Any) -> KubeObject:
         response.release_conn()
     value = orjson.loads(data)
     if not isinstance(value, dict):
-        raise ApiError("error", action="decode response")
+        raise ApiError(action="decode response")
     return value
 
 
@@ -86,6 +88,20 @@ def _paging(limit: int | None, continue_: str | None) -> dict[str, Any]:
     if continue_:
         paging["_continue"] = continue_
     return paging
+
+
+def _watching(resource_version: str, server_timeout: int, timeout: tuple[float, float]) -> dict[str, Any]:
+    """The arguments of a raw watch from ``resource_version`` (empty: from now), with bookmarks."""
+    kwargs: dict[str, Any] = {
+        "watch": True,
+        "allow_watch_bookmarks": True,
+        "timeout_seconds": server_timeout,
+        "_preload_content": False,
+        "_request_timeout": timeout,
+    }
+    if resource_version:
+        kwargs["resource_version"] = resource_version
+    return kwargs
 
 
 class KubeApi:
@@ -115,10 +131,8 @@ class KubeApi:
     def _get(self, action: str, fn: Callable[..., Any], *args: Any, timeout: float) -> KubeObject | None:
         try:
             return self._call(action, fn, *args, timeout=timeout)
-        except ApiError as exc:
-            if exc.kind == "not_found":
-                return None
-            raise
+        except ApiNotFound:
+            return None
 
     # Secrets ----------------------------------------------------------------
 
@@ -151,7 +165,7 @@ class KubeApi:
             k8s.V1Preconditions(uid=uid, resource_version=resource_version) if uid or resource_version else None
         )
         body = k8s.V1DeleteOptions(preconditions=preconditions)
-        try:
+        with contextlib.suppress(ApiNotFound):  # already gone: what we wanted
             self._call(
                 f"delete Secret {namespace}/{name}",
                 self._core.delete_namespaced_secret,
@@ -160,9 +174,6 @@ class KubeApi:
                 body=body,
                 timeout=timeout,
             )
-        except ApiError as exc:
-            if exc.kind != "not_found":
-                raise
 
     def list_secrets(
         self,
@@ -208,16 +219,8 @@ class KubeApi:
         timeout: tuple[float, float],
     ) -> Any:
         """An open watch response (urllib3) for the Secrets named ``name``."""
-        kwargs: dict[str, Any] = {
-            "field_selector": f"metadata.name={name}",
-            "watch": True,
-            "allow_watch_bookmarks": True,
-            "timeout_seconds": server_timeout,
-            "_preload_content": False,
-            "_request_timeout": timeout,
-        }
-        if resource_version:
-            kwargs["resource_version"] = resource_version
+        kwargs = _watching(resource_version, server_timeout, timeout)
+        kwargs["field_selector"] = f"metadata.name={name}"
         try:
             if namespace is None:
                 return self._core.list_secret_for_all_namespaces(**kwargs)
@@ -235,17 +238,8 @@ class KubeApi:
         return self._call("list Namespaces", self._core.list_namespace, timeout=timeout, **_paging(limit, continue_))
 
     def watch_namespaces(self, *, resource_version: str, server_timeout: int, timeout: tuple[float, float]) -> Any:
-        kwargs: dict[str, Any] = {
-            "watch": True,
-            "allow_watch_bookmarks": True,
-            "timeout_seconds": server_timeout,
-            "_preload_content": False,
-            "_request_timeout": timeout,
-        }
-        if resource_version:
-            kwargs["resource_version"] = resource_version
         try:
-            return self._core.list_namespace(**kwargs)
+            return self._core.list_namespace(**_watching(resource_version, server_timeout, timeout))
         except Exception as exc:
             raise _classify(exc, "watch Namespaces") from None
 

@@ -7,6 +7,7 @@ import logging
 import time
 from datetime import UTC, datetime
 
+from webhook.bounded import BoundedCache
 from webhook.config import KubeSettings
 from webhook.kube.client import KubeApi
 from webhook.kube.errors import ApiError
@@ -33,7 +34,9 @@ class EventRecorder:
         self._settings = settings
         self._stats = stats
         self._queue: asyncio.Queue[KubeObject] = asyncio.Queue(maxsize=256)
-        self._last: dict[tuple[str, str, str], float] = {}
+        #: When each (namespace, reason, object) was last posted; the oldest are forgotten first,
+        #: and they are the ones whose ``event_interval`` is over.
+        self._last: BoundedCache[tuple[str, str, str], float] = BoundedCache(settings.cache_limits.recent_events)
 
     def warn(self, *, namespace: str, secret: str, reason: str, message: str) -> None:
         self._post(namespace=namespace, name=secret, reason=reason, message=message, involved=None)
@@ -49,8 +52,7 @@ class EventRecorder:
         last = self._last.get(key)
         if last is not None and now - last < self._settings.event_interval:
             return
-        if len(self._last) > 4096:
-            self._last = {k: t for k, t in self._last.items() if now - t < self._settings.event_interval}
+        self._last.pop(key, None)  # stored again at the end: the newest, forgotten last
         self._last[key] = now
         try:
             self._queue.put_nowait(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -12,8 +13,9 @@ from typing import Any, Final
 import orjson
 import urllib3
 
-from webhook.config import KubeSettings
-from webhook.kube.errors import ApiError, _classify
+from webhook.backoff import Backoff
+from webhook.config import BackoffSettings, KubeSettings
+from webhook.kube.errors import ApiGone, _classify, error_for_status
 from webhook.kube.objects import Key, KubeObject
 from webhook.kube.store import Store
 from webhook.observability.stats import Stats
@@ -52,8 +54,13 @@ class ListWatch:
 
     A watch that ends (server timeout, read timeout on a quiet stream) is resumed from the
     last resourceVersion seen; a 410 Gone or any error goes back to a fresh list, after a
-    capped, jittered backoff. ``stop()`` closes the open response from the outside so the
-    thread ends at once rather than at its next read timeout.
+    capped, jittered :class:`~webhook.backoff.Backoff`. The backoff starts again from its
+    shortest delay once a watch stream has been open ``healthy_after`` seconds after a
+    successful list: a watch that worked for a while and then lost its API server is
+    retried at once, not at the delay the previous outage had driven it to (with five
+    outages 15 s apart, that was the difference between 0.3 s and 22 s to resume).
+    ``stop()`` closes the open response from the outside so the thread ends at once rather
+    than at its next read timeout.
     """
 
     PAGED_RESTARTS: Final = 2
@@ -66,7 +73,7 @@ class ListWatch:
         watcher: Callable[[str], Any],
         store: Store,
         stats: Stats,
-        backoff: tuple[float, float] = (0.5, 30.0),
+        backoff: BackoffSettings | None = None,
         page_size: int | None,
     ) -> None:
         self.name = name
@@ -78,7 +85,9 @@ class ListWatch:
         self._watcher = watcher
         self.store = store
         self._stats = stats
-        self._backoff = backoff
+        self.backoff = Backoff(backoff or BackoffSettings(initial=0.5, maximum=5.0))
+        #: Monotonic time a watch stream opened after a successful list (``None``: not watching).
+        self._watching_since: float | None = None
         self._stop = threading.Event()
         self._response: Any = None
         self._response_lock = threading.Lock()
@@ -107,19 +116,27 @@ class ListWatch:
         return self._stop.is_set()
 
     def _run(self) -> None:
-        delay = self._backoff[0]
         while not self._stop.is_set():
             try:
                 self._list_and_watch()
-                delay = self._backoff[0]
+                self.backoff.reset()
             except Exception as exc:
                 if self._stop.is_set():
                     break
+                self._note_health()  # a watch that was healthy until now starts over from the shortest delay
                 error = _classify(exc, f"watch {self.name}")
                 self._stats.error("watch")
+                delay = self.backoff.failure()
                 log.warning("%s failed (%s), listing again in %.1fs", error.action, error.kind, delay)
-                self._stop.wait(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, self._backoff[1])
+                self._stop.wait(delay)
+            finally:
+                self._watching_since = None
+
+    def _note_health(self) -> None:
+        """Reset the backoff once a watch stream has been open ``healthy_after`` seconds since the list."""
+        since = self._watching_since
+        if since is not None and time.monotonic() - since >= self.backoff.settings.healthy_after:
+            self.backoff.reset()
 
     def _list(self) -> str | None:
         """Fill the store from a fresh list, page by page; the list's resourceVersion (``None``: stopped)."""
@@ -142,8 +159,8 @@ class ListWatch:
                         break
                     if self._stop.is_set():
                         return None
-            except ApiError as exc:
-                if exc.kind != "gone" or token is None:
+            except ApiGone:
+                if token is None:
                     raise
                 # The continue token expired: the pages read so far are of an older snapshot.
                 self.expired_continues += 1
@@ -167,6 +184,9 @@ class ListWatch:
             if self._stop.is_set():
                 response.close()
                 return
+            if self._watching_since is None:
+                self._watching_since = time.monotonic()
+            self._note_health()
             try:
                 for line in _iter_lines(response):
                     event = orjson.loads(line)
@@ -177,12 +197,14 @@ class ListWatch:
                         if code == 410:
                             log.debug("%s: resourceVersion too old, listing again", self.name)
                             return
-                        raise ApiError("server_error" if (code or 0) >= 500 else "error", action=self.name, status=code)
+                        raise error_for_status(int(code or 0), action=self.name)
                     version = (obj.get("metadata") or {}).get("resourceVersion")
                     if version:
                         resource_version = str(version)
                     if kind in ("ADDED", "MODIFIED", "DELETED"):
                         self.store.apply(kind, obj)
+                    if self.backoff.failures:
+                        self._note_health()
             except urllib3.exceptions.ReadTimeoutError:
                 pass  # a quiet stream: resume from where we are
             except urllib3.exceptions.ProtocolError:

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from webhook.config import KubeSettings
 from webhook.kube.control import ControlApi, ControlSettings
-from webhook.kube.errors import ApiError
+from webhook.kube.errors import ApiConflict, ApiError
 from webhook.kube.objects import Key, KubeObject
 from webhook.kube.policywatch import ConfigMapWatch
 from webhook.kube.runner import Runner
@@ -171,7 +171,7 @@ class LedgerStore:
             self._loaded = new
             self.watch.put(written)
             return
-        raise ApiError("conflict", action="update the ledger: it keeps changing")
+        raise ApiConflict(action="update the ledger: it keeps changing")
 
     async def run(self) -> None:
         """Write queued changes (debounced, retried with backoff) until cancelled; a last flush at the end."""

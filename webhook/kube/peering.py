@@ -1,48 +1,29 @@
-"""Keeping the managed Secrets in sync: at admission, in the background, on one replica.
+"""Leader election on a ``coordination.k8s.io/v1`` Lease: one replica reconciles in the background.
 
-Three actors share one core (:class:`SecretSync`: what a copy should be, and how to make
-the API agree with a bounded number of calls):
-
-* :class:`Ensurer`, the handler's ``SecretEnsurer``: before a Pod CREATE is answered,
-  every Secret it gets injected exists and is current in its namespace. When the watch
-  caches already show the copy current, that costs no API call at all. Otherwise create,
-  take 409 as "someone else was faster" and compare, patch only our own copies. All of
-  it within ``ensure_timeout``: past it the Pod is answered anyway (with a warning) and
-  the work is handed to the background.
-* :class:`Reconciler`: triggered by watch events (debounced) and a periodic resync. On
-  the leader it updates every copy when a source changes, recreates deleted copies and
-  deletes copies no rule allows any more (``cleanup``). On every replica it finishes the
-  admissions it had to hand off, because when the API was down nobody else knows about
-  them.
-* :class:`LeaseElector`: leader election on a ``coordination.k8s.io/v1`` Lease. The
-  official client ships ``kubernetes.leaderelection``, but its model does not fit here:
-  ``run()`` blocks a thread forever in ``time.sleep`` loops with no way to stop it, the
-  leading callback runs in a thread that cannot be cancelled when the lease is lost (so
-  a deposed leader keeps reconciling next to the new one), ``Config`` calls
-  ``sys.exit`` on bad values, the lock uses the global default client with no request
-  timeouts (a hung API server stalls renewal past the deadline) and ``replace``, not
-  ``patch``. This is the same algorithm as client-go's (observed-record time on the
-  local monotonic clock, renew deadline shorter than the lease), in asyncio, with
-  optimistic concurrency through ``metadata.resourceVersion`` on the patch.
-
-:class:`KubeRuntime` wires it all for :mod:`webhook.server`. The namespace policy is the
-security boundary throughout: :func:`grant_for` is the one function that says whether a
-namespace may hold a copy, and a namespace no rule admits never gets one, whatever asks.
+The official client ships ``kubernetes.leaderelection``, but its model does not fit here:
+``run()`` blocks a thread forever in ``time.sleep`` loops with no way to stop it, the
+leading callback runs in a thread that cannot be cancelled when the lease is lost (so a
+deposed leader keeps reconciling next to the new one), ``Config`` calls ``sys.exit`` on
+bad values, the lock uses the global default client with no request timeouts (a hung API
+server stalls renewal past the deadline) and ``replace``, not ``patch``. This is the same
+algorithm as client-go's (observed-record time on the local monotonic clock, renew
+deadline shorter than the lease), in asyncio, with optimistic concurrency through
+``metadata.resourceVersion`` on the patch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from webhook.backoff import jittered
 from webhook.config import KubeSettings
 from webhook.kube.client import KubeApi
-from webhook.kube.errors import ApiError
+from webhook.kube.errors import ApiConflict, ApiError
 from webhook.kube.runner import Runner
 from webhook.observability.stats import Stats
 
@@ -107,8 +88,8 @@ class LeaseElector:
                     self._set_leader(True)
                 elif self.is_leader and now - self._renewed_at >= settings.renew_deadline:
                     self._set_leader(False)
-                delay = settings.retry_period if self.is_leader else settings.retry_period * random.uniform(1.0, 1.2)
-                await asyncio.sleep(delay)
+                # The leader renews on the dot; the others poll out of step with each other.
+                await asyncio.sleep(settings.retry_period if self.is_leader else jittered(settings.retry_period, 0.1))
         finally:
             # Step down at once; giving the Lease back (an API call) is ``release``'s job,
             # awaited by the owner once this task is done: a cancelled task cannot be
@@ -146,10 +127,8 @@ class LeaseElector:
                 await self._runner(
                     lambda t: api.create_lease(namespace, body, timeout=t), timeout=timeout, action="create the Lease"
                 )
-            except ApiError as exc:
-                if exc.kind == "conflict":
-                    return False
-                raise
+            except ApiConflict:  # another replica created it first
+                return False
             self._observed, self._observed_at = None, time.monotonic()
             return True
         spec = lease.get("spec") or {}
@@ -177,10 +156,8 @@ class LeaseElector:
             await self._runner(
                 lambda t: api.patch_lease(namespace, name, patch, timeout=t), timeout=timeout, action="renew the Lease"
             )
-        except ApiError as exc:
-            if exc.kind == "conflict":
-                return False
-            raise
+        except ApiConflict:  # the Lease changed since we read it: someone else renewed or took it
+            return False
         return True
 
     async def release(self) -> None:

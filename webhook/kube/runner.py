@@ -7,7 +7,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final, TypeVar
 
-from webhook.kube.errors import ApiError
+from webhook.kube.errors import ApiTimeout
 
 T = TypeVar("T")
 
@@ -32,12 +32,12 @@ class Runner:
 
     async def __call__(self, fn: Callable[[float], T], *, timeout: float, action: str) -> T:
         if timeout <= 0:
-            raise ApiError("timeout", action=action)
+            raise ApiTimeout(action=action)
         future = asyncio.get_running_loop().run_in_executor(self._executor, fn, timeout)
         try:
             return await asyncio.wait_for(future, timeout + self.GRACE)
         except TimeoutError:
-            raise ApiError("timeout", action=action) from None
+            raise ApiTimeout(action=action) from None
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -14,8 +14,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
 
-from webhook.admission.handler import Outcome
+from webhook.admission.handler import AdmissionOutcome
 from webhook.admission.wire import AdmissionReview
+from webhook.observability.stats import Stats
 
 PREFIX = "pullsecret_injector"
 # Admission latency is tens of microseconds offline and milliseconds when a Secret is written.
@@ -53,6 +54,19 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.secret_ensures = Counter(
+            f"{PREFIX}_secret_ensures",
+            "Admission-time checks that a Pod's managed Secret exists and is current, by outcome "
+            "(fast: shown current by the cache, written, unmanaged, failed, timeout, dry_run).",
+            ["outcome"],
+            registry=r,
+        )
+        self.events = Counter(
+            f"{PREFIX}_events",
+            "Kubernetes Events, by result (ok: posted; error, dropped: lost).",
+            ["result"],
+            registry=r,
+        )
         self.policy_reloads = Counter(
             f"{PREFIX}_policy_reloads",
             "Policy reload attempts, by result (accepted, rejected).",
@@ -87,9 +101,21 @@ class Metrics:
         for result in ("accepted", "rejected"):
             self.policy_reloads.labels(result)
 
+    def kube_stats(self) -> Stats:
+        """The Kubernetes side's :class:`Stats`, every counter of it feeding these metrics."""
+        stats = Stats(
+            on_write=self.observe_secret_write,
+            on_error=self.observe_secret_error,
+            on_sync=self.observe_sync,
+            on_ensure=self.observe_secret_ensure,
+            on_event=self.observe_event,
+        )
+        self.reconciler_lag.set_function(stats.current_lag)
+        return stats
+
     # ---------------------------------------------------------------- hooks
 
-    def observe_admission(self, review: AdmissionReview, outcome: Outcome, seconds: float) -> None:
+    def observe_admission(self, review: AdmissionReview, outcome: AdmissionOutcome, seconds: float) -> None:
         """``Handler(observe=...)``: count the outcome, its latency, and each injected secret by rule."""
         del review
         counter = self._outcomes.get(outcome.result)
@@ -117,6 +143,12 @@ class Metrics:
 
     def observe_secret_error(self, kind: str) -> None:
         self.secret_errors.labels(kind).inc()
+
+    def observe_secret_ensure(self, outcome: str) -> None:
+        self.secret_ensures.labels(outcome).inc()
+
+    def observe_event(self, result: str) -> None:
+        self.events.labels(result).inc()
 
     def observe_sync(self, at: float | None = None) -> None:
         self._last_sync_at = time.time() if at is None else at

@@ -23,8 +23,10 @@ class Stats:
       ``server_error``, ...), source problems (``SourceNotFound``, ``SourceMalformed``,
       ``NoMatchingCredentials``), ``watch`` -> ``on_error(kind)``;
     * ``ensures[outcome]``: admission-time ensures: ``fast`` (the cache showed the copy
-      current: no API call), ``written``, ``unmanaged``, ``failed``, ``timeout``, ``dry_run``;
-    * ``events[outcome]``: Kubernetes Events posted (``ok``) or lost (``error``, ``dropped``);
+      current: no API call), ``written``, ``unmanaged``, ``failed``, ``timeout``, ``dry_run``
+      -> ``on_ensure(outcome)``;
+    * ``events[outcome]``: Kubernetes Events posted (``ok``) or lost (``error``, ``dropped``)
+      -> ``on_event(outcome)``;
     * ``reconcile_lag_seconds``: from the first change a reconcile pass handled to its end;
       ``current_lag()``: age of the oldest change not yet reconciled, 0 when caught up;
     * ``last_sync_timestamp``: wall-clock end of the last leader pass without errors
@@ -38,11 +40,15 @@ class Stats:
         on_write: Callable[[str, str], None] | None = None,
         on_error: Callable[[str], None] | None = None,
         on_sync: Callable[[float], None] | None = None,
+        on_ensure: Callable[[str], None] | None = None,
+        on_event: Callable[[str], None] | None = None,
     ) -> None:
         self._lock = threading.Lock()
         self._on_write = on_write
         self._on_error = on_error
         self._on_sync = on_sync
+        self._on_ensure = on_ensure
+        self._on_event = on_event
         self.secret_writes: Counter[tuple[str, str]] = Counter()
         self.errors: Counter[str] = Counter()
         self.ensures: Counter[str] = Counter()
@@ -67,10 +73,14 @@ class Stats:
     def ensure(self, outcome: str) -> None:
         with self._lock:
             self.ensures[outcome] += 1
+        if self._on_ensure is not None:
+            self._on_ensure(outcome)
 
     def event(self, outcome: str) -> None:
         with self._lock:
             self.events[outcome] += 1
+        if self._on_event is not None:
+            self._on_event(outcome)
 
     def behind(self, since: float | None) -> None:
         """The reconciler has changes to apply since ``since`` (monotonic), or none (``None``)."""

@@ -21,16 +21,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from webhook.kube.inspect import WORKLOAD_KINDS, ClusterReader, InspectError
-from webhook.ops.findings import (
-    Read,
-    Snapshot,
-    Unreadable,
-    WebhookProbe,
-    pull_secret_names,
-    source_key,
-    template_images,
-)
+from webhook.ops.findings import source_key, template_images
 from webhook.ops.probe import cert_secret_names, probe_endpoints, probe_url, verify_service_certificate
+from webhook.ops.snapshot import Read, Snapshot, Unreadable, WebhookProbe, pull_secret_names
 from webhook.policy.images import InvalidReference, parse_image
 from webhook.policy.matching import CompiledPolicy, load_policy
 from webhook.policy.model import PolicyError

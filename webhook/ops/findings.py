@@ -16,19 +16,34 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Literal
-
-from pydantic import ValidationError
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
 
 from webhook.admission.patch import INJECTED_ANNOTATION, iter_container_images
 from webhook.observability.logs import redact
 from webhook.ops.kubelet_match import lookup
+from webhook.ops.snapshot import (
+    EXPIRY_WARNING_SECONDS,
+    PULL_EVENT_REASONS,
+    PULL_FAILURE_REASONS,
+    Finding,
+    Snapshot,
+    Unreadable,
+    Verdict,
+    _auths_keys,
+    _entry_expiry,
+    _entry_has_credentials,
+    _metadata,
+    _stamp,
+    parse_time,
+    pull_secret_names,
+    selector_fix,
+)
+from webhook.ops.webhook_findings import webhook_findings
 from webhook.policy.images import ImageRef, InvalidReference, parse_image, parse_registry
 from webhook.policy.matching import CompiledPolicy, namespace_verdict
-from webhook.policy.model import LabelSelector, Rule
+from webhook.policy.model import Rule
 from webhook.policy.patterns import repository_matches
 from webhook.secrets.desired import build_copy, is_current, is_managed
 from webhook.secrets.dockerconfig import (
@@ -36,390 +51,10 @@ from webhook.secrets.dockerconfig import (
     DOCKERCONFIGJSON_KEY,
     DOCKERCONFIGJSON_TYPE,
     HASH_ANNOTATION,
-    AuthEntry,
     SourceError,
     content_hash,
     parse_source_secret,
 )
-
-Verdict = Literal["ok", "info", "warn", "fail"]
-VERDICTS: tuple[Verdict, ...] = ("ok", "info", "warn", "fail")
-
-#: Container ``waiting`` reasons and Event reasons that mean the image could not be pulled.
-PULL_FAILURE_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
-PULL_EVENT_REASONS = frozenset({"Failed", "BackOff", "ErrImagePull", "ImagePullBackOff", "InspectFailed"})
-#: A token that expires within this many seconds is worth a warning.
-EXPIRY_WARNING_SECONDS = 3600
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One line of the report: ``check`` is a stable id (for ``-o json`` and tests)."""
-
-    check: str
-    verdict: Verdict
-    message: str
-    fix: str | None = None
-    container: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "check": self.check,
-            "verdict": self.verdict,
-            "container": self.container,
-            "message": self.message,
-            "fix": self.fix,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Unreadable:
-    """An object ``doctor`` was not allowed (or not able) to read: not the same as absent."""
-
-    reason: str
-
-
-#: An object as read: the dict, ``None`` for 404, or :class:`Unreadable`.
-Read = dict[str, Any] | Unreadable | None
-
-
-@dataclass(frozen=True, slots=True)
-class WebhookProbe:
-    """What contacting one webhook of the configuration showed (``None``: not checked)."""
-
-    target: str
-    ca_verified: bool | None
-    ca_detail: str
-    ready: bool | None
-    ready_detail: str
-
-
-@dataclass
-class Snapshot:
-    """Everything ``doctor`` read for one Pod or workload, as plain data."""
-
-    kind: str  # "Pod", "Deployment", ...
-    name: str
-    namespace: str
-    #: The Pod, or ``{"metadata": template.metadata, "spec": template.spec}`` of a workload.
-    pod: dict[str, Any]
-    namespace_object: Read
-    service_account: Read = None
-    #: Secret name -> the Secret in the Pod's namespace.
-    secrets: dict[str, Read] = field(default_factory=dict)
-    #: (namespace, name) -> a source Secret (or the ``passwordFrom`` Secret).
-    sources: dict[tuple[str, str], Read] = field(default_factory=dict)
-    events: list[dict[str, Any]] | Unreadable = field(default_factory=list)
-    #: The MutatingWebhookConfigurations considered ours; empty when none was found.
-    webhook_configs: list[dict[str, Any]] | Unreadable = field(default_factory=list)
-    #: What was looked for: a name, or a label selector.
-    webhook_wanted: str = "pullsecret-injector"
-    #: (configuration name, webhook name) -> probe result.
-    probes: dict[tuple[str, str], WebhookProbe] = field(default_factory=dict)
-    policy: CompiledPolicy | None = None
-    policy_origin: str = ""
-    policy_error: str | None = None
-    now: datetime = field(default_factory=lambda: datetime.now(UTC))
-
-    @property
-    def is_pod(self) -> bool:
-        return self.kind == "Pod"
-
-    @property
-    def labels(self) -> dict[str, str] | None:
-        """The namespace's labels, ``None`` when the Namespace could not be read."""
-        if not isinstance(self.namespace_object, dict):
-            return None
-        raw = (self.namespace_object.get("metadata") or {}).get("labels") or {}
-        return {str(k): str(v) for k, v in raw.items()}
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def parse_time(value: object) -> datetime | None:
-    """An RFC 3339 ``creationTimestamp`` (``2026-12-01T20:00:00Z``) as an aware datetime."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def _metadata(obj: Mapping[str, Any]) -> dict[str, Any]:
-    metadata = obj.get("metadata")
-    return metadata if isinstance(metadata, dict) else {}
-
-
-def _selector(raw: object) -> LabelSelector | None:
-    """A ``metav1.LabelSelector`` dict as the policy's model; ``None`` (match everything) when absent."""
-    if not isinstance(raw, dict) or not raw:
-        return None
-    try:
-        return LabelSelector.model_validate(raw)
-    except ValidationError:
-        return None
-
-
-def selector_fix(selector: LabelSelector, labels: Mapping[str, str], what: str, kubectl: str) -> str:
-    """A concrete ``kubectl label`` for the terms of ``selector`` that ``labels`` fail, or advice."""
-    wanted: list[str] = []
-    removed: list[str] = []
-    blocked: list[str] = []
-    for key, value in selector.match_labels.items():
-        if labels.get(key) != value:
-            wanted.append(f"{key}={value}")
-    for req in selector.match_expressions:
-        present = req.key in labels
-        if req.operator == "In" and (not present or labels[req.key] not in req.values):
-            wanted.append(f"{req.key}={req.values[0]}")
-        elif req.operator == "Exists" and not present:
-            wanted.append(f"{req.key}=true")
-        elif req.operator == "DoesNotExist" and present:
-            removed.append(f"{req.key}-")
-        elif req.operator == "NotIn" and present and labels[req.key] in req.values:
-            if req.key == "kubernetes.io/metadata.name":
-                blocked.append(f"the selector excludes {what} by name")
-            else:
-                removed.append(f"{req.key}-")
-    if blocked:
-        return "; ".join(blocked) + " (on purpose, e.g. the chart's webhook.excludeNamespaces): use another namespace"
-    changes = wanted + removed
-    if not changes:
-        return f"make the labels of {what} match the selector"
-    verb = "label" if wanted else "unlabel"
-    return f"{verb} {what} {' '.join(changes)}: {kubectl} {' '.join(changes)}"
-
-
-def pull_secret_names(spec: Mapping[str, Any]) -> list[str]:
-    refs = spec.get("imagePullSecrets") or []
-    return [str(ref["name"]) for ref in refs if isinstance(ref, dict) and ref.get("name")]
-
-
-def _auths_keys(auths: Iterable[str]) -> str:
-    keys = [repr(k) for k in auths]
-    return ", ".join(keys) if keys else "none"
-
-
-def _jwt_expiry(token: str) -> datetime | None:
-    """The ``exp`` claim of a JWT-shaped token (registry tokens often are), without verifying it."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    payload = parts[1] + "=" * (-len(parts[1]) % 4)
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(payload))
-    except (binascii.Error, ValueError):
-        return None
-    exp = claims.get("exp") if isinstance(claims, dict) else None
-    if not isinstance(exp, int | float):
-        return None
-    return datetime.fromtimestamp(exp, UTC)
-
-
-def _entry_expiry(entry: AuthEntry) -> datetime | None:
-    for value in (entry.registrytoken, entry.identitytoken, entry.password):
-        if value:
-            found = _jwt_expiry(value)
-            if found is not None:
-                return found
-    return None
-
-
-def _entry_has_credentials(entry: AuthEntry) -> bool:
-    return bool(entry.auth or entry.password or entry.identitytoken or entry.registrytoken)
-
-
-def _stamp(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-# --------------------------------------------------------------------------- the webhook
-
-
-def _rule_covers_pod_create(rule: Mapping[str, Any]) -> bool:
-    def has(key: str, *accepted: str) -> bool:
-        values = rule.get(key) or []
-        return any(value in accepted for value in values)
-
-    scope = rule.get("scope") or "*"
-    return (
-        has("operations", "CREATE", "*")
-        and has("apiGroups", "", "*")
-        and has("apiVersions", "v1", "*")
-        and has("resources", "pods", "*", "*/*")
-        and scope in ("*", "Namespaced")
-    )
-
-
-def webhook_findings(snap: Snapshot) -> tuple[list[Finding], bool]:
-    """Findings on the MutatingWebhookConfiguration; also whether some webhook would be called for the Pod."""
-    findings: list[Finding] = []
-    configs = snap.webhook_configs
-    if isinstance(configs, Unreadable):
-        findings.append(
-            Finding(
-                "webhook-config",
-                "warn",
-                f"cannot read MutatingWebhookConfigurations ({configs.reason}): webhook not checked",
-                "run doctor with a user that may get mutatingwebhookconfigurations",
-            )
-        )
-        return findings, True
-    if not configs:
-        findings.append(
-            Finding(
-                "webhook-config",
-                "fail",
-                f"no MutatingWebhookConfiguration {snap.webhook_wanted}: the API server calls no webhook, "
-                "so no Pod gets its imagePullSecrets",
-                "install the chart (helm install pullsecret-injector charts/pullsecret-injector), "
-                "or name the configuration with --webhook-config",
-            )
-        )
-        return findings, False
-    called = False
-    ns_labels = snap.labels
-    pod_labels = {str(k): str(v) for k, v in (_metadata(snap.pod).get("labels") or {}).items()}
-    for config in configs:
-        config_name = str(_metadata(config).get("name"))
-        for hook in config.get("webhooks") or []:
-            hook_name = str(hook.get("name"))
-            where = f"webhook {hook_name} of MutatingWebhookConfiguration {config_name}"
-            covers = True
-            if not any(_rule_covers_pod_create(rule) for rule in hook.get("rules") or []):
-                covers = False
-                findings.append(
-                    Finding(
-                        "webhook-rules",
-                        "fail",
-                        f"{where} has no rule for Pod CREATE",
-                        "add the rule operations [CREATE], apiGroups [''], apiVersions [v1], resources [pods]",
-                    )
-                )
-            ns_selector = _selector(hook.get("namespaceSelector"))
-            if ns_selector is not None:
-                if ns_labels is None:
-                    findings.append(
-                        Finding(
-                            "webhook-namespace",
-                            "warn",
-                            f"cannot read Namespace {snap.namespace}: the namespaceSelector of {where} not evaluated",
-                        )
-                    )
-                elif not ns_selector.matches(ns_labels):
-                    covers = False
-                    findings.append(
-                        Finding(
-                            "webhook-namespace",
-                            "fail",
-                            f"the namespaceSelector of {where} does not select namespace {snap.namespace}: "
-                            "its Pods are never sent to the webhook",
-                            selector_fix(
-                                ns_selector,
-                                ns_labels,
-                                f"namespace {snap.namespace}",
-                                f"kubectl label namespace {snap.namespace}",
-                            ),
-                        )
-                    )
-            obj_selector = _selector(hook.get("objectSelector"))
-            if obj_selector is not None and not obj_selector.matches(pod_labels):
-                covers = False
-                what = "the Pod" if snap.is_pod else f"the Pods of {snap.kind} {snap.name}"
-                findings.append(
-                    Finding(
-                        "webhook-object",
-                        "fail",
-                        f"the objectSelector of {where} does not select {what} (its labels)",
-                        selector_fix(
-                            obj_selector,
-                            pod_labels,
-                            what,
-                            f"kubectl -n {snap.namespace} label pod {snap.name}"
-                            if snap.is_pod
-                            else "set the labels in the Pod template:",
-                        ),
-                    )
-                )
-            if covers:
-                called = True
-                findings.append(
-                    Finding("webhook-scope", "ok", f"{where} covers Pod CREATE in namespace {snap.namespace}")
-                )
-            failure_policy = hook.get("failurePolicy") or "Fail"
-            if failure_policy == "Ignore":
-                findings.append(
-                    Finding(
-                        "webhook-failure-policy",
-                        "info",
-                        f"failurePolicy Ignore: when {hook_name} cannot be called, Pods are created without "
-                        "their imagePullSecrets and nothing says so",
-                    )
-                )
-            else:
-                findings.append(
-                    Finding(
-                        "webhook-failure-policy",
-                        "info",
-                        f"failurePolicy {failure_policy}: a webhook that cannot be called blocks Pod creation",
-                    )
-                )
-            probe = snap.probes.get((config_name, hook_name))
-            findings.extend(_probe_findings(hook, hook_name, probe))
-    return findings, called
-
-
-def _probe_findings(hook: Mapping[str, Any], hook_name: str, probe: WebhookProbe | None) -> list[Finding]:
-    findings: list[Finding] = []
-    client = hook.get("clientConfig") or {}
-    if not client.get("caBundle"):
-        findings.append(
-            Finding(
-                "webhook-ca",
-                "warn",
-                f"{hook_name} has no caBundle: the API server verifies the webhook with its own trust store",
-                "set caBundle (the chart fills it in self and cert-manager modes)",
-            )
-        )
-    if probe is None:
-        return findings
-    if probe.ca_verified is True:
-        findings.append(Finding("webhook-ca", "ok", "the caBundle verifies the serving certificate"))
-    elif probe.ca_verified is False:
-        findings.append(
-            Finding(
-                "webhook-ca",
-                "fail",
-                f"the caBundle does not verify the serving certificate of {probe.target} ({probe.ca_detail}): "
-                "the API server's calls fail TLS",
-                "put the CA that signed the serving certificate into the caBundle "
-                "(self mode: restart the webhook, it re-patches the caBundle)",
-            )
-        )
-    elif probe.ca_detail:
-        findings.append(Finding("webhook-ca", "warn", f"serving certificate not checked: {probe.ca_detail}"))
-    if probe.ready is True:
-        # The URL (with its port) stays out of the ok line: the report of a healthy setup is stable.
-        how = probe.ready_detail if probe.target.startswith("service ") else "GET /readyz answered 200"
-        findings.append(Finding("webhook-ready", "ok", f"the webhook reports ready ({how})"))
-    elif probe.ready is False:
-        findings.append(
-            Finding(
-                "webhook-ready",
-                "fail",
-                f"the webhook is not ready: {probe.ready_detail}",
-                "kubectl -n <webhook namespace> logs deploy/pullsecret-injector",
-            )
-        )
-    elif probe.ready_detail:
-        findings.append(Finding("webhook-ready", "warn", f"readiness not checked: {probe.ready_detail}"))
-    return findings
-
-
-# --------------------------------------------------------------------------- the Pod
 
 
 def _pull_problems(snap: Snapshot) -> dict[str, list[str]]:
@@ -889,3 +524,7 @@ def render_json(snap: Snapshot, findings: Sequence[Finding]) -> dict[str, Any]:
         "warnings": sum(f.verdict == "warn" for f in findings),
         "exitCode": exit_code(findings),
     }
+
+
+#: With the snapshot types the callers of :func:`diagnose` need.
+__all__ = ["Finding", "Snapshot", "Unreadable", "diagnose", "exit_code", "render_json", "render_text"]

@@ -20,7 +20,7 @@ import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
-from webhook.ops.findings import WebhookProbe
+from webhook.ops.snapshot import WebhookProbe
 
 TIMEOUT = 5.0
 

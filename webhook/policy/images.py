@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
+from types import MappingProxyType
 
 DOCKER_HUB = "docker.io"
 #: Hostnames that are the same registry as ``docker.io`` (the legacy index and the API host).
@@ -38,7 +38,7 @@ _TAG_RE = re.compile(r"[\w][\w.-]{0,127}")
 _DIGEST_RE = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}")
 _ANCHORED_HEX64 = re.compile(r"[a-f0-9]{64}")
 #: Known digest algorithms and the length of their hex encoding (opencontainers/go-digest).
-_DIGEST_HEX_LENGTHS = {"sha256": 64, "sha384": 96, "sha512": 128}
+_DIGEST_HEX_LENGTHS = MappingProxyType({"sha256": 64, "sha384": 96, "sha512": 128})
 
 
 class InvalidReference(ValueError):
@@ -139,12 +139,11 @@ def _split_domain(name: str) -> tuple[str, str]:
     return first, rest
 
 
-@lru_cache(maxsize=16384)
 def parse_image(reference: str) -> ImageRef:
     """Parse and normalise one image reference (``ParseNormalizedNamed`` semantics).
 
-    Raises :class:`InvalidReference` with a message fit to show a user. Cached: a cluster
-    has few distinct images and the same ones come back on every Pod.
+    Raises :class:`InvalidReference` with a message fit to show a user. Not cached here:
+    the admission layer's container-plan cache answers repeated Pods without parsing.
     """
     if not isinstance(reference, str) or not reference:
         raise InvalidReference("image reference is empty")

@@ -32,16 +32,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 from webhook.policy.images import DOCKER_HUB, ImageRef, InvalidReference, Registry, parse_image, parse_registry
 from webhook.policy.patterns import namespace_glob_matches
-
-if TYPE_CHECKING:
-    from webhook.policy.model import NamespaceScope
+from webhook.policy.scope import NamespaceScope
 
 #: The key of the entry that serves every registry without its own entry (as in k3s).
 WILDCARD = "*"
@@ -255,12 +253,6 @@ def _distinct_keys(mirrors: dict[str, Mirror]) -> dict[str, Mirror]:
 MirrorKey = Annotated[str, AfterValidator(validate_mirror_key)]
 
 
-def _default_scope() -> NamespaceScope:
-    from webhook.policy.model import NamespaceScope
-
-    return NamespaceScope()
-
-
 class Mirror(BaseModel):
     """One ``mirrors`` entry: a k3s mirror (``endpoint``, ``rewrite``) plus what a webhook adds."""
 
@@ -273,7 +265,7 @@ class Mirror(BaseModel):
     #: Regex on the repository path -> replacement (``$1``), first match in file order wins.
     rewrite: dict[str, str] = Field(default_factory=dict)
     #: Which namespaces get the rewrite, as in rules.
-    namespaces: NamespaceScope = Field(default_factory=_default_scope)
+    namespaces: NamespaceScope = Field(default_factory=NamespaceScope)
     #: Confirm with a manifest HEAD that the endpoint has the image before rewriting to it.
     check: bool = False
     #: When no endpoint (checked) has it: keep the original (k3s's default endpoint), or deny.
@@ -479,9 +471,3 @@ def describe_mirrors(mirrors: Mapping[str, Mirror]) -> list[str]:
         text += f"; check {'on' if mirror.check else 'off'}, fallback {mirror.fallback}"
         lines.append(text)
     return lines
-
-
-# The models refer to NamespaceScope, which lives in webhook.policy.model, which in turn imports
-# this module for ``Policy.mirrors``: importing it last lets either module be imported first, and
-# model.py rebuilds :class:`Mirror` once NamespaceScope exists.
-import webhook.policy.model  # noqa: E402, F401

@@ -19,18 +19,17 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     AfterValidator,
-    BaseModel,
     ConfigDict,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
 
 from webhook.policy.images import InvalidReference, parse_registry
-from webhook.policy.mirrors import Mirror, Mirrors
+from webhook.policy.mirrors import Mirrors
 from webhook.policy.patterns import RegistryPattern
+from webhook.policy.scope import LabelSelector, LabelSelectorRequirement, NamespaceScope, _Model
 
 DEFAULT_EXCLUDED_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
 
@@ -87,62 +86,6 @@ class PolicyError(ValueError):
     def __init__(self, errors: Sequence[str]) -> None:
         self.errors = list(errors)
         super().__init__("invalid policy: " + "; ".join(self.errors))
-
-
-class _Model(BaseModel):
-    """Strict base: camelCase on the wire, unknown keys are an error, immutable."""
-
-    model_config = ConfigDict(
-        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True, str_strip_whitespace=True
-    )
-
-
-class LabelSelectorRequirement(_Model):
-    key: str
-    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
-    values: tuple[str, ...] = ()
-
-    @model_validator(mode="after")
-    def _values_fit_operator(self) -> LabelSelectorRequirement:
-        if self.operator in ("In", "NotIn") and not self.values:
-            raise ValueError(f"operator {self.operator} needs at least one value")
-        if self.operator in ("Exists", "DoesNotExist") and self.values:
-            raise ValueError(f"operator {self.operator} takes no values")
-        return self
-
-
-class LabelSelector(_Model):
-    """A Kubernetes ``metav1.LabelSelector``; all terms must hold."""
-
-    match_labels: dict[str, str] = Field(default_factory=dict)
-    match_expressions: tuple[LabelSelectorRequirement, ...] = ()
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        for key, value in self.match_labels.items():
-            if labels.get(key) != value:
-                return False
-        for req in self.match_expressions:
-            present = req.key in labels
-            if req.operator == "In" and (not present or labels[req.key] not in req.values):
-                return False
-            if req.operator == "NotIn" and present and labels[req.key] in req.values:
-                return False
-            if req.operator == "Exists" and not present:
-                return False
-            if req.operator == "DoesNotExist" and present:
-                return False
-        return True
-
-
-class NamespaceScope(_Model):
-    """Which namespaces a rule serves. Omitted parts do not restrict."""
-
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    selector: LabelSelector | None = None
-
-
-Mirror.model_rebuild(_types_namespace={"NamespaceScope": NamespaceScope})  # mirrors.py: its scope is this one
 
 
 class SecretRef(_Model):
@@ -389,3 +332,7 @@ def _format_error(err: Mapping[str, object]) -> str:
     return f"{path or '(document)'}: {message}"
 
 
+
+
+#: Re-exported: the namespace scope is defined in :mod:`webhook.policy.scope` (mirrors share it).
+__all__ = ["LabelSelector", "LabelSelectorRequirement", "NamespaceScope"]

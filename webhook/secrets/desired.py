@@ -42,7 +42,7 @@ def source_reference(source: Source) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Copy:
+class DesiredCopy:
     """The desired managed Secret in one namespace, ready to be created or compared."""
 
     name: str
@@ -92,7 +92,7 @@ def build_copy(
     rules: Sequence[str],
     registries: Iterable[str],
     source_secret: Mapping[str, Any] | None,
-) -> Copy:
+) -> DesiredCopy:
     """The desired copy of ``name`` in ``namespace`` from a source Secret (as the API returns it).
 
     ``source_secret`` is the ``secret`` source itself, or the Secret that ``passwordFrom``
@@ -134,7 +134,7 @@ def build_copy(
         raise NoMatchingCredentials(f"{what} has no credentials for {', '.join(patterns)}")
     config = encode_config(kept)
     register_secret(config)
-    return Copy(
+    return DesiredCopy(
         name=name,
         namespace=namespace,
         config=config,
@@ -153,7 +153,7 @@ def is_managed(secret: Mapping[str, Any]) -> bool:
     return isinstance(labels, dict) and labels.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE
 
 
-def is_current(secret: Mapping[str, Any], desired: Copy) -> bool:
+def is_current(secret: Mapping[str, Any], desired: DesiredCopy) -> bool:
     """Whether an existing Secret already is ``desired``: managed, same type, data and annotations.
 
     The data is compared itself, not the hash annotation, so a copy edited by hand is
@@ -169,7 +169,7 @@ def is_current(secret: Mapping[str, Any], desired: Copy) -> bool:
     return all(annotations.get(key) == value for key, value in desired.annotations.items())
 
 
-def _holds_newer_token(secret: Mapping[str, Any], desired: Copy) -> bool:
+def _holds_newer_token(secret: Mapping[str, Any], desired: DesiredCopy) -> bool:
     """A token copy from the same rules and source, unedited, holding a newer valid token (issue 13)."""
     import time
 
@@ -197,7 +197,7 @@ def needs_recreate(secret: Mapping[str, Any]) -> bool:
     return is_managed(secret) and secret.get("type") != DOCKERCONFIGJSON_TYPE
 
 
-def update_patch(secret: Mapping[str, Any], desired: Copy) -> dict[str, Any]:
+def update_patch(secret: Mapping[str, Any], desired: DesiredCopy) -> dict[str, Any]:
     """A strategic-merge patch turning a managed ``secret`` into ``desired``.
 
     Extra data keys are removed; labels and annotations others added are left alone. The

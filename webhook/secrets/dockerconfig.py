@@ -28,6 +28,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Final
 
 from webhook.observability.logs import register_secret
@@ -55,8 +56,6 @@ ENTRY_FIELDS: Final = ("username", "password", "email", "auth", "identitytoken",
 _SECRET_FIELDS: Final = frozenset({"password", "auth", "identitytoken", "registrytoken"})
 
 
-
-
 class SourceError(ValueError):
     """A source that cannot produce a copy. ``reason`` is a CamelCase word for Events and metrics.
 
@@ -78,8 +77,6 @@ class NoMatchingCredentials(SourceError):
     """The source is fine but holds nothing for the rule's registries: a copy would be useless."""
 
     reason = "NoMatchingCredentials"
-
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +115,6 @@ def _register_entry(entry: AuthEntry) -> None:
         _, _, password = decoded.partition(":")
         if password:
             register_secret(password)
-
-
 
 
 def _decode_data(data: Mapping[str, Any], key: str, what: str) -> str:
@@ -235,8 +230,6 @@ def credentials_auths(*, registry: str, username: str, password: str, email: str
     return {registry: entry}
 
 
-
-
 def filter_auths(auths: Mapping[str, AuthEntry], registries: Iterable[str]) -> Auths:
     """Keep the entries whose registry matches one of the rule's registry patterns.
 
@@ -257,13 +250,14 @@ def filter_auths(auths: Mapping[str, AuthEntry], registries: Iterable[str]) -> A
     return kept
 
 
-
 # Go's encoding/json (1.22+) string escaping with HTML escaping on, as json.Marshal does:
 # '"' and '\' backslashed, \b \f \n \r \t short forms, other C0 controls as \u00XX,
 # '<' '>' '&' as \u003c \u003e \u0026, U+2028/U+2029 escaped, invalid UTF-8 (here: lone
 # surrogates) as \ufffd. Everything else, non-ASCII included, is written literally.
 _GO_SPECIAL = re.compile('[\x00-\x1f"\\\\<>&\u2028\u2029\ud800-\udfff]')
-_GO_SHORT = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_GO_SHORT = MappingProxyType(
+    {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+)
 
 
 def _go_escape(match: re.Match[str]) -> str:
@@ -309,5 +303,3 @@ def content_hash(config: bytes) -> str:
     is as privileged as full access in practice), so this reveals nothing new.
     """
     return "sha256:" + hashlib.sha256(config).hexdigest()
-
-

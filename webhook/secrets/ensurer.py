@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import Any
 
 from webhook.admission.handler import EnsureResult
 from webhook.config import KubeSettings
@@ -68,7 +69,9 @@ class Ensurer:
             if task is None:
                 # One call chain per Secret, shared by concurrent admissions (a Deployment
                 # scaled to 50 in a new namespace creates one copy, not 50 attempts).
-                task = asyncio.create_task(self._ensure_one(policy, namespace, name, labels, deadline, dry_run))
+                task = asyncio.create_task(
+                    self._guarded(namespace, name, self._ensure_one(policy, namespace, name, labels, deadline, dry_run))
+                )
                 self._inflight[key] = task
                 task.add_done_callback(self._forget_inflight)
             tasks[name] = task
@@ -126,24 +129,18 @@ class Ensurer:
             if value is task:
                 del self._inflight[key]
 
-    async def _ensure_one(
-        self,
-        policy: CompiledPolicy,
-        namespace: str,
-        name: str,
-        labels: Mapping[str, str] | None,
-        deadline: _Deadline,
-        dry_run: bool,
+    async def _guarded(
+        self, namespace: str, name: str, work: Coroutine[Any, Any, tuple[bool, str | None]]
     ) -> tuple[bool, str | None]:
         try:
-            return await self._ensure_one_unguarded(policy, namespace, name, labels, deadline, dry_run)
+            return await work
         except Exception:
             # A bug, not an API answer: never let it fail the admission, and say so in the log.
             log.exception("ensuring Secret %s/%s failed unexpectedly", namespace, name)
             self._stats.error("internal")
             return False, f"Secret {name} could not be checked in {namespace} (internal error)"
 
-    async def _ensure_one_unguarded(
+    async def _ensure_one(
         self,
         policy: CompiledPolicy,
         namespace: str,

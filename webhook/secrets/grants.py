@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 
-from webhook.kube.objects import SecretTarget
+from webhook.bounded import BoundedCache
+from webhook.config import CacheLimits
 from webhook.policy.matching import CompiledPolicy
 from webhook.policy.model import Rule, Source
 
@@ -41,12 +42,11 @@ class GrantIndex:
     policy object, so it needs no notification when the policy is reloaded.
     """
 
-    _GRANTS_LIMIT = 4096
-
-    def __init__(self) -> None:
+    def __init__(self, limits: CacheLimits | None = None) -> None:
+        self._limit = (limits or CacheLimits()).grants
         self._policy: CompiledPolicy | None = None
         self._by_name: dict[str, list[tuple[int, Rule]]] = {}
-        self._grants: dict[tuple[str, frozenset[int]], Grant | None] = {}
+        self._grants: BoundedCache[tuple[str, frozenset[int]], Grant | None] = BoundedCache(self._limit)
 
     def by_name(self, policy: CompiledPolicy) -> dict[str, list[tuple[int, Rule]]]:
         if policy is not self._policy:
@@ -54,7 +54,7 @@ class GrantIndex:
             for index, rule in enumerate(policy.policy.rules):
                 if rule.source is not None:
                     by_name.setdefault(rule.secret, []).append((index, rule))
-            self._policy, self._by_name, self._grants = policy, by_name, {}
+            self._policy, self._by_name, self._grants = policy, by_name, BoundedCache(self._limit)
         return self._by_name
 
     def _grant(self, policy: CompiledPolicy, name: str, admitted: frozenset[int]) -> Grant | None:
@@ -73,8 +73,6 @@ class GrantIndex:
             pass
         rules = tuple(rule for index, rule in candidates if index in admitted)
         grant = Grant(rules) if rules else None
-        if len(self._grants) >= self._GRANTS_LIMIT:
-            self._grants.clear()
         self._grants[key] = grant
         return grant
 
@@ -93,9 +91,13 @@ class GrantIndex:
             return None
         return self._grant(policy, name, policy.admitted_rules(namespace, labels))
 
-    def watch_targets(self, policy: CompiledPolicy, *, extra_names: Iterable[str] = ()) -> set[SecretTarget]:
-        """What to watch for ``policy``: each copy name cluster-wide, each source Secret in its namespace."""
-        targets: set[SecretTarget] = {(None, name) for name in self.managed_names(policy) | set(extra_names)}
+    def watch_targets(self, policy: CompiledPolicy, *, extra_names: Iterable[str] = ()) -> set[tuple[str | None, str]]:
+        """What to watch for ``policy``: each copy name cluster-wide, each source Secret in its namespace.
+
+        ``(namespace or None for cluster-wide, name)``, the ``SecretTarget`` of
+        :mod:`webhook.kube.objects`, spelled out so this pure module needs nothing of the kube side.
+        """
+        targets: set[tuple[str | None, str]] = {(None, name) for name in self.managed_names(policy) | set(extra_names)}
         for entries in self.by_name(policy).values():
             source = entries[0][1].source
             assert source is not None

@@ -7,6 +7,8 @@ import logging
 import time
 from collections.abc import Callable, MutableSet
 
+from webhook.backoff import Backoff
+from webhook.bounded import BoundedCache
 from webhook.config import KubeSettings
 from webhook.kube.errors import ApiError
 from webhook.kube.events import EventRecorder
@@ -58,9 +60,11 @@ class Reconciler:
         self._dirty_since: float | None = None
         #: The oldest change not yet applied (kept across failed passes), for ``Stats.current_lag``.
         self._behind_since: float | None = None
-        self._retry_delay = 1.0
+        #: How soon a pass that failed is retried (while admissions are handed off).
+        self.backoff = Backoff(settings.reconcile_backoff)
+        self._retry_in = settings.reconcile_backoff.initial
         self._warned_unmanaged: set[Key] = set()
-        self._failures: dict[Key, str] = {}
+        self._failures: BoundedCache[Key, str] = BoundedCache(settings.cache_limits.failures)
         self.passes = 0
 
     def notify(self) -> None:
@@ -86,7 +90,7 @@ class Reconciler:
         while True:
             timeout = self._settings.resync_seconds
             if self.pending:
-                timeout = min(timeout, self._retry_delay)
+                timeout = min(timeout, self._retry_in)
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout)
             except TimeoutError:
@@ -101,7 +105,11 @@ class Reconciler:
                 log.exception("reconcile pass failed")
                 self._stats.error("internal")
                 clean = False
-            self._retry_delay = 1.0 if clean else min(self._retry_delay * 2, 30.0)
+            if clean:
+                self.backoff.reset()
+                self._retry_in = self.backoff.settings.initial
+            else:
+                self._retry_in = self.backoff.failure()
 
     async def run_pass(self) -> bool:
         """One pass over every copy we know of; True when nothing failed."""
@@ -139,8 +147,6 @@ class Reconciler:
     def _log_failure(self, key: Key, kind: str, message: str) -> None:
         """WARNING when a copy starts failing (or fails differently), DEBUG while it keeps failing alike."""
         level = logging.DEBUG if self._failures.get(key) == kind else logging.WARNING
-        if len(self._failures) > 65536:
-            self._failures.clear()
         self._failures[key] = kind
         log.log(level, "%s", message)
 

@@ -73,7 +73,6 @@ __all__ = [
     "CertificateReloadError",
     "ReloadingSSLContext",
     "install_into_uvicorn",
-    "load_from_memory",
 ]
 
 logger = logging.getLogger(__name__)
@@ -372,8 +371,8 @@ class ReloadingSSLContext:
 
         Validation happens first, so a bad pair never reaches the disk and
         the current certificate stays in place.  Meant for contexts created
-        by :func:`load_from_memory` (e.g. after the webhook renewed its own
-        certificate); for files managed by someone else (a mounted Secret),
+        by :meth:`from_bundle` (the self-managed certificate: ``serve`` builds
+        its context that way and calls this after a renewal); for files managed by someone else (a mounted Secret),
         let that owner write them and rely on :meth:`watch`.
         """
         _validate_pair(cert_pem, key_pem, now=self._clock())
@@ -432,7 +431,7 @@ class ReloadingSSLContext:
     # ------------------------------------------------------------------ cleanup
 
     def close(self) -> None:
-        """Remove the private directory created by :func:`load_from_memory`, if any.
+        """Remove the private directory created by :meth:`from_bundle`, if any.
 
         The live context keeps working (OpenSSL holds the key in memory); only
         future reloads from those files become impossible.
@@ -449,17 +448,6 @@ class ReloadingSSLContext:
 
     def __repr__(self) -> str:
         return f"ReloadingSSLContext(cert_file={str(self._cert_file)!r}, current=<{self._info.describe()}>)"
-
-
-def load_from_memory(
-    bundle: CertBundle,
-    directory: StrPath | None = None,
-    *,
-    minimum_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2,
-    clock: Callable[[], datetime] = _utcnow,
-) -> ReloadingSSLContext:
-    """Serve an in-memory bundle; see :meth:`ReloadingSSLContext.from_bundle`."""
-    return ReloadingSSLContext.from_bundle(bundle, directory, minimum_version=minimum_version, clock=clock)
 
 
 def install_into_uvicorn(config: uvicorn.Config, ctx: ReloadingSSLContext) -> None:

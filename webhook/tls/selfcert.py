@@ -28,7 +28,10 @@ from typing import Any, Protocol
 
 from cryptography import x509
 
-from webhook.kube.errors import ApiError
+from webhook.backoff import Backoff
+from webhook.config import BackoffSettings
+from webhook.kube.errors import ApiConflict, ApiError
+from webhook.secrets.dockerconfig import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from webhook.tls.certs import (
     build_bundle,
     build_ca,
@@ -42,7 +45,6 @@ from webhook.tls.certs import (
 
 log = logging.getLogger(__name__)
 
-MANAGED_BY = {"app.kubernetes.io/managed-by": "pullsecret-injector"}
 KEYS = ("ca.crt", "ca.key", "tls.crt", "tls.key")
 
 
@@ -230,15 +232,14 @@ class SelfCertManager:
                         self._namespace, self._secret_name, self._body(wanted, version), timeout=self._timeout
                     )
                     log.info("updated certificate Secret %s/%s", self._namespace, self._secret_name)
-            except ApiError as exc:
-                if exc.kind == "conflict":
-                    continue  # another replica won: read theirs and plan again
-                raise
+            except ApiConflict:
+                continue  # another replica won: read theirs and plan again
             return wanted
-        raise ApiError("conflict", action=f"update Secret {self._namespace}/{self._secret_name}")
+        raise ApiConflict(action=f"update Secret {self._namespace}/{self._secret_name}")
 
     def _body(self, state: CertState, resource_version: str | None) -> dict[str, Any]:
-        metadata: dict[str, Any] = {"name": self._secret_name, "namespace": self._namespace, "labels": MANAGED_BY}
+        labels = {MANAGED_BY_LABEL: MANAGED_BY_VALUE}
+        metadata: dict[str, Any] = {"name": self._secret_name, "namespace": self._namespace, "labels": labels}
         if resource_version:
             metadata["resourceVersion"] = resource_version
         return {
@@ -289,17 +290,31 @@ class SelfCertManager:
 
 
 async def keep_current(
-    manager: SelfCertManager, *, initial: CertState, apply: Callable[[CertState], None], interval: float = 600.0
+    manager: SelfCertManager,
+    *,
+    initial: CertState,
+    apply: Callable[[CertState], None],
+    interval: float = 600.0,
+    backoff: Backoff | None = None,
 ) -> None:
-    """Re-check every ``interval`` seconds (in a thread) and hand a changed pair to ``apply``."""
+    """Re-check every ``interval`` seconds (in a thread) and hand a changed pair to ``apply``.
+
+    After a failed check the next comes sooner (``backoff``: from 10 s up to ``interval``),
+    so a renewal that met a passing API outage is not put off for a whole interval.
+    """
+    backoff = backoff or Backoff(BackoffSettings(initial=min(10.0, interval), maximum=interval))
     last = initial
+    delay = interval
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(delay)
         try:
             state = await asyncio.to_thread(manager.ensure)
         except ApiError as exc:
-            log.warning("certificate check failed, retrying in %.0fs: %s", interval, exc)
+            delay = backoff.failure()
+            log.warning("certificate check failed, retrying in %.0fs: %s", delay, exc)
         else:
+            backoff.reset()
+            delay = interval
             if (state.cert, state.key) != (last.cert, last.key):
                 apply(state)
                 log.info("serving certificate switched without a restart")
