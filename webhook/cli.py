@@ -181,6 +181,52 @@ SERVE_OPTIONS: tuple[ServeOption, ...] = (
         "Lease (in --namespace) that elects the one replica running the reconciler",
         ("PSI_LEASE",),
     ),
+    # leader election durations and fail-open recovery (issue 12) -----------------
+    ServeOption(
+        "--leader-election-lease-duration",
+        "kube.lease_duration",
+        "seconds a Lease not renewed stays with its holder before another replica takes it",
+        ("PSI_LEASE_DURATION",),
+        float,
+    ),
+    ServeOption(
+        "--leader-election-renew-deadline",
+        "kube.renew_deadline",
+        "seconds the leader keeps leading without a successful renewal",
+        ("PSI_RENEW_DEADLINE",),
+        float,
+    ),
+    ServeOption(
+        "--leader-election-retry-period",
+        "kube.retry_period",
+        "seconds between two attempts to acquire or renew the Lease",
+        ("PSI_RETRY_PERIOD",),
+        float,
+    ),
+    ServeOption(
+        "--recover-fail-open",
+        "recovery.enabled",
+        "delete controller-owned Pods admitted without their pull secret (webhook down) that are stuck "
+        "in ImagePullBackOff, so that their controller recreates them through the webhook",
+        ("PSI_RECOVER_FAIL_OPEN",),
+        parse_bool,
+        kind="switch",
+    ),
+    ServeOption(
+        "--recovery-grace-seconds",
+        "recovery.grace_seconds",
+        "seconds a fail-open Pod must be in an image-pull error before it is deleted",
+        ("PSI_RECOVERY_GRACE_SECONDS",),
+        float,
+    ),
+    ServeOption(
+        "--recovery-interval",
+        "recovery.interval",
+        "seconds between two looks at the Pods for fail-open recovery",
+        ("PSI_RECOVERY_INTERVAL",),
+        float,
+    ),
+    # ---------------------------------------------------------------- end of issue 12
     ServeOption(
         "--resync-seconds",
         "kube.resync_seconds",
