@@ -270,7 +270,17 @@ def test_an_environment_variable_fills_the_setting_of_an_absent_flag(
 @pytest.mark.parametrize(
     ("argv", "env", "name", "value"),
     SWITCHES,
-    ids=["no-kube", "no-cleanup", "env-false", "env-off", "flag-over-env", "dev", "dev-last-wins", "recover", "recover-env"],
+    ids=[
+        "no-kube",
+        "no-cleanup",
+        "env-false",
+        "env-off",
+        "flag-over-env",
+        "dev",
+        "dev-last-wins",
+        "recover",
+        "recover-env",
+    ],
 )
 def test_switches(argv: list[str], env: dict[str, str], name: str, value: Any) -> None:
     assert setting(parse_serve(argv, env), name) == value
