@@ -29,7 +29,7 @@ import uvicorn
 
 from webhook.admission.handler import Handler, NamespaceLabels, SecretEnsurer
 from webhook.app import Readiness, create_app
-from webhook.config import CertSettings, KubeSettings, ServerSettings, Settings
+from webhook.config import CertSettings, KubeSettings, RecoverySettings, ServerSettings, Settings
 from webhook.errors import EXIT_BAD_INPUT, EXIT_OK, UserError
 from webhook.examples import POLICY, bundled_example
 from webhook.observability import logs
@@ -135,7 +135,7 @@ def build_components(settings: Settings) -> Components:
     on_start: list[Callable[[], Coroutine[Any, Any, None]]] = []
 
     if _cluster_configured(settings.kube):
-        runtime = _kube_runtime(settings.kube, holder=holder, metrics=metrics)
+        runtime = _kube_runtime(settings.kube, holder=holder, metrics=metrics, recovery=settings.recovery)
         namespaces, ensurer = runtime.namespaces, runtime.ensurer
         holder.listeners.append(runtime.policy_changed)  # re-target the by-name watches
         if settings.policy.configmap:
@@ -191,7 +191,9 @@ def _every(
     return job
 
 
-def _kube_runtime(kube: KubeSettings, *, holder: PolicyHolder, metrics: Metrics) -> KubeRuntime:
+def _kube_runtime(
+    kube: KubeSettings, *, holder: PolicyHolder, metrics: Metrics, recovery: RecoverySettings | None = None
+) -> KubeRuntime:
     """The Kubernetes side, its counters feeding the Prometheus metrics.
 
     The Kubernetes client is imported here, not at the top: ``--no-kube``, ``--dev`` and the
@@ -207,7 +209,7 @@ def _kube_runtime(kube: KubeSettings, *, holder: PolicyHolder, metrics: Metrics)
     )
     metrics.reconciler_lag.set_function(stats.current_lag)
     try:
-        return build_kube_runtime(settings=kube, policy=holder.current, stats=stats)
+        return build_kube_runtime(settings=kube, policy=holder.current, stats=stats, recovery=recovery)
     except (ConfigException, OSError) as exc:
         raise UserError(f"cannot configure the Kubernetes client: {logs.redact(str(exc))}") from None
 
