@@ -284,7 +284,8 @@ def burst(
 ) -> BurstResult:
     """Create ``pods`` (``(namespace, name)``) from ``threads`` threads; ``fault()`` once ``fault_after`` exist.
 
-    A create that fails (API server down, 5xx) is tried again after 0.2 s until
+    ``fault`` runs on the calling thread while the creates go on. A create that fails (API
+    server down, 5xx) is tried again after 0.2 s until
     ``deadline`` seconds have passed since the start; a 409 after a failed attempt means
     the earlier attempt went through: the Pod is read and judged as created.
     """
@@ -295,8 +296,8 @@ def burst(
     outcomes = [PodOutcome(name=name, namespace=namespace) for namespace, name in pods]
     lock = threading.Lock()
     done = 0
-    fault_at: list[float] = []
-    fault_thread: list[threading.Thread] = []
+    reached = threading.Event()
+    stop = threading.Event()
     t0 = time.monotonic()
 
     def created(outcome: PodOutcome, pod: Any) -> None:
@@ -305,15 +306,11 @@ def burst(
         outcome.created_at = time.monotonic()
         with lock:
             done += 1
-            trigger = fault is not None and fault_after is not None and done == fault_after
-        if trigger and fault is not None:
-            fault_at.append(time.monotonic())
-            thread = threading.Thread(target=fault, name="fault", daemon=True)
-            fault_thread.append(thread)
-            thread.start()
+            if fault_after is not None and done >= fault_after:
+                reached.set()
 
     def one(outcome: PodOutcome) -> None:
-        while time.monotonic() - t0 < deadline:
+        while time.monotonic() - t0 < deadline and not stop.is_set():
             try:
                 pod = core.create_namespaced_pod(outcome.namespace, body(outcome.name), _request_timeout=30)
             except ApiException as exc:
@@ -329,11 +326,21 @@ def burst(
                 return
             time.sleep(0.2)
 
+    fault_at: float | None = None
+    # The fault runs on this (the main) thread: a process it starts (an API server) gets
+    # PR_SET_PDEATHSIG, which fires when the *thread* that forked it ends, not the process.
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="burst") as pool:
-        list(pool.map(one, outcomes))
-    for thread in fault_thread:
-        thread.join(120)
-    return BurstResult(outcomes=outcomes, seconds=time.monotonic() - t0, fault_at=fault_at[0] if fault_at else None)
+        futures = [pool.submit(one, outcome) for outcome in outcomes]
+        try:
+            if fault is not None and fault_after is not None and reached.wait(deadline):
+                fault_at = time.monotonic()
+                fault()
+            for future in futures:
+                future.result()
+        except BaseException:
+            stop.set()
+            raise
+    return BurstResult(outcomes=outcomes, seconds=time.monotonic() - t0, fault_at=fault_at)
 
 
 def count_lines(path: Path, needle: str, *, since: int = 0) -> int:
