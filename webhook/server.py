@@ -30,6 +30,7 @@ import uvicorn
 from webhook.admission.handler import Handler, NamespaceLabels, SecretEnsurer
 from webhook.app import Readiness, create_app
 from webhook.config import CertSettings, KubeSettings, RecoverySettings, ServerSettings, Settings
+from webhook.drain import CloseWhenDraining
 from webhook.errors import EXIT_BAD_INPUT, EXIT_OK, UserError
 from webhook.examples import POLICY, bundled_example
 from webhook.observability import logs
@@ -305,6 +306,8 @@ async def serve(components: Components, settings: ServerSettings) -> None:
         on_transport_error=components.metrics.observe_http_error,
         on_internal_error=lambda _reason: components.metrics.admission_requests.labels("error").inc(),
     )
+    # issue 12: from SIGTERM on, answers carry Connection: close (webhook/drain.py)
+    app = CloseWhenDraining(app, draining=lambda: components.readiness.stopping)
     config = _uvicorn_config(
         app,
         host=settings.host,
