@@ -110,6 +110,10 @@ class FailOpenRecovery:
             metadata = pod.get("metadata") or {}
             uid = str(metadata.get("uid") or "")
             namespace = str(metadata.get("namespace") or "")
+            if namespace == self._kube.namespace:
+                # The chart never sends its own namespace to the webhook: a new Pod there would
+                # be admitted just the same, so deleting one could never help.
+                continue
             ns_obj = self._namespace(namespace)
             labels = namespace_labels(ns_obj) if ns_obj is not None else None
             owner_uid = next(
