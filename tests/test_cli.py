@@ -210,6 +210,12 @@ SAMPLES: list[tuple[str, str, str, Any]] = [
     ("--mirror-check-budget", "0.5", "mirrors.check_budget", 0.5),
     ("--mirror-probe-timeout", "0.3", "mirrors.probe_timeout", 0.3),
     ("--mirror-ca-file", "/etc/psi/mirror-ca.pem", "mirrors.ca_file", Path("/etc/psi/mirror-ca.pem")),
+    # issue 12: leader election durations, fail-open recovery
+    ("--leader-election-lease-duration", "20", "kube.lease_duration", 20.0),
+    ("--leader-election-renew-deadline", "9", "kube.renew_deadline", 9.0),
+    ("--leader-election-retry-period", "1.5", "kube.retry_period", 1.5),
+    ("--recovery-grace-seconds", "30", "recovery.grace_seconds", 30.0),
+    ("--recovery-interval", "5", "recovery.interval", 5.0),
 ]
 SWITCHES: list[tuple[list[str], dict[str, str], str, Any]] = [
     (["--no-kube"], {}, "kube.offline", True),
@@ -219,6 +225,8 @@ SWITCHES: list[tuple[list[str], dict[str, str], str, Any]] = [
     (["--cleanup"], {"PSI_CLEANUP": "false"}, "kube.cleanup", True),
     (["--dev"], {}, "certs.mode", "dev"),
     (["--cert-mode", "self", "--dev"], {}, "certs.mode", "dev"),
+    (["--recover-fail-open"], {}, "recovery.enabled", True),  # issue 12
+    ([], {"PSI_RECOVER_FAIL_OPEN": "true"}, "recovery.enabled", True),
 ]
 
 
@@ -232,7 +240,7 @@ def parse_serve(argv: list[str], env: dict[str, str] | None = None) -> Settings:
 
 
 def test_every_serve_option_has_a_sample() -> None:
-    sampled = {flag for flag, *_ in SAMPLES} | {"--no-kube", "--cleanup"}
+    sampled = {flag for flag, *_ in SAMPLES} | {"--no-kube", "--cleanup", "--recover-fail-open"}
     assert sampled == {option.flag for option in SERVE_OPTIONS}
 
 
@@ -258,7 +266,17 @@ def test_an_environment_variable_fills_the_setting_of_an_absent_flag(
 @pytest.mark.parametrize(
     ("argv", "env", "name", "value"),
     SWITCHES,
-    ids=["no-kube", "no-cleanup", "env-false", "env-off", "flag-over-env", "dev", "dev-last-wins"],
+    ids=[
+        "no-kube",
+        "no-cleanup",
+        "env-false",
+        "env-off",
+        "flag-over-env",
+        "dev",
+        "dev-last-wins",
+        "recover",
+        "recover-env",
+    ],
 )
 def test_switches(argv: list[str], env: dict[str, str], name: str, value: Any) -> None:
     assert setting(parse_serve(argv, env), name) == value

@@ -178,6 +178,11 @@ class KubeSettings:
     identity: str = "pullsecret-injector"
     #: Full reconcile interval, on top of the passes that watch events trigger.
     resync_seconds: float = 300.0
+    #: Leader election (client-go's three durations, and its constraints between them): a
+    #: Lease not renewed for ``lease_duration`` seconds is taken over by another replica; the
+    #: leader steps down after ``renew_deadline`` without a renewal; every replica tries
+    #: every ``retry_period`` (followers with up to 20 % jitter). A SIGKILLed leader is
+    #: replaced within ``lease_duration + 2.4 * retry_period`` (docs/reliability.md).
     lease_duration: float = 15.0
     renew_deadline: float = 10.0
     retry_period: float = 2.0
@@ -221,6 +226,20 @@ class KubeSettings:
         _positive(self.ensure_timeout, "ensure_timeout")
         _positive(self.resync_seconds, "resync_seconds")
         _non_negative(self.list_page_size, "list_page_size")
+        # leader election: the Lease carries whole seconds; client-go's ordering of the three
+        _require(self.lease_duration >= 1, "lease_duration", f"must be 1 or more (got {self.lease_duration:g})")
+        _positive(self.renew_deadline, "renew_deadline")
+        _positive(self.retry_period, "retry_period")
+        _require(
+            self.renew_deadline < self.lease_duration,
+            "renew_deadline",
+            f"must be shorter than the lease duration ({self.lease_duration:g}s)",
+        )
+        _require(
+            self.retry_period * 1.2 < self.renew_deadline,
+            "retry_period",
+            f"must be shorter than the renew deadline ({self.renew_deadline:g}s) divided by 1.2 (its jitter)",
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +272,8 @@ class Settings:
     certs: CertSettings = field(default_factory=CertSettings)
     kube: KubeSettings = field(default_factory=KubeSettings)
     mirrors: MirrorSettings = field(default_factory=MirrorSettings)
+    # fail-open recovery (issue 12): RecoverySettings is defined at the end of this module
+    recovery: RecoverySettings = field(default_factory=lambda: RecoverySettings())
 
     def __post_init__(self) -> None:
         _require(
@@ -344,8 +365,42 @@ __all__ = [
     "LogFormat",
     "MirrorSettings",
     "PolicySettings",
+    "RecoverySettings",
     "ServerSettings",
     "Settings",
     "SettingsError",
     "default_identity",
 ]
+
+
+# --------------------------------------------------------------------------- fail-open recovery (issue 12)
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverySettings:
+    """Opt-in recovery of Pods admitted without the Secret the policy would have injected.
+
+    With ``failurePolicy: Ignore`` a Pod created while no replica answered (or past the
+    timeout) is admitted unmodified and, for a private image, never pulls. With
+    ``enabled``, the leader deletes such a Pod once it has sat in ``ImagePullBackOff`` (or
+    ``ErrImagePull``) for ``grace_seconds``, *if a controller owns it*: the controller makes
+    a new Pod, which goes through the webhook. Bare Pods are only reported (an Event and a
+    log line): nobody would recreate them. Off by default: deleting Pods is a decision the
+    operator takes (docs/reliability.md explains the trade-off).
+    """
+
+    enabled: bool = False
+    #: Seconds a Pod must be in an image-pull error, as first seen by us, before it is deleted.
+    grace_seconds: float = 60.0
+    #: Seconds between two looks at the Pods (a paged list of every namespace's Pods).
+    interval: float = 15.0
+    #: Pods of the same controller deleted at most this many times per ``window_seconds``: a
+    #: Pod the webhook cannot fix (its namespace not sent to it, say) is not deleted forever.
+    max_per_owner: int = 3
+    window_seconds: float = 3600.0
+
+    def __post_init__(self) -> None:
+        _non_negative(self.grace_seconds, "grace_seconds")
+        _positive(self.interval, "interval")
+        _require(self.max_per_owner >= 1, "max_per_owner", f"must be 1 or more (got {self.max_per_owner})")
+        _positive(self.window_seconds, "window_seconds")

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from webhook.config import KubeSettings
+from webhook.config import KubeSettings, RecoverySettings
 from webhook.kube.caches import NamespaceCache, SecretCache
 from webhook.kube.client import KubeApi, build_api_client, load_configuration
 from webhook.kube.events import EventRecorder
@@ -57,6 +57,8 @@ class KubeRuntime:
         stats: Stats | None = None,
         elect: bool = True,
         ledger: LedgerStore | None = None,
+        recovery: RecoverySettings | None = None,
+        pods: Any = None,
     ) -> None:
         self.settings = settings
         #: The ownership ledger (issue 11): copies made and debts owed, kept in the cluster.
@@ -118,6 +120,24 @@ class KubeRuntime:
         self._closed = False
         if ledger is not None:
             ledger.on_change = self._ledger_changed
+        # --- fail-open recovery (issue 12): the leader deletes stuck fail-open Pods of controllers
+        self.recovery: Any = None
+        self._pods_api = pods
+        if recovery is not None and recovery.enabled and pods is not None:
+            from webhook.recovery.loop import FailOpenRecovery
+
+            self.recovery = FailOpenRecovery(
+                pods=pods,
+                events_api=api,
+                runner=self.runner,
+                policy=policy,
+                namespace=self.namespaces.get,
+                is_leader=lambda: self.elector.is_leader,
+                settings=recovery,
+                kube=settings,
+                stats=self.stats,
+            )
+        # --- end of fail-open recovery
 
     # watch callbacks arrive on watch threads: hop onto the loop -------------------
 
@@ -298,6 +318,8 @@ class KubeRuntime:
             jobs.append(self.ledger.run())
         if self._elect:
             jobs.append(self.elector.run())
+        if self.recovery is not None:  # issue 12: fail-open recovery
+            jobs.append(self.recovery.run())
         tasks = [asyncio.create_task(job) for job in jobs]
         try:
             await asyncio.gather(*tasks)
@@ -327,15 +349,22 @@ class KubeRuntime:
         self.runner.shutdown()
         self._api.close()
         self._watch_api.close()
+        if self._pods_api is not None:  # issue 12: fail-open recovery
+            self._pods_api.close()
 
 
 def build_kube_runtime(
-    *, settings: KubeSettings, policy: PolicyFn, stats: Stats | None = None, ledger: LedgerStore | None = None
+    *,
+    settings: KubeSettings,
+    policy: PolicyFn,
+    stats: Stats | None = None,
+    ledger: LedgerStore | None = None,
+    recovery: RecoverySettings | None = None,
 ) -> KubeRuntime:
     """The runtime for ``serve``: ``settings.kubeconfig`` if given, else the in-cluster service account."""
     configuration = load_configuration(kubeconfig=settings.kubeconfig)
     return build_runtime_from_configuration(
-        configuration=configuration, policy=policy, settings=settings, stats=stats, ledger=ledger
+        configuration=configuration, policy=policy, settings=settings, stats=stats, ledger=ledger, recovery=recovery
     )
 
 
@@ -347,12 +376,26 @@ def build_runtime_from_configuration(
     stats: Stats | None = None,
     elect: bool = True,
     ledger: LedgerStore | None = None,
+    recovery: RecoverySettings | None = None,
 ) -> KubeRuntime:
     """The runtime on an explicit client ``Configuration`` (tests point it at an emulator)."""
     # Two clients, two connection pools: the watches hold their connections for minutes and
     # must never starve (or be starved by) the short calls of the admission path.
     api = KubeApi(build_api_client(configuration=copy.deepcopy(configuration), pool_size=settings.workers))
     watch_api = KubeApi(build_api_client(configuration=copy.deepcopy(configuration), pool_size=64))
+    pods = None
+    if recovery is not None and recovery.enabled:  # issue 12: fail-open recovery, its own small pool
+        from webhook.kube.pods import PodApi
+
+        pods = PodApi(build_api_client(configuration=copy.deepcopy(configuration), pool_size=2))
     return KubeRuntime(
-        api=api, watch_api=watch_api, policy=policy, settings=settings, stats=stats, elect=elect, ledger=ledger
+        api=api,
+        watch_api=watch_api,
+        policy=policy,
+        settings=settings,
+        stats=stats,
+        elect=elect,
+        recovery=recovery,
+        pods=pods,
+        ledger=ledger,
     )

@@ -30,7 +30,8 @@ import uvicorn
 from webhook.admission.handler import Handler, NamespaceLabels, SecretEnsurer
 from webhook.admission.mirroring import SecretLookup, build_mirror_checker
 from webhook.app import Readiness, create_app
-from webhook.config import CertSettings, KubeSettings, ServerSettings, Settings
+from webhook.config import CertSettings, KubeSettings, RecoverySettings, ServerSettings, Settings
+from webhook.drain import CloseWhenDraining
 from webhook.errors import EXIT_BAD_INPUT, EXIT_OK, UserError
 from webhook.examples import POLICY, bundled_example
 from webhook.observability import logs
@@ -146,7 +147,9 @@ def build_components(settings: Settings) -> Components:
     secret_lookup: SecretLookup | None = None
 
     if with_kube:
-        runtime = _kube_runtime(settings.kube, holder=holder, metrics=metrics, surface=surface)
+        runtime = _kube_runtime(
+            settings.kube, holder=holder, metrics=metrics, surface=surface, recovery=settings.recovery
+        )
         secret_lookup = _cached_secret(runtime)  # mirrors: the check's credentials
         runtime.tokens.metrics = TokenMetrics(metrics.registry)  # issue 13: token mint metrics
         namespaces, ensurer = runtime.namespaces, runtime.ensurer
@@ -244,7 +247,12 @@ def _live_policy_holder(settings: Settings, surface: ControlSurface) -> PolicyHo
 
 
 def _kube_runtime(
-    kube: KubeSettings, *, holder: PolicyHolder, metrics: Metrics, surface: ControlSurface | None = None
+    kube: KubeSettings,
+    *,
+    holder: PolicyHolder,
+    metrics: Metrics,
+    surface: ControlSurface | None = None,
+    recovery: RecoverySettings | None = None,
 ) -> KubeRuntime:
     """The Kubernetes side, its counters feeding the Prometheus metrics.
 
@@ -258,7 +266,11 @@ def _kube_runtime(
     stats = metrics.kube_stats()
     try:
         return build_kube_runtime(
-            settings=kube, policy=holder.current, stats=stats, ledger=surface.ledger if surface is not None else None
+            settings=kube,
+            policy=holder.current,
+            stats=stats,
+            ledger=surface.ledger if surface is not None else None,
+            recovery=recovery,
         )
     except (ConfigException, OSError) as exc:
         raise UserError(f"cannot configure the Kubernetes client: {logs.redact(str(exc))}") from None
@@ -355,6 +367,8 @@ async def serve(components: Components, settings: ServerSettings) -> None:
         on_transport_error=components.metrics.observe_http_error,
         on_internal_error=lambda _reason: components.metrics.admission_requests.labels("error").inc(),
     )
+    # issue 12: from SIGTERM on, answers carry Connection: close (webhook/drain.py)
+    app = CloseWhenDraining(app, draining=lambda: components.readiness.stopping)
     config = _uvicorn_config(
         app,
         host=settings.host,

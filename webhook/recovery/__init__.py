@@ -1,0 +1,1 @@
+"""Opt-in recovery of Pods admitted fail-open (``--recover-fail-open``; docs/reliability.md)."""
