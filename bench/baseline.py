@@ -3,7 +3,8 @@
 It does the least any webhook must do: read the whole body, decode it with orjson, and
 answer an AdmissionReview (``allowed: true`` with the request's uid, no patch). It is served
 exactly like ``pullsecret-injector serve`` serves: one process, uvloop, httptools, the same
-:class:`~webhook.tls.context.ReloadingSSLContext`, no access log, lifespan off, the same keep-alive.
+:class:`~webhook.tls.context.ReloadingSSLContext`, no access log, no proxy-headers middleware,
+lifespan off, the same keep-alive.
 So the ratio of the two throughputs is what the webhook's own work costs on top of HTTP+TLS.
 
 With ``--patch-secret NAME`` it answers with the JSON patch that adds ``NAME`` to the
@@ -94,6 +95,7 @@ def make_server(host: str, port: int, tls_cert: Path, tls_key: Path, patch_secre
         access_log=False,
         timeout_keep_alive=30,
         server_header=False,
+        proxy_headers=False,
     )
     install_into_uvicorn(config, ReloadingSSLContext(tls_cert, tls_key))
     return uvicorn.Server(config)

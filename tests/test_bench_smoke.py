@@ -51,13 +51,20 @@ def test_http_part_ran_against_both_servers(quick_results: dict[str, Any]) -> No
     http = quick_results["http"]
     assert http["tool"] == "python"
     assert http["note"]
-    (row,) = http["summary"]
-    for name in ("ours", "baseline"):
-        assert row[name]["requests_per_s"] > 0
-        assert row[name]["errors"] == 0
-        assert row[name]["p50_ms"] > 0
-    assert row["throughput_ratio"] > 0
+    # One row per review size (the full ~14 KB review and the compact ~6.6 KB one).
+    assert [row["review"] for row in http["summary"]] == ["full", "compact"]
+    sizes = {review["name"]: review["body_bytes"] for review in http["reviews"]}
+    assert 12_000 < sizes["full"] < 16_000
+    assert 6_000 < sizes["compact"] < 7_200
+    for row in http["summary"]:
+        assert row["body_bytes"] == sizes[row["review"]]
+        for name in ("ours", "baseline"):
+            assert row[name]["requests_per_s"] > 0
+            assert row[name]["errors"] == 0
+            assert row[name]["p50_ms"] > 0
+        assert row["throughput_ratio"] > 0
     assert {r["server"] for r in http["runs"]} == {"ours", "baseline"}
+    assert {r["extra"]["review"] for r in http["runs"]} == {"full", "compact"}
 
 
 def test_rss_part(quick_results: dict[str, Any]) -> None:

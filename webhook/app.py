@@ -139,8 +139,9 @@ class MutateEndpoint:
                 except ValueError:
                     await self._plain(send, 400, "invalid Content-Length")
                     return
-        media_type = content_type.split(b";", 1)[0].strip().lower()
-        if media_type != b"application/json":
+        if content_type != b"application/json" and (
+            content_type.split(b";", 1)[0].strip().lower() != b"application/json"
+        ):
             await self._plain(send, 415, "Content-Type must be application/json")
             return
         if content_length is not None and content_length > self._max:

@@ -341,7 +341,12 @@ def _tls_context(certs: CertSettings, *, namespace: str) -> ReloadingSSLContext:
 
 
 def _uvicorn_config(app: Any, *, host: str, port: int, read_timeout: float, **extra: Any) -> uvicorn.Config:
-    """Our loop (uvloop, started by ``run``), guarded httptools, our logging, no lifespan."""
+    """Our loop (uvloop, started by ``run``), guarded httptools, our logging, no lifespan.
+
+    No proxy-headers middleware either: the API server calls the webhook directly, nothing
+    here reads the client address, and the middleware is one more ASGI layer on every
+    request (it rewrote the scope for each request from 127.0.0.1, its trusted default).
+    """
     return uvicorn.Config(
         app,
         host=host,
@@ -352,6 +357,7 @@ def _uvicorn_config(app: Any, *, host: str, port: int, read_timeout: float, **ex
         log_config=None,
         access_log=False,
         server_header=False,
+        proxy_headers=False,
         **extra,
     )
 

@@ -24,29 +24,49 @@ DEFAULT_HEADER_TIMEOUT = 10.0
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """Closes connections whose request headers do not complete in time."""
+    """Closes connections whose request headers do not complete in time.
+
+    The deadline runs from the start of the connection, and again from the start of each
+    request, to the end of that request's headers. A request whose headers arrive whole in
+    one read (every request from the API server) never needs a timer: the timer is armed
+    only when a read ends with the headers still incomplete, so the common case costs a
+    flag instead of a ``call_later`` and a ``cancel`` per request.
+    """
 
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
 
-    def __init__(
-        self, config: Config, server_state: ServerState, app_state: dict[str, Any], _loop: Any = None
-    ) -> None:
+    def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any], _loop: Any = None) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self._header_deadline: asyncio.TimerHandle | None = None
+        #: A request has begun and its headers have not all arrived yet.
+        self._in_headers = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm()
 
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._in_headers and self._header_deadline is None:
+            # This read began a request (or continued one) and did not finish its headers.
+            self._arm()
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._arm()
+        # The deadline counts from here: one still running (the connection's) restarts,
+        # when this read ends with the headers incomplete (see data_received).
+        if self._header_deadline is not None:
+            self._disarm()
+        self._in_headers = True
 
     def on_headers_complete(self) -> None:
-        self._disarm()
+        self._in_headers = False
+        if self._header_deadline is not None:
+            self._disarm()
         super().on_headers_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._in_headers = False
         self._disarm()
         super().connection_lost(exc)
 
