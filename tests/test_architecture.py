@@ -47,6 +47,10 @@ IMMUTABLE_FACTORIES = {
     "frozenset",
     "timedelta",
     "MappingProxyType",
+    # frozen dataclasses (their defaults, read once)
+    "Settings",
+    "ServerSettings",
+    "Schedule",
     "types.MappingProxyType",
     "tuple",
 }

@@ -86,14 +86,20 @@ def test_policy_schema_is_the_models() -> None:
     """Only the placeholder is generated; every other key is the hand-written base."""
     base = json.loads(BASE.read_text(encoding="utf-8"))
     schema = json.loads(SCHEMA.read_text(encoding="utf-8"))
-    assert base["properties"]["policy"] == {"$generated": "webhook.policy.model:Policy"}
+    assert base["properties"]["policy"]["$generated"] == "webhook.policy.model:Policy"
+    assert set(base["properties"]["policy"]) <= {"$generated", "$chartProperties"}
 
     def without(node: Obj, key: str) -> Obj:
         return {k: v for k, v in node.items() if k != key}
 
     assert without(schema["properties"], "policy") == without(base["properties"], "policy")
     assert without(schema, "properties") == without(base, "properties")
-    assert schema["properties"]["policy"] == gen.policy_schema()
+    generated = gen.policy_schema()
+    chart_only = base["properties"]["policy"].get("$chartProperties", {})
+    assert schema["properties"]["policy"] == {
+        **generated,
+        "properties": {**generated["properties"], **chart_only},
+    }
 
 
 def test_policy_schema_is_self_contained_draft_07() -> None:
@@ -256,6 +262,7 @@ AGREEMENT: list[tuple[str, Obj, str | None]] = [
 def _model_accepts(policy: Obj) -> bool:
     """The model's verdict on the policy Helm renders (chart defaults merged under it)."""
     merged = deep_merge(default_values()["policy"], policy)
+    merged.pop("existingConfigMap", None)  # the chart's own key: the template drops it from policy.yaml
     try:
         parse_policy(yaml.safe_dump(merged))
     except PolicyError:
@@ -268,7 +275,9 @@ def test_helm_and_the_model_agree(policy: Obj, error: str | None) -> None:
     assert _model_accepts(policy) is (error is None), "the case must be one the model decides this way"
     if error is None:
         rendered = render({"policy": policy})
-        assert yaml.safe_load(rendered.one("ConfigMap")["data"]["policy.yaml"]) == rendered.values["policy"]
+        chart_only = {"existingConfigMap"}  # the chart's own keys beside the policy: never in policy.yaml
+        expected = {k: v for k, v in rendered.values["policy"].items() if k not in chart_only}
+        assert yaml.safe_load(rendered.one("ConfigMap")["data"]["policy.yaml"]) == expected
         return
     with pytest.raises(_helm().HelmError) as excinfo:
         render({"policy": policy})

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 from webhook.config import CERT_MODES, LOG_FORMATS, LOG_LEVELS, Settings, SettingsError, default_identity
@@ -287,7 +288,7 @@ SERVE_OPTIONS: tuple[ServeOption, ...] = (
         metavar="FILE",
     ),
 )
-_BY_SETTING = {option.setting: option for option in SERVE_OPTIONS}
+_BY_SETTING = MappingProxyType({option.setting: option for option in SERVE_OPTIONS})
 
 
 def _add_serve_option(parser: argparse.ArgumentParser, option: ServeOption) -> None:

@@ -41,19 +41,9 @@ from webhook.secrets.dockerconfig import (
 #: Seconds the checks of one Pod may take together (keep it plus --ensure-timeout below the admission timeout).
 DEFAULT_CHECK_BUDGET = MirrorSettings().check_budget
 
-_SETS: dict[int, tuple[Policy, MirrorSet]] = {}
-
-
 def mirror_set(policy: Policy) -> MirrorSet:
-    """The compiled mirrors of ``policy`` (cached per policy object: one per policy version)."""
-    hit = _SETS.get(id(policy))
-    if hit is not None and hit[0] is policy:
-        return hit[1]
-    compiled = MirrorSet(policy.mirrors, policy.exclude_namespaces)
-    if len(_SETS) >= 8:
-        _SETS.clear()
-    _SETS[id(policy)] = (policy, compiled)
-    return compiled
+    """The compiled mirrors of ``policy`` (built once per policy object: one per policy version)."""
+    return policy.mirror_set
 
 
 class CredentialSource(Protocol):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Final
 
 import orjson
@@ -23,7 +24,7 @@ from kubernetes.client.exceptions import ApiException
 TIMEOUT: Final = 10.0
 
 #: ``kind`` (any case, singular, plural or short name) -> (canonical kind, API group).
-WORKLOAD_KINDS: Final = {
+WORKLOAD_KINDS: Final = MappingProxyType({
     "pod": "Pod",
     "pods": "Pod",
     "po": "Pod",
@@ -44,7 +45,7 @@ WORKLOAD_KINDS: Final = {
     "cronjob": "CronJob",
     "cronjobs": "CronJob",
     "cj": "CronJob",
-}
+})
 
 
 class InspectError(Exception):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Iterator, MutableSet
+from types import MappingProxyType
 from typing import Any, Final
 
 from webhook.config import KubeSettings
@@ -29,10 +30,10 @@ from webhook.secrets import ledger as lg
 
 log = logging.getLogger(__name__)
 
-LABELS: Final = {
+LABELS: Final = MappingProxyType({
     "app.kubernetes.io/managed-by": "pullsecret-injector",
     "app.kubernetes.io/component": "ownership-ledger",
-}
+})
 
 
 class LedgerStore:

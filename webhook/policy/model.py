@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -27,7 +28,7 @@ from pydantic import (
 )
 
 from webhook.policy.images import InvalidReference, parse_registry
-from webhook.policy.mirrors import Mirrors
+from webhook.policy.mirrors import Mirrors, MirrorSet
 from webhook.policy.patterns import RegistryPattern
 from webhook.policy.scope import LabelSelector, LabelSelectorRequirement, NamespaceScope, _Model
 
@@ -299,6 +300,11 @@ class Policy(_Model):
                     f"than rule {other.name!r}: one Secret name, one source"
                 )
         return self
+
+    @cached_property
+    def mirror_set(self) -> MirrorSet:
+        """The compiled mirrors, built once per policy object (one per policy version)."""
+        return MirrorSet(self.mirrors, self.exclude_namespaces)
 
 
 def parse_policy(text: str | bytes) -> Policy:

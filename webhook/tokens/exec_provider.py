@@ -27,6 +27,8 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Final
 
 from webhook.observability.logs import register_secret
 from webhook.policy.images import InvalidReference, parse_registry
@@ -38,7 +40,7 @@ API_VERSION = "credentialprovider.kubelet.k8s.io/v1"
 CACHE_KEY_TYPES = ("Image", "Registry", "Global")
 
 # Go's time.ParseDuration units; U+00B5 (micro sign) and U+03BC (Greek mu) both mean microseconds.
-_UNITS = {
+_UNITS: Final = MappingProxyType({
     "ns": 1e-9,
     "us": 1e-6,
     "\u00b5s": 1e-6,
@@ -47,7 +49,7 @@ _UNITS = {
     "s": 1.0,
     "m": 60.0,
     "h": 3600.0,
-}
+})
 _COMPONENT = re.compile(r"(\d*)(?:\.(\d*))?([a-z\u00b5\u03bc]+)")
 
 

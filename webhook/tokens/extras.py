@@ -7,13 +7,15 @@ line to run, rather than accepted and failing at the first mint in production.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Mapping
+from types import MappingProxyType
 
 #: provider -> (a module its SDK provides, the extra that installs it)
-EXTRAS: dict[str, tuple[str, str]] = {
+EXTRAS: Mapping[str, tuple[str, str]] = MappingProxyType({
     "gcp": ("google.auth", "gcp"),
     "ecr": ("boto3", "aws"),
     "acr": ("azure.identity", "azure"),
-}
+})
 
 
 def _installed(module: str) -> bool:
