@@ -1,32 +1,41 @@
 #!/usr/bin/env bash
-# Build the Kubernetes control-plane binaries the e2e tests need
-# (etcd, kube-apiserver, kube-controller-manager) from Debian packages.
+# Build the Kubernetes binaries the e2e tests need (etcd, kube-apiserver,
+# kube-controller-manager for the control plane; kubelet for the real node) from Debian packages.
 #
 #   etcd                     <- Debian package etcd-server (3.4)
 #   kube-apiserver,          <- Debian source package kubernetes (1.20.2, with vendor/),
-#   kube-controller-manager     built with Debian's golang-go the way debian/rules does
+#   kube-controller-manager,    built with Debian's golang-go the way debian/rules does
+#   kubelet
+#
+# Only the binaries that are missing (or do not run) are built: adding kubelet to an existing
+# cache costs one `make WHAT=cmd/kubelet` (~35 s from the cached tree and Go build cache).
 #
 # Output: $KUBE_ASSETS, default ~/.cache/pullsecret-injector/kube-assets.
 # Source and Go build cache: ~/.cache/pullsecret-injector/kube-src (override: KUBE_SRC_CACHE).
 # Idempotent: exits at once when the output dir already holds working binaries.
-# FORCE=1 rebuilds anyway. The build takes 10+ minutes on 2 cores.
+# FORCE=1 rebuilds everything. The first build takes 10+ minutes on 2 cores.
 set -euo pipefail
 
 CACHE_ROOT="${HOME}/.cache/pullsecret-injector"
 ASSETS="${KUBE_ASSETS:-${CACHE_ROOT}/kube-assets}"
 SRC_CACHE="${KUBE_SRC_CACHE:-${CACHE_ROOT}/kube-src}"
-BINS=(etcd kube-apiserver kube-controller-manager)
+BINS=(etcd kube-apiserver kube-controller-manager kubelet)
+#: built from the kubernetes source tree (etcd is copied from the Debian package)
+GO_BINS=(kube-apiserver kube-controller-manager kubelet)
 APT_PKGS=(etcd-server golang-go rsync jq golang-github-modern-go-reflect2-dev dpkg-dev make)
 REFLECT2_SRC=/usr/share/gocode/src/github.com/modern-go/reflect2
 
 log() { printf '[build-kube-assets] %s\n' "$*" >&2; }
 die() { printf '[build-kube-assets] ERROR: %s\n' "$*" >&2; exit 1; }
 
+bin_ok() {
+    [[ -x "${ASSETS}/$1" ]] && "${ASSETS}/$1" --version >/dev/null 2>&1
+}
+
 assets_ok() {
     local b
     for b in "${BINS[@]}"; do
-        [[ -x "${ASSETS}/${b}" ]] || return 1
-        "${ASSETS}/${b}" --version >/dev/null 2>&1 || return 1
+        bin_ok "${b}" || return 1
     done
 }
 
@@ -70,9 +79,9 @@ if ! grep -rqsE '^(Types:.*deb-src|deb-src )' /etc/apt/sources.list /etc/apt/sou
 fi
 
 log "apt-get update"
-"${SUDO[@]}" apt-get update -q >/dev/null || die "apt-get update failed (no access to the Debian mirror?)"
+"${SUDO[@]}" apt-get -o DPkg::Lock::Timeout=600 update -q >/dev/null || die "apt-get update failed (no access to the Debian mirror?)"
 log "apt-get install ${APT_PKGS[*]}"
-"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${APT_PKGS[@]}" \
+"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${APT_PKGS[@]}" \
     >/dev/null || die "cannot install prerequisites: ${APT_PKGS[*]}"
 [[ -x /usr/bin/etcd ]] || die "package etcd-server installed but /usr/bin/etcd is missing"
 [[ -f "${REFLECT2_SRC}/go_above_118.go" ]] \
@@ -112,17 +121,24 @@ export GOFLAGS=""
 export GOTOOLCHAIN=local
 # `go` (Debian's golang-go) must be the one found
 go version >/dev/null 2>&1 || die "go not found after installing golang-go"
-log "building kube-apiserver and kube-controller-manager with $(go version) (10+ minutes on 2 cores)"
-start=$(date +%s)
-nice -n 10 make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" \
-    || die "make WHAT=\"cmd/kube-apiserver cmd/kube-controller-manager\" failed in ${SRC_DIR}"
-log "build took $(( $(date +%s) - start )) s"
-
-for b in kube-apiserver kube-controller-manager; do
-    [[ -x "_output/bin/${b}" ]] || die "build finished but _output/bin/${b} is missing"
-    install -m 0755 "_output/bin/${b}" "${ASSETS}/${b}"
+TARGETS=()
+for b in "${GO_BINS[@]}"; do
+    if [[ "${FORCE:-0}" == 1 ]] || ! bin_ok "${b}"; then
+        TARGETS+=("cmd/${b}")
+    fi
 done
-install -m 0755 /usr/bin/etcd "${ASSETS}/etcd"
+if (( ${#TARGETS[@]} > 0 )); then
+    log "building ${TARGETS[*]} with $(go version) (10+ minutes on 2 cores for the control plane, ~35 s for kubelet alone)"
+    start=$(date +%s)
+    nice -n 10 make WHAT="${TARGETS[*]}" || die "make WHAT=\"${TARGETS[*]}\" failed in ${SRC_DIR}"
+    log "build took $(( $(date +%s) - start )) s"
+    for t in "${TARGETS[@]}"; do
+        b="${t#cmd/}"
+        [[ -x "_output/bin/${b}" ]] || die "build finished but _output/bin/${b} is missing"
+        install -m 0755 "_output/bin/${b}" "${ASSETS}/${b}"
+    done
+fi
+bin_ok etcd || install -m 0755 /usr/bin/etcd "${ASSETS}/etcd"
 
 assets_ok || die "binaries in ${ASSETS} do not run (--version failed)"
 print_result

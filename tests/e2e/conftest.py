@@ -14,7 +14,10 @@ from typing import Any
 
 import pytest
 
+from tests.registries import BusyboxImages, Registry
+
 from .controlplane import ControlPlane, KubeAssets, find_assets
+from .node import NODE_INSTALL_HINT, Node, missing_prerequisites
 
 _HERE = Path(__file__).resolve().parent
 
@@ -39,6 +42,16 @@ def require_assets() -> KubeAssets:
             pytest.fail(MISSING_ASSETS + " (PSI_REQUIRE_E2E=1)", pytrace=False)
         pytest.skip(MISSING_ASSETS)
     return assets
+
+
+def require_node() -> None:
+    """Skip (fail under PSI_REQUIRE_E2E=1) with one line when a real node cannot start here."""
+    missing = missing_prerequisites()
+    if missing:
+        message = f"e2e node: missing {'; '.join(missing)} ({NODE_INSTALL_HINT})"
+        if os.environ.get("PSI_REQUIRE_E2E") == "1":
+            pytest.fail(message + " (PSI_REQUIRE_E2E=1)", pytrace=False)
+        pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
@@ -76,3 +89,44 @@ def namespace(control_plane: ControlPlane, api_client: Any) -> Iterator[str]:
         yield name
     finally:
         core.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def node_images(tmp_path_factory: pytest.TempPathFactory) -> BusyboxImages:
+    """One OCI layout for every image the node tests build (they share the busybox layer)."""
+    require_node()
+    return BusyboxImages(tmp_path_factory.mktemp("node-images") / "layout")
+
+
+@pytest.fixture(scope="session")
+def node_registries(node_images: BusyboxImages) -> Iterator[tuple[Registry, Registry]]:
+    """Two private registries (htpasswd + TLS, each its own CA) with different users, for the session.
+
+    ``a``: ``puller-a`` and ``rotator`` (whose password the rotation test changes); ``b``: ``puller-b``.
+    """
+    keep = os.environ.get("PSI_E2E_KEEP") == "1"
+    a = Registry(users={"puller-a": "a-pass-1", "rotator": "rot-pass-1"}, name="registry-a", keep_workdir=keep)
+    b = Registry(users={"puller-b": "b-pass-1"}, name="registry-b", keep_workdir=keep)
+    a.start()
+    try:
+        b.start()
+        try:
+            yield a, b
+        finally:
+            b.stop()
+    finally:
+        a.stop()
+
+
+@pytest.fixture(scope="session")
+def node(
+    control_plane: ControlPlane, node_images: BusyboxImages, node_registries: tuple[Registry, Registry]
+) -> Iterator[Node]:
+    """A Ready node (containerd + kubelet) trusting both registries; torn down by PID after the session."""
+    require_node()
+    real = Node(control_plane, node_images, keep_workdir=os.environ.get("PSI_E2E_KEEP") == "1")
+    real.start(node_registries)
+    try:
+        yield real
+    finally:
+        real.stop()
