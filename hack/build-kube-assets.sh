@@ -138,7 +138,7 @@ if (( ${#TARGETS[@]} > 0 )); then
         install -m 0755 "_output/bin/${b}" "${ASSETS}/${b}"
     done
 fi
-bin_ok etcd || install -m 0755 /usr/bin/etcd "${ASSETS}/etcd"
+if [[ "${FORCE:-0}" == 1 ]] || ! bin_ok etcd; then install -m 0755 /usr/bin/etcd "${ASSETS}/etcd"; fi
 
 assets_ok || die "binaries in ${ASSETS} do not run (--version failed)"
 print_result

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from tests.builders import pull_secrets, wait_for
 from tests.registries import BusyboxImages, PushedImage, Registry
 
 from .conftest import require_node
@@ -39,10 +40,9 @@ from .test_webhook_e2e import (
     _delete_namespace,
     dockerconfig_secret,
     dry_run_probe,
-    pull_secrets,
     read_secret,
 )
-from .webhook import WebhookProcess, wait_for
+from .webhook import WebhookProcess
 
 NODE_HOOK = "psi-e2e-node"
 NODE_SYSTEM_NS = "psi-e2e-node-system"
