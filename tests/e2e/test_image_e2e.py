@@ -533,6 +533,11 @@ def app_image(node_images: BusyboxImages, node_registries: tuple[Registry, Regis
 def test_seed_workflow_a_private_image_in_a_new_namespace_is_pulled_with_the_injected_secret(
     cluster: Cluster, release: Release, app_image: PushedImage, node_registries: tuple[Registry, Registry]
 ) -> None:
+    """A new namespace, a private image, no pull secret: admitted by the webhook Pod, pulled by the kubelet.
+
+    registry ``a`` refuses anonymous pulls (htpasswd), so the Pod can only run with the injected
+    Secret (test_node_e2e.py shows the same Pod in ImagePullBackOff without the webhook).
+    """
     a, _ = node_registries
     core = cluster.core
     ns = f"seed-{uuid.uuid4().hex[:6]}"
@@ -605,6 +610,7 @@ def _admissions(cluster: Cluster, release: Release) -> float:
 def test_helm_uninstall_leaves_no_webhook_configuration_and_no_running_container(
     cluster: Cluster, release: Release
 ) -> None:
+    """No MutatingWebhookConfiguration, no Pod, no RUNNING task in containerd, nothing on the port."""
     from kubernetes import client
 
     release.helm.uninstall()
@@ -627,7 +633,7 @@ def test_helm_uninstall_leaves_no_webhook_configuration_and_no_running_container
 
     t0 = time.monotonic()
     wait_until(no_container, "no running container of the release in containerd and no Pod", 90, 0.5)
-    assert not pid_of_port(cluster.address, release.port), "nothing serves the webhook port any more"
+    assert not accepting(cluster.address, release.port), "nothing serves the webhook port any more"
     # and Pods are admitted again without the webhook (a leftover configuration with Fail would refuse them)
     ns = f"after-{uuid.uuid4().hex[:6]}"
     _namespace(cluster.core, ns)
@@ -638,7 +644,7 @@ def test_helm_uninstall_leaves_no_webhook_configuration_and_no_running_container
     print(f"image e2e: helm uninstall -> no webhook container running in {time.monotonic() - t0:.1f}s")
 
 
-def pid_of_port(host: str, port: int) -> bool:
+def accepting(host: str, port: int) -> bool:
     """True while something accepts connections on ``host:port``."""
     import socket
 
