@@ -241,6 +241,25 @@ def test_the_image_answers_check_read_only_as_its_own_user(cluster: Cluster) -> 
     print(f"image smoke: check answered in {seconds:.2f}s")
 
 
+#: Run by /bin/sh in the image: prints what should not be in the final stage (nothing, when lean).
+LEAN_CHECK = r"""
+for tool in pip pip3 gcc cc make; do command -v "$tool"; done
+python -c 'import pip' 2>/dev/null && echo 'import pip'
+find /opt/venv -name __pycache__ | head -1
+ls -d /src /wheels /wheelhouse /opt/venv/lib/python3*/site-packages/tests 2>/dev/null
+exit 0
+"""
+
+
+def test_the_image_is_lean_no_pip_compiler_sources_or_caches(cluster: Cluster) -> None:
+    """The final stage holds the virtualenv only: no pip, no compiler, no build sources or wheels."""
+    cid = f"psi-smoke-lean-{uuid.uuid4().hex[:6]}"
+    out = cluster.node.ctr(
+        *_ctr_run_args(cluster, cid), "--rm", cluster.image, cid, "/bin/sh", "-c", LEAN_CHECK, timeout=120
+    )
+    assert out.strip() == "", f"found in the image:\n{out}"
+
+
 def test_the_image_serves_healthz_with_serve_dev_read_only_as_65532(cluster: Cluster, tmp_path: Path) -> None:
     node = cluster.node
     cid = f"psi-smoke-serve-{uuid.uuid4().hex[:6]}"
