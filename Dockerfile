@@ -32,16 +32,17 @@ RUN python -m venv /opt/venv
 COPY wheelhouse/ /wheelhouse/
 COPY pyproject.toml README.md* ./
 COPY webhook/ ./webhook/
+# The three token providers' SDKs (extras gcp, aws, azure) are part of the image.
 RUN set -eu; \
     if ls /wheelhouse/*.whl >/dev/null 2>&1; then \
       echo "offline build from the wheelhouse"; \
       offline="--no-index --find-links /wheelhouse"; \
       /opt/venv/bin/pip install --quiet $offline setuptools wheel packaging; \
       /opt/venv/bin/pip wheel --quiet $offline --no-build-isolation --no-deps --wheel-dir /wheels .; \
-      /opt/venv/bin/pip install --quiet $offline --find-links /wheels pullsecret-injector; \
+      /opt/venv/bin/pip install --quiet $offline --find-links /wheels 'pullsecret-injector[gcp,aws,azure]'; \
     else \
-      /opt/venv/bin/pip wheel --quiet --wheel-dir /wheels .; \
-      /opt/venv/bin/pip install --quiet --no-index --find-links /wheels pullsecret-injector; \
+      /opt/venv/bin/pip wheel --quiet --wheel-dir /wheels '.[gcp,aws,azure]'; \
+      /opt/venv/bin/pip install --quiet --no-index --find-links /wheels 'pullsecret-injector[gcp,aws,azure]'; \
     fi; \
     /opt/venv/bin/pip uninstall --quiet --yes pip setuptools wheel packaging; \
     find /opt/venv -name __pycache__ -prune -exec rm -rf {} +; \

@@ -25,7 +25,7 @@ OUT="${IMAGE_OUT:-build/image}"
 BASE_IMAGE="localhost/psi-python-base:bookworm"
 STORAGE=(--storage-driver vfs)
 PYTHON="${PYTHON:-python3}"
-EXTRAS="${IMAGE_EXTRAS:-}"   # e.g. "gcp,aws,azure" once those extras exist
+EXTRAS="${IMAGE_EXTRAS-gcp,aws,azure}"   # the token providers' SDKs, as the Dockerfile installs them
 
 log() { printf '[build-image] %s\n' "$*" >&2; }
 die() { printf '[build-image] ERROR: %s\n' "$*" >&2; exit 1; }

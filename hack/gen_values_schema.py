@@ -35,6 +35,8 @@ CHART = REPO / "charts" / "pullsecret-injector"
 BASE = CHART / "values.schema.base.json"
 OUTPUT = CHART / "values.schema.json"
 PLACEHOLDER_KEY = "$generated"
+#: Beside a placeholder: chart-only properties merged into the generated object.
+CHART_PROPERTIES_KEY = "$chartProperties"
 
 #: Keywords of JSON schema 2019-09/2020-12 that a draft-07 validator ignores without a word:
 #: a model that needs one would be enforced by the webhook and silently not by Helm.
@@ -111,10 +113,21 @@ def _fill(node: Any) -> Any:
     if not isinstance(node, dict):
         return node
     if PLACEHOLDER_KEY in node:
-        extra = set(node) - {PLACEHOLDER_KEY}
+        extra = set(node) - {PLACEHOLDER_KEY, CHART_PROPERTIES_KEY}
         if extra:
-            raise SchemaError(f"a {PLACEHOLDER_KEY} placeholder takes no other keys (found {sorted(extra)})")
-        return policy_schema(str(node[PLACEHOLDER_KEY]))
+            raise SchemaError(
+                f"a {PLACEHOLDER_KEY} placeholder takes only {CHART_PROPERTIES_KEY} beside it (found {sorted(extra)})"
+            )
+        schema = policy_schema(str(node[PLACEHOLDER_KEY]))
+        # Values of the chart itself that sit beside the model's keys (e.g. policy.existingConfigMap):
+        # the templates drop them before rendering policy.yaml, so the model never sees them.
+        chart_only = node.get(CHART_PROPERTIES_KEY, {})
+        clash = set(chart_only) & set(schema.get("properties", {}))
+        if clash:
+            raise SchemaError(f"{CHART_PROPERTIES_KEY} names model fields: {sorted(clash)}")
+        if chart_only:
+            schema["properties"] = {**schema.get("properties", {}), **chart_only}
+        return schema
     return {key: _fill(value) for key, value in node.items()}
 
 

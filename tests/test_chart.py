@@ -629,9 +629,9 @@ def test_probes_ports_and_env(ci: Rendered) -> None:
 def test_volumes_follow_cert_mode(ci: Rendered) -> None:
     volumes = {v["name"]: v for v in ci.pod_spec["volumes"]}
     mounts = {m["name"]: m for m in ci.container["volumeMounts"]}
-    assert volumes["policy"]["configMap"]["name"] == f"{FULLNAME}-policy"
-    assert mounts["policy"]["mountPath"] == "/etc/pullsecret-injector"
-    assert "subPath" not in mounts["policy"]  # subPath mounts never see ConfigMap updates
+    # The policy is watched through the API (issue 11): no mounted file the kubelet refreshes late.
+    assert "policy" not in volumes
+    assert "policy" not in mounts
     assert "emptyDir" in volumes["tmp"]
     assert mounts["tmp"]["mountPath"] == "/tmp"  # noqa: S108 - a mount path in the manifest, not a temp file
     if cert_mode(ci) == "self":
@@ -662,7 +662,9 @@ def _flag(args: list[str], name: str) -> str | None:
 def test_container_args_follow_the_cli_contract(ci: Rendered) -> None:
     args = ci.args
     assert args[0] == "serve"
-    assert _flag(args, "--policy") == "/etc/pullsecret-injector/policy.yaml"
+    assert _flag(args, "--policy") is None  # read through the API, not from a mounted file
+    assert _flag(args, "--policy-configmap") == f"{FULLNAME}-policy"
+    assert _flag(args, "--ledger-configmap") == f"{FULLNAME}-ledger"
     assert _flag(args, "--port") == "8443"
     assert _flag(args, "--namespace") == NAMESPACE
     assert _flag(args, "--leader-election-lease") == f"{FULLNAME}-leader"
@@ -757,6 +759,7 @@ def test_service_monitor_can_be_enabled_in_any_mode() -> None:
 SOURCES_ROLE = f"{FULLNAME}-sources"
 SECRETS: Obj = {"apiGroups": [""], "resources": ["secrets"]}
 CREATE_SECRETS: Obj = {**SECRETS, "verbs": ["create"]}
+CONFIGMAPS: Obj = {"apiGroups": [""], "resources": ["configmaps"]}
 READ = ["get", "list", "watch"]
 
 
@@ -849,14 +852,16 @@ def test_role_in_release_namespace(ci: Rendered) -> None:
         # LeaseElector: get + create the first time, then patch (never PUT: no update).
         {**leases, "verbs": ["create"]},
         {**leases, "resourceNames": [f"{FULLNAME}-leader"], "verbs": ["get", "patch"]},
+        # The policy ConfigMap: get + by-name list/watch, patch for the status annotations.
+        {**CONFIGMAPS, "resourceNames": [f"{FULLNAME}-policy"], "verbs": ["get", "list", "watch", "patch"]},
+        # The ownership ledger: created at runtime, then read, watched and patched by name.
+        {**CONFIGMAPS, "verbs": ["create"]},
+        {**CONFIGMAPS, "resourceNames": [f"{FULLNAME}-ledger"], "verbs": ["get", "list", "watch", "patch"]},
     ]
     if cert_mode(ci) == "self":
         # selfcert: get, create, replace (PUT); never list/watch/patch.
         expected += [CREATE_SECRETS, {**SECRETS, "resourceNames": [f"{FULLNAME}-tls"], "verbs": ["get", "update"]}]
     assert role["rules"] == expected
-    assert not [r for r in role["rules"] if r["resources"] == ["configmaps"]], (
-        "the policy is read from the mounted file, never through the API"
-    )
 
 
 def test_source_roles_one_per_source_namespace(ci: Rendered) -> None:
@@ -1065,7 +1070,8 @@ def test_full_name_follows_release_and_overrides() -> None:
 
 def test_policy_configmap_round_trips(ci: Rendered) -> None:
     configmap = ci.one("ConfigMap", f"{FULLNAME}-policy")
-    assert yaml.safe_load(configmap["data"]["policy.yaml"]) == ci.values["policy"]
+    policy = {k: v for k, v in ci.values["policy"].items() if k != "existingConfigMap"}
+    assert yaml.safe_load(configmap["data"]["policy.yaml"]) == policy
 
 
 def test_default_policy_excludes_system_namespaces() -> None:

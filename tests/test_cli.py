@@ -206,6 +206,7 @@ SAMPLES: list[tuple[str, str, str, Any]] = [
     ("--shutdown-delay", "5", "server.shutdown_delay", 5.0),
     ("--log-format", "text", "server.log_format", "text"),
     ("--log-level", "debug", "server.log_level", "DEBUG"),
+    ("--ledger-configmap", "psi-ledger", "kube.ledger_configmap", "psi-ledger"),
     ("--mirror-check-budget", "0.5", "mirrors.check_budget", 0.5),
     ("--mirror-probe-timeout", "0.3", "mirrors.probe_timeout", 0.3),
     ("--mirror-ca-file", "/etc/psi/mirror-ca.pem", "mirrors.ca_file", Path("/etc/psi/mirror-ca.pem")),

@@ -48,10 +48,6 @@ SERVER_VALUES_WITHOUT_SETTING = {"leaderElection", "extraArgs", "extraEnv"}
 
 #: Settings the chart sets, by default, to something other than the dataclass default, and why.
 DELIBERATE: dict[str, tuple[Any, str]] = {
-    "policy.file": (
-        Path("/etc/pullsecret-injector/policy.yaml"),
-        "the chart mounts its policy ConfigMap there; the CLI has no policy unless told",
-    ),
     "policy.configmap": (
         f"{FULLNAME}-policy",
         "the chart owns that ConfigMap, so a rejected policy can be reported as an Event on it",

@@ -123,15 +123,15 @@ class ExtendedPolicy(Policy):
     rewrites: tuple[_Mirror, ...] = ()
 
 
-class _TokenSource(Source):
-    """A source kind a later change adds (minted tokens) as one more optional field."""
+class _VaultSource(Source):
+    """A source kind a later change adds as one more optional field (``token`` was one)."""
 
-    token: str | None = None
+    vault: str | None = None
 
 
 def test_a_new_source_kind_joins_exactly_one_of() -> None:
-    schema = _TokenSource.model_json_schema(by_alias=True)
-    assert [branch["required"] for branch in schema["oneOf"]] == [["secret"], ["credentials"], ["token"]]
+    schema = _VaultSource.model_json_schema(by_alias=True)
+    assert [branch["required"] for branch in schema["oneOf"]] == [["secret"], ["credentials"], ["token"], ["vault"]]
 
 
 class _Pair(BaseModel):

@@ -28,6 +28,7 @@ from webhook.policy.matching import CompiledPolicy, load_policy
 from webhook.policy.mirrors import describe_mirrors
 from webhook.policy.model import PolicyError
 from webhook.tls.certs import write_local_certs
+from webhook.tokens.explain import explain_source
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +97,17 @@ SERVE_OPTIONS: tuple[ServeOption, ...] = (
     ServeOption(
         "--policy-configmap",
         "policy.configmap",
-        "name of the ConfigMap (in --namespace) the policy file comes from: a rejected policy is "
-        "reported as an Event on it",
+        "name of the policy ConfigMap (in --namespace): with a cluster the policy is read and watched "
+        "through the API (no --policy file needed), permission-checked, and its status written on it",
         ("PSI_POLICY_CONFIGMAP",),
         _optional(str),
+    ),
+    ServeOption(
+        "--ledger-configmap",
+        "kube.ledger_configmap",
+        "ConfigMap (in --namespace) the webhook keeps its ownership ledger in: the copies it made and "
+        "the ones it owes, so any replica, after any restart, cleans up and finishes them",
+        ("PSI_LEDGER_CONFIGMAP",),
     ),
     ServeOption("--host", "server.host", "address to listen on", ("PSI_HOST",)),
     ServeOption("--port", "server.port", "HTTPS port", ("PSI_PORT",), int),
@@ -374,6 +382,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="validate a policy file")
     validate.add_argument("file", type=Path)
+    validate.add_argument(
+        "--cluster",
+        action="store_true",
+        help="also ask the cluster whether the webhook may do what the policy needs (the preflight a "
+        "replica runs before it accepts a policy), naming the chart value for each missing permission",
+    )
+    validate.add_argument("--kubeconfig", type=Path, default=None, help="with --cluster: kubeconfig to use")
+    validate.add_argument(
+        "--as",
+        dest="as_user",
+        default=None,
+        metavar="USER",
+        help="with --cluster: ask about USER, e.g. system:serviceaccount:pullsecret-system:pullsecret-injector "
+        "(a SubjectAccessReview; default: the kubeconfig's own user)",
+    )
 
     certs = sub.add_parser("certs", help="write a CA and a serving certificate for local use")
     certs.add_argument("--service", required=True)
@@ -404,6 +427,39 @@ def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
     print(f"{args.file}: valid, {len(policy.policy.rules)} rule(s)", file=out)
     for line in describe_mirrors(policy.policy.mirrors):  # mirrors: where each entry's images go
         print(f"  {line}", file=out)
+    for rule in policy.policy.rules:  # issue 13: minted tokens are said to be minted at runtime
+        if rule.source is not None and rule.source.token is not None:
+            print(f"  rule {rule.name}: {explain_source(rule.source)}", file=out)
+    if getattr(args, "cluster", False):
+        return _validate_in_cluster(args, policy, out)
+    return EXIT_OK
+
+
+def _validate_in_cluster(args: argparse.Namespace, policy: CompiledPolicy, out: TextIO) -> int:
+    from kubernetes.config.config_exception import ConfigException
+
+    from webhook.kube.access import AccessUnknown
+    from webhook.kube.clustercheck import cluster_preflight
+    from webhook.kube.errors import ApiError
+    from webhook.observability.logs import redact
+
+    who = args.as_user or "the kubeconfig's user"
+    try:
+        report = cluster_preflight(policy, kubeconfig=args.kubeconfig, user=args.as_user)
+    except (ConfigException, OSError) as exc:
+        raise UserError(f"cannot configure the Kubernetes client: {redact(str(exc))}") from None
+    except (ApiError, AccessUnknown) as exc:
+        raise UserError(f"cannot ask the cluster: {exc}") from None
+    if report.unverified:
+        print(f"{args.file}: permissions not verified ({report.unverified})", file=out)
+    for warning in report.warnings():
+        print(f"  warning: {warning}", file=out)
+    if not report.ok:
+        print(f"{args.file}: the webhook ({who}) could not serve this policy:", file=sys.stderr)
+        for problem in report.problems():
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"{args.file}: every permission the policy needs is granted to {who}", file=out)
     return EXIT_OK
 
 
@@ -487,6 +543,8 @@ def _print_plan(source: PodSource, plan: PodPlan, policy: CompiledPolicy, out: T
         print(f"    normalized: {c.ref if c.ref else '(invalid)'}", file=out)
         if c.rule is not None:
             print(f"    rule:       {c.rule.name} -> secret {c.rule.secret}", file=out)
+            if c.rule.source is not None and c.rule.source.token is not None:  # issue 13: minted at runtime
+                print(f"    source:     {explain_source(c.rule.source)}", file=out)
         else:
             print("    rule:       (none)", file=out)
         print(f"    why:        {c.reason}", file=out)

@@ -200,6 +200,9 @@ class KubeSettings:
     #: Objects per page when a watch lists (``limit``; client-go's reflector asks for 500 as
     #: well); 0 lists in one piece.
     list_page_size: int = 500
+    #: ConfigMap (in ``namespace``) holding the ownership ledger: the copies made and the ones owed,
+    #: so any replica, after any restart, cleans up and finishes them (webhook/secrets/ledger.py).
+    ledger_configmap: str = "pullsecret-injector-ledger"
 
     def __post_init__(self) -> None:
         # Only what a user can set from the command line is checked: tests shrink the

@@ -14,16 +14,24 @@ from webhook.config import KubeSettings
 from webhook.kube.caches import NamespaceCache, SecretCache
 from webhook.kube.client import KubeApi, build_api_client, load_configuration
 from webhook.kube.events import EventRecorder
+from webhook.kube.ledger import DurablePending, LedgerStore
 from webhook.kube.objects import Key, KubeObject, namespace_labels
 from webhook.kube.peering import LeaseElector
 from webhook.kube.runner import Runner
 from webhook.observability.stats import Stats
 from webhook.policy.matching import CompiledPolicy
+from webhook.policy.model import SecretKeyRef, TokenSource
+from webhook.secrets import ledger as lg
 from webhook.secrets.desired import is_managed
+from webhook.secrets.dockerconfig import SourceNotFound, secret_value
 from webhook.secrets.ensurer import Ensurer
 from webhook.secrets.grants import PolicyFn
 from webhook.secrets.reconciler import Reconciler
 from webhook.secrets.sync import SecretSync
+from webhook.tokens.base import Token
+from webhook.tokens.errors import TokenError
+from webhook.tokens.minter import TokenMinters, rfc3339
+from webhook.tokens.providers import describe
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +56,13 @@ class KubeRuntime:
         settings: KubeSettings,
         stats: Stats | None = None,
         elect: bool = True,
+        ledger: LedgerStore | None = None,
     ) -> None:
         self.settings = settings
+        #: The ownership ledger (issue 11): copies made and debts owed, kept in the cluster.
+        self.ledger = ledger
+        #: Called with the new leadership (the live policy's status writer listens).
+        self.leadership_listeners: list[Callable[[bool], None]] = []
         self.stats = stats or Stats()
         self._api, self._watch_api = api, watch_api
         self._policy = policy
@@ -60,8 +73,19 @@ class KubeRuntime:
             api=api, runner=self.runner, settings=settings, stats=self.stats, on_change=self._namespace_event
         )
         self.events = EventRecorder(api=api, runner=self.runner, settings=settings, stats=self.stats)
+        # issue 13: one minter per distinct token source; a new token wakes the reconciler.
+        self.tokens = TokenMinters(
+            read_value=self._read_token_credentials,
+            on_refresh=self._token_refreshed,
+            on_failure=self._token_failed,
+        )
         self.sync = SecretSync(
-            api=api, runner=self.runner, secrets=self.secrets, namespaces=self.namespaces, stats=self.stats
+            api=api,
+            runner=self.runner,
+            secrets=self.secrets,
+            namespaces=self.namespaces,
+            stats=self.stats,
+            tokens=self.tokens,
         )
         self.elector = LeaseElector(
             api=api, runner=self.runner, settings=settings, stats=self.stats, on_change=self._leadership_changed
@@ -78,6 +102,7 @@ class KubeRuntime:
             events=self.events,
             is_leader=lambda: self.elector.is_leader,
             retired=lambda: set(self._retired),
+            pending=DurablePending(ledger) if ledger is not None else None,
         )
         self.ensurer = Ensurer(
             sync=self.sync,
@@ -86,9 +111,12 @@ class KubeRuntime:
             stats=self.stats,
             events=self.events,
             handoff=self.reconciler.handoff,
+            persist=ledger.flush if ledger is not None else None,
         )
         self._started = asyncio.Event()
         self._closed = False
+        if ledger is not None:
+            ledger.on_change = self._ledger_changed
 
     # watch callbacks arrive on watch threads: hop onto the loop -------------------
 
@@ -101,6 +129,31 @@ class KubeRuntime:
 
     def _secret_event(self, key: Key, before: KubeObject | None, after: KubeObject | None) -> None:
         self._call_soon(self.reconciler.secret_changed, key, after)
+        if self.ledger is not None:
+            self._call_soon(self._observe_copies, key[1])
+
+    # the ownership ledger (leader: the copies; any replica: its debts, via DurablePending) ----
+
+    def _ledger_changed(self) -> None:
+        """Another replica owes a copy, or the leader recorded copies: watch their names, reconcile."""
+        self._call_soon(self._apply_policy)
+
+    def _observe_copies(self, name: str) -> None:
+        """As leader, record the managed copies named ``name`` that the synced cluster-wide watch shows."""
+        ledger = self.ledger
+        if ledger is None or not self.elector.is_leader or (None, name) not in self.secrets.targets():
+            return
+        known, _ = self.secrets.lookup("", name)
+        if not known:
+            return
+        keys = frozenset(key for key, obj in self.secrets.named(name) if is_managed(obj))
+        if keys != ledger.current().copies_named(name):
+            ledger.record(lg.observe(name, keys))
+
+    def _observe_all(self) -> None:
+        for namespace, name in self.secrets.targets():
+            if namespace is None:
+                self._observe_copies(name)
 
     def _namespace_event(self, key: Key, before: KubeObject | None, after: KubeObject | None) -> None:
         # Labels decide which rules admit a namespace; the phase tells a terminating one.
@@ -113,9 +166,48 @@ class KubeRuntime:
         if changed:
             self._call_soon(self.reconciler.notify)
 
+    # issue 13: minted tokens ---------------------------------------------------------
+
+    def _token_refreshed(self) -> None:
+        """A minter has a new token (on the loop): the reconciler patches the copies in place."""
+        self.reconciler.notify()
+
+    def _token_failed(self, source: TokenSource, error: TokenError, last: Token | None) -> None:
+        keeping = (
+            f"the last good token stays in the copies until {rfc3339(last.expires_at)}"
+            if last is not None
+            else "no valid token to keep"
+        )
+        self.stats.error(error.reason)
+        self.events.warn(
+            namespace=self.settings.namespace,
+            secret=f"token-{source.provider}",
+            reason=error.reason,
+            message=f"{describe(source)}: {error}; {keeping}; retrying with backoff",
+        )
+
+    async def _read_token_credentials(self, ref: SecretKeyRef) -> str:
+        """``gcp.credentialsFrom``: from the watch cache, else one GET; registered with the redactor."""
+        known, obj = self.secrets.lookup(ref.namespace, ref.name)
+        if not known:
+            api = self._api
+            obj = await self.runner(
+                lambda t: api.get_secret(ref.namespace, ref.name, timeout=t),
+                timeout=self.settings.request_timeout,
+                action=f"get Secret {ref.namespace}/{ref.name}",
+            )
+        what = f"Secret {ref.namespace}/{ref.name} (credentialsFrom)"
+        if obj is None:
+            raise SourceNotFound(f"{what} not found")
+        return secret_value(obj, ref.key, what=what)
+
     def _leadership_changed(self, leader: bool) -> None:
         if leader:
             self.reconciler.notify()
+            if self.ledger is not None:
+                self._observe_all()
+        for listener in self.leadership_listeners:
+            listener(leader)
 
     # policy -----------------------------------------------------------------------
 
@@ -131,17 +223,25 @@ class KubeRuntime:
         policy = self._policy()
         names = self.sync.grants.managed_names(policy)
         if self.settings.cleanup:
-            self._retired |= self._watched_names - names
+            # Names the ledger remembers count as watched before: their copies outlive a restart.
+            remembered = set(self.ledger.current().names) if self.ledger is not None else set()
+            self._retired |= (self._watched_names | remembered) - names
         self._retired -= names
         self._watched_policy, self._watched_names = policy, names
+        self.tokens.retain(rule.source.token for rule in policy.policy.rules if rule.source and rule.source.token)
         self.secrets.sync_targets(self.sync.grants.watch_targets(policy, extra_names=self._retired))
 
     def _drop_retired(self) -> None:
         """A retired name whose managed copies are all gone needs no watch any more."""
         done = set()
+        remembered = set(self.ledger.current().names) if self.ledger is not None else set()
         for name in self._retired:
             known, _ = self.secrets.lookup("", name)
             if known and not any(is_managed(obj) for _, obj in self.secrets.named(name)):
+                if name in remembered:
+                    # Only the leader clears a name from the ledger; until then keep watching it.
+                    self._observe_copies(name)
+                    continue
                 done.add(name)
         if done:
             self._retired -= done
@@ -166,6 +266,11 @@ class KubeRuntime:
         """Start the watches and wait (at most ``sync_timeout``) for their first lists."""
         self._loop = asyncio.get_running_loop()
         self.namespaces.start()
+        if self.ledger is not None:
+            if not self.ledger.synced and self.ledger.watch.current() is None:
+                with contextlib.suppress(Exception):  # unreadable now: the watch catches up
+                    await asyncio.to_thread(self.ledger.load)
+            self.ledger.watch.start()
         self.refresh_targets()
         deadline = time.monotonic() + self.settings.sync_timeout
         while time.monotonic() < deadline and not self.synced:
@@ -181,12 +286,15 @@ class KubeRuntime:
 
     @property
     def synced(self) -> bool:
+        # (The ledger is not waited for: it matters to cleanup, not to admissions.)
         return self.namespaces.synced and self.secrets.synced()
 
     async def run(self) -> None:
         """The background jobs, until cancelled; then everything is stopped."""
         await self._started.wait()
-        jobs: list[Coroutine[Any, Any, None]] = [self.events.run(), self.reconciler.run()]
+        jobs: list[Coroutine[Any, Any, None]] = [self.events.run(), self.reconciler.run(), self.tokens.run()]
+        if self.ledger is not None:
+            jobs.append(self.ledger.run())
         if self._elect:
             jobs.append(self.elector.run())
         tasks = [asyncio.create_task(job) for job in jobs]
@@ -207,6 +315,8 @@ class KubeRuntime:
             return
         self._closed = True
         watches = self.secrets.stop() + self.namespaces.stop()
+        if self.ledger is not None:
+            watches.append(self.ledger.watch.stop())
 
         def join() -> None:
             for watch in watches:
@@ -218,18 +328,30 @@ class KubeRuntime:
         self._watch_api.close()
 
 
-def build_kube_runtime(*, settings: KubeSettings, policy: PolicyFn, stats: Stats | None = None) -> KubeRuntime:
+def build_kube_runtime(
+    *, settings: KubeSettings, policy: PolicyFn, stats: Stats | None = None, ledger: LedgerStore | None = None
+) -> KubeRuntime:
     """The runtime for ``serve``: ``settings.kubeconfig`` if given, else the in-cluster service account."""
     configuration = load_configuration(kubeconfig=settings.kubeconfig)
-    return build_runtime_from_configuration(configuration=configuration, policy=policy, settings=settings, stats=stats)
+    return build_runtime_from_configuration(
+        configuration=configuration, policy=policy, settings=settings, stats=stats, ledger=ledger
+    )
 
 
 def build_runtime_from_configuration(
-    *, configuration: Any, policy: PolicyFn, settings: KubeSettings, stats: Stats | None = None, elect: bool = True
+    *,
+    configuration: Any,
+    policy: PolicyFn,
+    settings: KubeSettings,
+    stats: Stats | None = None,
+    elect: bool = True,
+    ledger: LedgerStore | None = None,
 ) -> KubeRuntime:
     """The runtime on an explicit client ``Configuration`` (tests point it at an emulator)."""
     # Two clients, two connection pools: the watches hold their connections for minutes and
     # must never starve (or be starved by) the short calls of the admission path.
     api = KubeApi(build_api_client(configuration=copy.deepcopy(configuration), pool_size=settings.workers))
     watch_api = KubeApi(build_api_client(configuration=copy.deepcopy(configuration), pool_size=64))
-    return KubeRuntime(api=api, watch_api=watch_api, policy=policy, settings=settings, stats=stats, elect=elect)
+    return KubeRuntime(
+        api=api, watch_api=watch_api, policy=policy, settings=settings, stats=stats, elect=elect, ledger=ledger
+    )

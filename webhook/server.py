@@ -39,8 +39,10 @@ from webhook.policy.holder import PolicyHolder
 from webhook.tls.certs import write_local_certs
 from webhook.tls.context import ReloadingSSLContext, install_into_uvicorn
 from webhook.tls.guard import guarded_protocol
+from webhook.tokens.metrics import TokenMetrics
 
 if TYPE_CHECKING:
+    from webhook.kube.surface import ControlSurface
     from webhook.runtime import KubeRuntime
 
 log = logging.getLogger(__name__)
@@ -114,16 +116,23 @@ def _cluster_configured(kube: KubeSettings) -> bool:
 
 def build_components(settings: Settings) -> Components:
     """Load the policy and certificates and wire the handler (no network yet)."""
-    policy_path = settings.policy.file
-    if policy_path is None:
-        if not settings.dev:
-            raise UserError("--policy is required (or use --dev to try the bundled example)")
-        policy_path = bundled_example(POLICY)
-        log.info("dev mode: using the bundled example policy %s", policy_path)
-    try:
-        holder = PolicyHolder.from_file(policy_path)
-    except OSError as exc:
-        raise UserError(f"cannot read policy {policy_path}: {exc.strerror}") from None
+    with_kube = _cluster_configured(settings.kube)
+    # Issue 11: with a cluster, the ownership ledger; with --policy-configmap, the policy from the API.
+    surface = _control_surface(settings) if with_kube else None
+    live_holder = _live_policy_holder(settings, surface) if surface is not None else None
+    if live_holder is not None:
+        holder = live_holder
+    else:
+        policy_path = settings.policy.file
+        if policy_path is None:
+            if not settings.dev:
+                raise UserError("--policy is required (or use --dev to try the bundled example)")
+            policy_path = bundled_example(POLICY)
+            log.info("dev mode: using the bundled example policy %s", policy_path)
+        try:
+            holder = PolicyHolder.from_file(policy_path)
+        except OSError as exc:
+            raise UserError(f"cannot read policy {policy_path}: {exc.strerror}") from None
 
     readiness = Readiness()
     metrics = Metrics()
@@ -136,12 +145,17 @@ def build_components(settings: Settings) -> Components:
     on_start: list[Callable[[], Coroutine[Any, Any, None]]] = []
     secret_lookup: SecretLookup | None = None
 
-    if _cluster_configured(settings.kube):
-        runtime = _kube_runtime(settings.kube, holder=holder, metrics=metrics)
+    if with_kube:
+        runtime = _kube_runtime(settings.kube, holder=holder, metrics=metrics, surface=surface)
         secret_lookup = _cached_secret(runtime)  # mirrors: the check's credentials
+        runtime.tokens.metrics = TokenMetrics(metrics.registry)  # issue 13: token mint metrics
         namespaces, ensurer = runtime.namespaces, runtime.ensurer
         holder.listeners.append(runtime.policy_changed)  # re-target the by-name watches
-        if settings.policy.configmap:
+        if surface is not None and surface.live is not None:
+            from webhook.kube.surface import attach
+
+            attach(surface, runtime, registry=metrics.registry, on_start=on_start, background=background)
+        elif settings.policy.configmap:
             holder.listeners.append(
                 policy_rejected_event(runtime, namespace=settings.kube.namespace, configmap=settings.policy.configmap)
             )
@@ -205,7 +219,33 @@ def _every(
     return job
 
 
-def _kube_runtime(kube: KubeSettings, *, holder: PolicyHolder, metrics: Metrics) -> KubeRuntime:
+def _control_surface(settings: Settings) -> ControlSurface:
+    """Issue 11: the ledger and (with ``--policy-configmap``) the live policy (webhook/kube/surface.py)."""
+    from webhook.kube.surface import SurfaceError, control_surface
+
+    try:
+        return control_surface(
+            kubeconfig=settings.kube.kubeconfig,
+            namespace=settings.kube.namespace,
+            policy_configmap=settings.policy.configmap,
+            ledger_configmap=settings.kube.ledger_configmap,
+        )
+    except SurfaceError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _live_policy_holder(settings: Settings, surface: ControlSurface) -> PolicyHolder | None:
+    from webhook.kube.surface import SurfaceError, first_policy
+
+    try:
+        return first_policy(surface, policy_file=settings.policy.file)
+    except SurfaceError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _kube_runtime(
+    kube: KubeSettings, *, holder: PolicyHolder, metrics: Metrics, surface: ControlSurface | None = None
+) -> KubeRuntime:
     """The Kubernetes side, its counters feeding the Prometheus metrics.
 
     The Kubernetes client is imported here, not at the top: ``--no-kube``, ``--dev`` and the
@@ -221,7 +261,9 @@ def _kube_runtime(kube: KubeSettings, *, holder: PolicyHolder, metrics: Metrics)
     )
     metrics.reconciler_lag.set_function(stats.current_lag)
     try:
-        return build_kube_runtime(settings=kube, policy=holder.current, stats=stats)
+        return build_kube_runtime(
+            settings=kube, policy=holder.current, stats=stats, ledger=surface.ledger if surface is not None else None
+        )
     except (ConfigException, OSError) as exc:
         raise UserError(f"cannot configure the Kubernetes client: {logs.redact(str(exc))}") from None
 

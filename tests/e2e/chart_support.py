@@ -416,8 +416,9 @@ class DeploymentProcess(ServeProcess):
 
     Overrides, and why:
 
-    - ``--policy``: the policy ConfigMap's ``policy.yaml``, read from the cluster and written
-      to a file, as the kubelet would mount it;
+    - none for the policy: the chart passes ``--policy-configmap`` and the webhook reads and
+      watches the ConfigMap through the API as in a Pod (only an older chart that mounted
+      the file gets ``--policy``, the ConfigMap's content written as the kubelet would);
     - ``--host=<clusterIP>`` and ``--port=<service port>``: there is no kube-proxy forwarding
       ``<clusterIP>:443`` to the container port, so the process listens there itself
       (``--metrics-port`` stays as rendered, on the same ClusterIP, like the Service's port);
@@ -437,6 +438,8 @@ class DeploymentProcess(ServeProcess):
     pod_name: str
     pod_namespace: str
     workdir: Path | None = None
+    #: More ``--flag: value`` overrides (a second replica: its own metrics port).
+    extra_overrides: Mapping[str, str] = field(default_factory=dict)
 
     returncode: int | None = field(default=None, init=False)
     _popen: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
@@ -461,16 +464,18 @@ class DeploymentProcess(ServeProcess):
         args = list(self.args)
         if not args or args[0] != "serve":
             raise ChartE2EError(f"the Deployment's args do not start with 'serve': {args}")
-        overridden = override_args(
-            args[1:],
-            {
-                "--policy": str(self.policy_path),
-                "--host": self.host,
-                "--port": str(self.port),
-                "--kubeconfig": str(self.kubeconfig),
-                "--shutdown-delay": "0",
-            },
-        )
+        overrides = {
+            "--host": self.host,
+            "--port": str(self.port),
+            "--kubeconfig": str(self.kubeconfig),
+            "--shutdown-delay": "0",
+            **self.extra_overrides,
+        }
+        if any(arg.startswith("--policy=") for arg in args):
+            # A chart that mounts the policy file: the ConfigMap's content, as the kubelet would write it.
+            # (The chart now watches the ConfigMap through the API and passes no --policy.)
+            overrides["--policy"] = str(self.policy_path)
+        overridden = override_args(args[1:], overrides)
         return [sys.executable, "-m", "webhook", "serve", *overridden]
 
     def start(self) -> DeploymentProcess:
@@ -481,6 +486,14 @@ class DeploymentProcess(ServeProcess):
         self.policy_path.write_text(self.policy_yaml)
         self._spawn(self.argv(), serve_env(POD_NAME=self.pod_name, POD_NAMESPACE=self.pod_namespace))
         return self
+
+    def kill(self) -> int | None:
+        """SIGKILL: the replica dies mid-work, giving nothing back (not even its Lease)."""
+        if self._popen is None:
+            return self.returncode
+        self._popen.kill()
+        self._reap()
+        return self.returncode
 
     def check_alive(self) -> None:
         """Raise with the log tail if the process has exited."""

@@ -70,6 +70,7 @@ SERVICE_HOST = f"{FULLNAME}.{RELEASE_NS}.svc"  # the name the API server verifie
 TLS_SECRET = f"{FULLNAME}-tls"
 LEASE = f"{FULLNAME}-leader"
 POLICY_CONFIGMAP = f"{FULLNAME}-policy"
+LEDGER = f"{FULLNAME}-ledger"
 WEBHOOK_CONFIG_PATH = f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{FULLNAME}"
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -599,14 +600,22 @@ PROBES: list[Probe] = [
         DRY,
         {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": LEASE}, "spec": {}},
     ),
-    Probe("get the policy configmap", "GET", f"/api/v1/namespaces/{RELEASE_NS}/configmaps/{POLICY_CONFIGMAP}", REFUSED),
     Probe(
-        "watch the policy configmap",
-        "GET",
-        f"/api/v1/namespaces/{RELEASE_NS}/configmaps",
+        "replace the policy configmap (PUT)",
+        "PUT",
+        f"/api/v1/namespaces/{RELEASE_NS}/configmaps/{POLICY_CONFIGMAP}",
         REFUSED,
-        _by_name(POLICY_CONFIGMAP, watch=True),
+        DRY,
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": POLICY_CONFIGMAP}, "data": {}},
     ),
+    Probe(
+        "delete the policy configmap",
+        "DELETE",
+        f"/api/v1/namespaces/{RELEASE_NS}/configmaps/{POLICY_CONFIGMAP}",
+        REFUSED,
+        DRY,
+    ),
+    Probe("list configmaps of the release namespace", "GET", f"/api/v1/namespaces/{RELEASE_NS}/configmaps", REFUSED),
     Probe(
         "patch the tls secret",
         "PATCH",
@@ -659,6 +668,24 @@ PROBES: list[Probe] = [
         },
     ),
     # ---- allowed: what the webhook does
+    Probe("get the policy configmap", "GET", f"/api/v1/namespaces/{RELEASE_NS}/configmaps/{POLICY_CONFIGMAP}", OK),
+    Probe(
+        "watch the policy configmap",
+        "GET",
+        f"/api/v1/namespaces/{RELEASE_NS}/configmaps",
+        OK,
+        _by_name(POLICY_CONFIGMAP, watch=True),
+    ),
+    Probe(
+        "annotate the policy configmap",
+        "PATCH",
+        f"/api/v1/namespaces/{RELEASE_NS}/configmaps/{POLICY_CONFIGMAP}",
+        OK,
+        DRY,
+        _ANNOTATE,
+        _MERGE,
+    ),
+    Probe("get the ledger", "GET", f"/api/v1/namespaces/{RELEASE_NS}/configmaps/{LEDGER}", OK_OR_ABSENT),
     Probe("get source secret", "GET", f"/api/v1/namespaces/{RELEASE_NS}/secrets/registry-credentials", OK),
     Probe(
         "list source by name", "GET", f"/api/v1/namespaces/{RELEASE_NS}/secrets", OK, _by_name("registry-credentials")
@@ -814,6 +841,15 @@ NEEDED: dict[Grant, str] = {
     (RELEASE_NS, "", "secrets", "create", "*"): "self mode: create the certificate Secret (even with no rules)",
     (RELEASE_NS, "", "secrets", "get", TLS_SECRET): "self mode: read the certificate Secret",
     (RELEASE_NS, "", "secrets", "update", TLS_SECRET): "self mode: replace it with its resourceVersion (renewal)",
+    **{
+        (RELEASE_NS, "", "configmaps", verb, POLICY_CONFIGMAP): "the policy: get, by-name watch, status annotations"
+        for verb in ("get", "list", "watch", "patch")
+    },
+    (RELEASE_NS, "", "configmaps", "create", "*"): "the ownership ledger: created by the first replica",
+    **{
+        (RELEASE_NS, "", "configmaps", verb, LEDGER): "the ownership ledger: read, watched, patched by name"
+        for verb in ("get", "list", "watch", "patch")
+    },
 }
 #: Grants earlier versions of the chart made although no code path calls them (the RBAC
 #: findings of this test, fixed in the chart). Each must now be denied.
@@ -822,8 +858,8 @@ REMOVED: dict[Grant, str] = {
     (CLUSTER, "", "events", "patch", "*"): "Events are only created",
     (RELEASE_NS, "coordination.k8s.io", "leases", "update", LEASE): "the Lease is PATCHed, never PUT",
     **{
-        (RELEASE_NS, "", "configmaps", verb, POLICY_CONFIGMAP): "the policy is read from the mounted file, not the API"
-        for verb in ("get", "list", "watch")
+        (RELEASE_NS, "", "configmaps", verb, POLICY_CONFIGMAP): "the policy's data is the user's: never PUT or deleted"
+        for verb in ("update", "delete")
     },
     **{
         (RELEASE_NS, "", "secrets", verb, TLS_SECRET): "selfcert uses get, create and update (PUT) only"

@@ -31,6 +31,8 @@ class PolicyHolder:
         self._path = path
         self._digest = digest
         self.listeners: list[ReloadListener] = []
+        #: The version being served (``sha256:`` + 12 hex digits of the document), for logs and metrics.
+        self.version = "sha256:" + digest[:12] if digest else ""
 
     @classmethod
     def from_file(cls, path: Path) -> PolicyHolder:
@@ -43,6 +45,15 @@ class PolicyHolder:
 
     def replace(self, policy: CompiledPolicy) -> None:
         self._policy = policy
+
+    def accept(self, policy: CompiledPolicy, *, version: str) -> None:
+        """Serve ``policy`` (checked by the caller: :mod:`webhook.kube.livepolicy`) and tell the listeners."""
+        self._policy, self.version = policy, version
+        self._notify(True, [])
+
+    def refuse(self, errors: list[str]) -> None:
+        """A new policy was rejected; the current one keeps serving. Tell the listeners."""
+        self._notify(False, errors)
 
     def check(self) -> bool | None:
         """Re-read the file; returns True when a new policy was taken, False when rejected,
@@ -65,7 +76,8 @@ class PolicyHolder:
             self._notify(False, exc.errors)
             return False
         self._policy = policy
-        log.info("policy reloaded: %d rule(s)", len(policy.policy.rules))
+        self.version = "sha256:" + digest[:12]
+        log.info("policy reloaded: %d rule(s), version %s", len(policy.policy.rules), self.version)
         self._notify(True, [])
         return True
 

@@ -148,6 +148,13 @@ Mirror.model_rebuild(_types_namespace={"NamespaceScope": NamespaceScope})  # mir
 class SecretRef(_Model):
     namespace: NamespaceName
     name: SecretName
+    #: Auth hosts kept from the source even though no image names them (issue 13: delegated auth).
+    also_for: tuple[str, ...] = ()
+
+    @field_validator("also_for")
+    @classmethod
+    def _also_for_are_hosts(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_registry_host(value) for value in values)
 
 
 class SecretKeyRef(_Model):
@@ -163,6 +170,13 @@ class Credentials(_Model):
     username: str
     password_from: SecretKeyRef
     email: str | None = None
+    #: More hosts that get the same credential (issue 13: a registry's separate auth host).
+    also_for: tuple[str, ...] = ()
+
+    @field_validator("also_for")
+    @classmethod
+    def _also_for_are_hosts(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_registry_host(value) for value in values)
 
     @field_validator("registry")
     @classmethod
@@ -174,17 +188,118 @@ class Credentials(_Model):
         return value
 
 
+# ---- token sources (issue 13: short-lived registry tokens, minted by webhook/tokens) ----
+
+
+def _registry_host(value: str) -> str:
+    try:
+        parse_registry(value)
+    except InvalidReference as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+def _go_duration(value: str) -> str:
+    from webhook.tokens.exec_provider import DurationError, parse_go_duration
+
+    try:
+        seconds = parse_go_duration(value)
+    except DurationError as exc:
+        raise ValueError(str(exc)) from None
+    if seconds < 0:
+        raise ValueError(f"duration {value!r} must not be negative")
+    return value
+
+
+#: A registry host (``host[:port]``), as written into the copy's ``auths``.
+RegistryHost = Annotated[str, AfterValidator(_registry_host)]
+#: A Go duration string (``"1h"``, ``"6h0m0s"``, ``"0"``), as the kubelet's provider config takes.
+GoDuration = Annotated[
+    str,
+    AfterValidator(_go_duration),
+    Field(json_schema_extra={"pattern": "^(0|([0-9]*(\\.[0-9]*)?(ns|us|\u00b5s|\u03bcs|ms|s|m|h))+)$"}),
+]
+
+
+class GcpTokenOptions(_Model):
+    """Google: Application Default Credentials unless ``credentialsFrom`` names a key or federation config."""
+
+    credentials_from: SecretKeyRef | None = None
+    scopes: tuple[str, ...] = ("https://www.googleapis.com/auth/cloud-platform.read-only",)
+
+
+class EcrTokenOptions(_Model):
+    """Amazon ECR: boto3's default credential chain, optionally assuming ``roleArn`` first."""
+
+    region: str | None = None
+    role_arn: str | None = None
+
+
+class AcrTokenOptions(_Model):
+    """Azure ACR: workload identity federation with ``tenantId``/``clientId``, else managed identity."""
+
+    tenant_id: str | None = None
+    client_id: str | None = None
+
+
+class ExecTokenOptions(_Model):
+    """Any kubelet credential provider plugin (``credentialprovider.kubelet.k8s.io/v1``)."""
+
+    command: tuple[str, ...] = Field(min_length=1)
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = Field(default_factory=dict)
+    default_cache_duration: GoDuration = "0"
+    timeout: GoDuration = "10s"
+
+    def __hash__(self) -> int:  # ``env`` is a dict: hash the content (sources key memo tables)
+        return hash(self.model_dump_json())
+
+
+class TokenSource(_Model):
+    """A credential minted at runtime from a cloud identity, refreshed before it expires."""
+
+    provider: Literal["gcp", "ecr", "acr", "exec"]
+    #: The ``auths`` key written into the copy (ecr: defaults to the ``proxyEndpoint`` host).
+    registry: RegistryHost | None = None
+    #: More hosts that get the same credential (a registry's separate auth host).
+    also_for: tuple[RegistryHost, ...] = ()
+    gcp: GcpTokenOptions | None = None
+    ecr: EcrTokenOptions | None = None
+    acr: AcrTokenOptions | None = None
+    exec: ExecTokenOptions | None = None
+
+    @model_validator(mode="after")
+    def _provider_fits(self) -> TokenSource:
+        from webhook.tokens.extras import missing_extra
+
+        for other in ("gcp", "ecr", "acr", "exec"):
+            if other != self.provider and getattr(self, other) is not None:
+                raise ValueError(f"{other!r} options given for provider {self.provider!r}")
+        if self.provider == "exec" and self.exec is None:
+            raise ValueError("provider 'exec' needs 'exec.command'")
+        if self.registry is None and self.provider != "ecr":
+            raise ValueError(f"provider {self.provider!r} needs 'registry' (the host the token is for)")
+        problem = missing_extra(self.provider)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
+
+# ---- end of token sources ----
+
+
 class Source(_Model):
-    """Where a managed Secret's content comes from: exactly one of ``secret``, ``credentials``."""
+    """Where a managed Secret's content comes from: exactly one of ``secret``, ``credentials``, ``token``."""
 
     model_config = ConfigDict(json_schema_extra=_exactly_one_property)
     secret: SecretRef | None = None
     credentials: Credentials | None = None
+    token: TokenSource | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Source:
-        if (self.secret is None) == (self.credentials is None):
-            raise ValueError("set exactly one of 'secret' or 'credentials'")
+        if sum(value is not None for value in (self.secret, self.credentials, self.token)) != 1:
+            raise ValueError("set exactly one of 'secret' or 'credentials' or 'token'")
         return self
 
 

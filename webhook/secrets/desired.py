@@ -34,6 +34,8 @@ def source_reference(source: Source) -> str:
     """A short, stable description of a source for the annotation (no secret material)."""
     if source.secret is not None:
         return f"secret:{source.secret.namespace}/{source.secret.name}"
+    if source.token is not None:  # issue 13: minted tokens
+        return f"token:{source.token.provider}/{source.token.registry or 'proxyEndpoint'}"
     assert source.credentials is not None  # Source validates exactly one
     ref = source.credentials.password_from
     return f"credentials:{ref.namespace}/{ref.name}/{ref.key}"
@@ -49,6 +51,8 @@ class Copy:
     rules: tuple[str, ...]
     source: str
     digest: str
+    #: More annotations (a minted token's ``minted-at`` / ``expires-at``), as sorted pairs.
+    extra: tuple[tuple[str, str], ...] = ()
 
     @property
     def encoded(self) -> str:
@@ -57,7 +61,12 @@ class Copy:
 
     @property
     def annotations(self) -> dict[str, str]:
-        return {RULE_ANNOTATION: ",".join(self.rules), SOURCE_ANNOTATION: self.source, HASH_ANNOTATION: self.digest}
+        return {
+            RULE_ANNOTATION: ",".join(self.rules),
+            SOURCE_ANNOTATION: self.source,
+            HASH_ANNOTATION: self.digest,
+            **dict(self.extra),
+        }
 
     def manifest(self) -> dict[str, Any]:
         """The Secret to create: our label and annotations only, never the source's metadata."""
@@ -91,11 +100,22 @@ def build_copy(
     patterns of the rules that give this namespace this Secret.
     """
     reference = source_reference(source)
-    if source.secret is not None:
+    patterns = tuple(registries)
+    extra: tuple[tuple[str, str], ...] = ()
+    if source.token is not None:  # issue 13: the minter's object, shaped like a source Secret
+        what = f"token from {source.token.provider}"
+        if source_secret is None:
+            raise SourceNotFound(f"{what}: not minted")
+        auths = parse_source_secret(source_secret, what=what)
+        patterns += source.token.also_for
+        annotations = (source_secret.get("metadata") or {}).get("annotations") or {}
+        extra = tuple(sorted(annotations.items()))
+    elif source.secret is not None:
         what = f"source Secret {source.secret.namespace}/{source.secret.name}"
         if source_secret is None:
             raise SourceNotFound(f"{what} not found")
         auths = parse_source_secret(source_secret, what=what)
+        patterns += source.secret.also_for  # issue 13: delegated auth hosts are kept
     else:
         creds = source.credentials
         assert creds is not None
@@ -104,10 +124,11 @@ def build_copy(
         if source_secret is None:
             raise SourceNotFound(f"{what} not found")
         password = secret_value(source_secret, ref.key, what=what)
-        auths = credentials_auths(
-            registry=creds.registry, username=creds.username, password=password, email=creds.email
-        )
-    patterns = tuple(registries)
+        auths = {}
+        for host in dict.fromkeys([creds.registry, *creds.also_for]):  # issue 13: the same credential per host
+            entry = credentials_auths(registry=host, username=creds.username, password=password, email=creds.email)
+            auths.update(entry)
+        patterns += creds.also_for
     kept = filter_auths(auths, patterns)
     if not kept:
         raise NoMatchingCredentials(f"{what} has no credentials for {', '.join(patterns)}")
@@ -120,6 +141,7 @@ def build_copy(
         rules=tuple(sorted(set(rules))),
         source=reference,
         digest=content_hash(config),
+        extra=extra,
     )
 
 
@@ -139,10 +161,35 @@ def is_current(secret: Mapping[str, Any], desired: Copy) -> bool:
     """
     if not is_managed(secret) or secret.get("type") != DOCKERCONFIGJSON_TYPE:
         return False
+    annotations = (secret.get("metadata") or {}).get("annotations") or {}
+    if desired.extra and _holds_newer_token(secret, desired):  # issue 13: another replica's newer token
+        return True
     if secret.get("data") != {DOCKERCONFIGJSON_KEY: desired.encoded}:
         return False
-    annotations = (secret.get("metadata") or {}).get("annotations") or {}
     return all(annotations.get(key) == value for key, value in desired.annotations.items())
+
+
+def _holds_newer_token(secret: Mapping[str, Any], desired: Copy) -> bool:
+    """A token copy from the same rules and source, unedited, holding a newer valid token (issue 13)."""
+    import time
+
+    from webhook.tokens.minter import holds_newer_token
+
+    annotations = (secret.get("metadata") or {}).get("annotations") or {}
+    ours = (",".join(desired.rules), desired.source)
+    if (annotations.get(RULE_ANNOTATION), annotations.get(SOURCE_ANNOTATION)) != ours:
+        return False
+    data = secret.get("data") or {}
+    encoded = data.get(DOCKERCONFIGJSON_KEY) if isinstance(data, dict) else None
+    if not isinstance(encoded, str) or set(data) != {DOCKERCONFIGJSON_KEY}:
+        return False
+    try:
+        config = base64.b64decode(encoded, validate=True)
+    except ValueError:
+        return False
+    if annotations.get(HASH_ANNOTATION) != content_hash(config):
+        return False  # edited by hand: restore ours
+    return holds_newer_token(secret, desired.annotations, time.time())
 
 
 def needs_recreate(secret: Mapping[str, Any]) -> bool:

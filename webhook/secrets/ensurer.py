@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from webhook.admission.handler import EnsureResult
 from webhook.config import KubeSettings
@@ -37,6 +38,7 @@ class Ensurer:
         stats: Stats,
         events: EventRecorder,
         handoff: Callable[[Key], None],
+        persist: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self._sync = sync
         self._policy = policy
@@ -44,6 +46,9 @@ class Ensurer:
         self._stats = stats
         self._events = events
         self._handoff = handoff
+        #: Makes handed-off work durable (the ownership ledger) before the Pod is answered,
+        #: so a replica killed right after the answer leaves its debt for another to finish.
+        self._persist = persist
         self._inflight: dict[tuple[str, str, bool], asyncio.Task[tuple[bool, str | None]]] = {}
 
     async def ensure(self, *, namespace: str, secrets: Mapping[str, Rule], dry_run: bool) -> EnsureResult:
@@ -109,6 +114,13 @@ class Ensurer:
         self._stats.ensure("fast")
         return True
 
+    async def _persisted(self, deadline: _Deadline) -> None:
+        """Wait (within the admission's deadline) until the debt just handed off is durable."""
+        if self._persist is None:
+            return
+        with contextlib.suppress(TimeoutError, ApiError):
+            await asyncio.wait_for(self._persist(), timeout=deadline.remaining("record the debt"))
+
     def _forget_inflight(self, task: asyncio.Task[tuple[bool, str | None]]) -> None:
         for key, value in list(self._inflight.items()):
             if value is task:
@@ -155,6 +167,7 @@ class Ensurer:
                 # The Pod is admitted naming this Secret: it must appear as soon as the source
                 # is fixed (the source's watch event triggers the reconciler), not never.
                 self._handoff((namespace, name))
+                await self._persisted(deadline)
                 self._events.warn(namespace=namespace, secret=name, reason=exc.reason, message=f"Secret {name}: {exc}")
             return False, f"Secret {name} not provided: {exc}"
         except ApiError as exc:

@@ -99,6 +99,13 @@ class GrantIndex:
         for entries in self.by_name(policy).values():
             source = entries[0][1].source
             assert source is not None
+            if source.token is not None:  # issue 13: a minted token reads at most its credentialsFrom
+                from webhook.tokens.minter import token_watch_target
+
+                target = token_watch_target(source.token)
+                if target is not None:
+                    targets.add(target)
+                continue
             targets.add(source_target(source))
         return targets
 

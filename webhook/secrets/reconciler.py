@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableSet
 
 from webhook.config import KubeSettings
 from webhook.kube.errors import ApiError
@@ -42,6 +42,7 @@ class Reconciler:
         events: EventRecorder,
         is_leader: Callable[[], bool],
         retired: Callable[[], set[str]],
+        pending: MutableSet[Key] | None = None,
     ) -> None:
         self._sync = sync
         self._policy = policy
@@ -51,7 +52,8 @@ class Reconciler:
         self._is_leader = is_leader
         self._retired = retired
         self.tracked: set[Key] = set()
-        self.pending: set[Key] = set()
+        #: Copies owed to admitted Pods; durable (the ledger, any replica finishes them) when given.
+        self.pending: MutableSet[Key] = pending if pending is not None else set()
         self._wake = asyncio.Event()
         self._dirty_since: float | None = None
         #: The oldest change not yet applied (kept across failed passes), for ``Stats.current_lag``.

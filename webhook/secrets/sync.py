@@ -48,6 +48,8 @@ from webhook.policy.model import Source
 from webhook.secrets.desired import Copy, build_copy, is_current, is_managed, needs_recreate, update_patch
 from webhook.secrets.dockerconfig import SourceError
 from webhook.secrets.grants import Grant, GrantIndex, source_target
+from webhook.tokens.errors import TokenError
+from webhook.tokens.minter import TokenMinters
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +82,11 @@ class SecretSync:
         secrets: SecretCache,
         namespaces: NamespaceCache,
         stats: Stats,
+        tokens: TokenMinters | None = None,
     ) -> None:
         self._api = api
+        #: The minters of ``token`` sources (issue 13); ``None``: token sources are not minted here.
+        self.tokens = tokens
         self._runner = runner
         self.secrets = secrets
         self.namespaces = namespaces
@@ -105,7 +110,10 @@ class SecretSync:
         "not shown current" (source or copy not cached, a source problem, a stale or foreign
         copy): :meth:`desired` and :meth:`converge` then work it out, with API calls if need be.
         """
-        known, source_obj = self.secrets.lookup(*source_target(grant.source))
+        if grant.source.token is not None:  # issue 13: the minter's current token, never a mint here
+            known, source_obj = True, self.tokens.cached_object(grant.source.token) if self.tokens else None
+        else:
+            known, source_obj = self.secrets.lookup(*source_target(grant.source))
         if not known or source_obj is None:
             return False
         known, existing = self.secrets.lookup(namespace, name)
@@ -167,6 +175,10 @@ class SecretSync:
         return await self._runner(call, timeout=deadline.remaining(action), action=action)
 
     async def _source_object(self, source: Source, deadline: _Deadline) -> KubeObject | None:
+        if source.token is not None:  # issue 13: mint within what remains of the deadline
+            if self.tokens is None:
+                raise TokenError("token sources are minted by the webhook's runtime only")
+            return await self.tokens.source_object(source.token, timeout=deadline.remaining("mint token"))
         namespace, name = source_target(source)
         known, obj = self.secrets.lookup(namespace, name)
         if known:

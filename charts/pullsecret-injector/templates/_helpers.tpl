@@ -78,9 +78,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- include "pullsecret-injector.fullname" . -}}
 {{- end -}}
 
-{{/* Policy ConfigMap name. */}}
+{{/* Policy ConfigMap name: policy.existingConfigMap, else the one the chart renders. */}}
 {{- define "pullsecret-injector.policyConfigMapName" -}}
-{{- printf "%s-policy" (include "pullsecret-injector.fullname" .) -}}
+{{- .Values.policy.existingConfigMap | default (printf "%s-policy" (include "pullsecret-injector.fullname" .)) -}}
+{{- end -}}
+
+{{/* Ownership ledger ConfigMap name (created and kept by the webhook, see _ledger.tpl). */}}
+{{- define "pullsecret-injector.ledgerName" -}}
+{{- printf "%s-ledger" (include "pullsecret-injector.fullname" .) -}}
 {{- end -}}
 
 {{/* Leader-election Lease name. */}}

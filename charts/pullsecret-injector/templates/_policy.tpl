@@ -106,6 +106,14 @@ the namespace the policy names for it and nowhere else.
 {{- $refs = append $refs . -}}
 {{- end -}}
 {{- end -}}
+{{- /* issue 13: a token source reads at most its gcp.credentialsFrom */ -}}
+{{- with $src.token -}}
+{{- with .gcp -}}
+{{- with .credentialsFrom -}}
+{{- $refs = append $refs . -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- range $refs -}}
 {{- if and .namespace .name -}}
 {{- $ns := toString .namespace -}}

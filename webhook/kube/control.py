@@ -1,0 +1,176 @@
+"""The API calls of the control surface: the policy ConfigMap, the ledger, access reviews.
+
+Kept apart from :class:`~webhook.kube.client.KubeApi` (Secrets, Namespaces, Events, the
+Lease) because these calls are about the webhook itself, not about the copies it makes:
+reading and annotating the policy ConfigMap a platform team edits, keeping the ownership
+ledger (a ConfigMap the webhook owns in its namespace) and asking the authorizer what the
+webhook may do before it accepts a policy. Same rules as ``KubeApi``: synchronous, called
+from a worker thread, every call bounded by an explicit timeout, failures as
+:class:`ApiError` describing the attempt and the HTTP status only.
+
+ConfigMaps are listed and watched *by name* (``fieldSelector metadata.name=X``), so RBAC
+``resourceNames`` can authorize them: the webhook reads no other ConfigMap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client as k8s
+
+from webhook.kube.client import _json
+from webhook.kube.errors import ApiError, _classify, _timeout
+from webhook.kube.objects import KubeObject
+
+
+class ControlApi:
+    """ConfigMaps by name, and (Self)SubjectAccessReviews, as raw JSON."""
+
+    def __init__(self, api_client: k8s.ApiClient) -> None:
+        self._client = api_client
+        self._core = k8s.CoreV1Api(api_client)
+        self._authorization = k8s.AuthorizationV1Api(api_client)
+
+    def close(self) -> None:
+        self._client.close()  # type: ignore[no-untyped-call]
+
+    @staticmethod
+    def _call(action: str, fn: Callable[..., Any], *args: Any, timeout: float, **kwargs: Any) -> KubeObject:
+        try:
+            return _json(fn(*args, _preload_content=False, _request_timeout=_timeout(timeout), **kwargs))
+        except Exception as exc:
+            raise _classify(exc, action) from None
+
+    # ConfigMaps ---------------------------------------------------------------------
+
+    def get_configmap(self, namespace: str, name: str, *, timeout: float) -> KubeObject | None:
+        try:
+            return self._call(
+                f"get ConfigMap {namespace}/{name}",
+                self._core.read_namespaced_config_map,
+                name,
+                namespace,
+                timeout=timeout,
+            )
+        except ApiError as exc:
+            if exc.kind == "not_found":
+                return None
+            raise
+
+    def list_configmaps(self, namespace: str, name: str, *, timeout: float) -> KubeObject:
+        """The ConfigMap ``name`` as a list of at most one (what a by-name watch starts from)."""
+        return self._call(
+            f"list ConfigMaps {name} in {namespace}",
+            self._core.list_namespaced_config_map,
+            namespace,
+            field_selector=f"metadata.name={name}",
+            timeout=timeout,
+        )
+
+    def watch_configmaps(
+        self, namespace: str, name: str, *, resource_version: str, server_timeout: int, timeout: tuple[float, float]
+    ) -> Any:
+        """An open watch response (urllib3) for the ConfigMap ``name``."""
+        kwargs: dict[str, Any] = {
+            "field_selector": f"metadata.name={name}",
+            "watch": True,
+            "allow_watch_bookmarks": True,
+            "timeout_seconds": server_timeout,
+            "_preload_content": False,
+            "_request_timeout": timeout,
+        }
+        if resource_version:
+            kwargs["resource_version"] = resource_version
+        try:
+            return self._core.list_namespaced_config_map(namespace, **kwargs)
+        except Exception as exc:
+            raise _classify(exc, f"watch ConfigMaps {name} in {namespace}") from None
+
+    def create_configmap(self, namespace: str, body: KubeObject, *, timeout: float) -> KubeObject:
+        name = body["metadata"]["name"]
+        return self._call(
+            f"create ConfigMap {namespace}/{name}",
+            self._core.create_namespaced_config_map,
+            namespace,
+            body,
+            timeout=timeout,
+        )
+
+    def patch_configmap(self, namespace: str, name: str, patch: KubeObject, *, timeout: float) -> KubeObject:
+        """A merge patch; with ``metadata.resourceVersion`` in it a concurrent change answers 409."""
+        return self._call(
+            f"update ConfigMap {namespace}/{name}",
+            self._core.patch_namespaced_config_map,
+            name,
+            namespace,
+            patch,
+            timeout=timeout,
+        )
+
+    def create_event(self, namespace: str, body: KubeObject, *, timeout: float) -> None:
+        self._call(f"create Event in {namespace}", self._core.create_namespaced_event, namespace, body, timeout=timeout)
+
+    # Access reviews -------------------------------------------------------------------
+
+    def review_access(
+        self, attributes: dict[str, str], *, user: str | None, groups: list[str], timeout: float
+    ) -> tuple[bool, str]:
+        """``(allowed, reason)`` for ``attributes``: of the caller (``user`` None), else of ``user``.
+
+        A SelfSubjectAccessReview asks about the credentials of this very client (the
+        webhook's ServiceAccount in a Pod); a SubjectAccessReview (``validate --cluster
+        --as``) asks about someone else, which only an admin may.
+        """
+        if user is None:
+            body: KubeObject = {
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SelfSubjectAccessReview",
+                "spec": {"resourceAttributes": attributes},
+            }
+            answer = self._call(
+                "create SelfSubjectAccessReview",
+                self._authorization.create_self_subject_access_review,
+                body,
+                timeout=timeout,
+            )
+        else:
+            body = {
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SubjectAccessReview",
+                "spec": {"user": user, "groups": groups, "resourceAttributes": attributes},
+            }
+            answer = self._call(
+                "create SubjectAccessReview",
+                self._authorization.create_subject_access_review,
+                body,
+                timeout=timeout,
+            )
+        status = answer.get("status") or {}
+        return bool(status.get("allowed")), str(status.get("reason") or status.get("evaluationError") or "")
+
+
+@dataclass(frozen=True, slots=True)
+class ControlSettings:
+    """Where the control surface lives and how often it is re-checked."""
+
+    #: The webhook's namespace: the policy ConfigMap and the ledger live there.
+    namespace: str = "pullsecret-system"
+    #: The policy ConfigMap, watched through the API (``None``: the policy is a file).
+    policy_configmap: str | None = None
+    #: The ownership ledger ConfigMap (the webhook creates it).
+    ledger: str = "pullsecret-injector-ledger"
+    #: The key of the policy document in the ConfigMap.
+    key: str = "policy.yaml"
+    #: Bound of each call.
+    request_timeout: float = 10.0
+    #: Seconds between re-checks of a policy rejected for permissions (RBAC may be granted meanwhile).
+    recheck_seconds: float = 10.0
+    #: A new version missing permissions is re-checked this long before it is reported rejected
+    #: (``helm upgrade`` applies the ConfigMap before the Roles that grant its new rules).
+    rbac_grace_seconds: float = 3.0
+    #: How long start-up retries an unreachable API server for the policy.
+    startup_timeout: float = 60.0
+    #: Quiet time collecting ledger changes before one write.
+    ledger_debounce: float = 0.05
