@@ -479,8 +479,12 @@ def test_the_kubelet_runs_the_charts_deployment_as_rendered(cluster: Cluster, re
     assert not spec["process"]["capabilities"].get("bounding"), "capabilities: drop ALL"
     assert spec["linux"].get("seccomp"), "seccompProfile RuntimeDefault"
     mounts = {m["destination"]: m for m in spec["mounts"]}
-    assert "ro" in mounts["/etc/pullsecret-injector"]["options"]
+    for mount in rendered["volumeMounts"]:  # every rendered volume, read-only where the chart says so
+        assert mount["mountPath"] in mounts, mount
+        if mount.get("readOnly"):
+            assert "ro" in mounts[mount["mountPath"]]["options"], mount
     assert "/tmp" in mounts  # noqa: S108 - the chart's emptyDir, a path in the container
+    assert "rw" in mounts["/tmp"]["options"]  # noqa: S108 - the one writable place
     pid, state = task_pids(cluster.node)[cid]
     assert state == "RUNNING"
     assert process_ids(pid) == (RUN_AS, RUN_AS)
