@@ -79,15 +79,19 @@ buildah "${STORAGE[@]}" bud --quiet --isolation chroot --pull-never \
     --build-arg VERSION="$("${PYTHON}" -c 'import tomllib;print(tomllib.load(open("pyproject.toml","rb"))["project"]["version"])')" \
     --build-arg REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
     --build-arg CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
-    -t "${IMAGE}" . >/dev/null
+    --iidfile "${OUT}/image.id" -t "${IMAGE}" . >/dev/null
+# by ID from here on: another build on this machine (shared storage) may re-tag ${IMAGE} meanwhile
+iid=$(cat "${OUT}/image.id")
 
 # ---------------------------------------------------------------- 4. export
 archive="${OUT}/pullsecret-injector.tar"
 rm -f "${archive}"
-buildah "${STORAGE[@]}" push --quiet "${IMAGE}" "docker-archive:${archive}:${IMAGE}" >/dev/null
-venv_size=$(buildah "${STORAGE[@]}" run --isolation chroot "$(buildah "${STORAGE[@]}" from --quiet "${IMAGE}")" \
-    du -sm /opt/venv 2>/dev/null | cut -f1 || echo "?")
-buildah "${STORAGE[@]}" rm --all >/dev/null 2>&1 || true
+buildah "${STORAGE[@]}" push --quiet "${iid}" "docker-archive:${archive}:${IMAGE}" >/dev/null
+# only the working container made here is removed: the vfs storage is shared with any other
+# buildah user on the machine (a concurrent build), so never `rm --all`
+size_ctr=$(buildah "${STORAGE[@]}" from --quiet "${iid}")
+venv_size=$(buildah "${STORAGE[@]}" run --isolation chroot "${size_ctr}" du -sm /opt/venv 2>/dev/null | cut -f1 || echo "?")
+buildah "${STORAGE[@]}" rm "${size_ctr}" >/dev/null 2>&1 || true
 image_mb=$(( $(stat -c %s "${archive}") / 1024 / 1024 ))
 base_mb=$(buildah "${STORAGE[@]}" inspect --type image --format '{{.ImageAnnotations}}' "${PYTHON_IMAGE}" >/dev/null 2>&1; du -sm "${OUT}/base.tar" 2>/dev/null | cut -f1 || echo "?")
 cat > "${OUT}/image.env" <<ENV

@@ -591,6 +591,23 @@ def test_host_network(host_network: bool) -> None:
     assert "--port=9443" in r.args
 
 
+@pytest.mark.parametrize(
+    ("host_network", "bind_node_ip", "bound"),
+    [(True, True, True), (True, False, False), (False, True, False)],
+    ids=["host-network-node-ip", "host-network-all", "pod-network-ignored"],
+)
+def test_bind_node_ip(host_network: bool, bind_node_ip: bool, bound: bool) -> None:
+    """``server.bindNodeIP`` serves on ``status.hostIP`` only (the node's address), and only with hostNetwork."""
+    values = ci_values("self")
+    values["hostNetwork"] = host_network
+    values["server"] = {**values.get("server", {}), "bindNodeIP": bind_node_ip}
+    env = {e["name"]: e for e in render(values).container.get("env") or []}
+    if bound:
+        assert env["PSI_HOST"] == {"name": "PSI_HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}}
+    else:
+        assert "PSI_HOST" not in env
+
+
 def test_probes_ports_and_env(ci: Rendered) -> None:
     container = ci.container
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}

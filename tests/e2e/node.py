@@ -242,6 +242,10 @@ class Node:
     workdir: Path | None = None
     keep_workdir: bool = False
     verbosity: int = 1
+    node_ip: str = LOOPBACK
+    """The kubelet's ``--node-ip``. A loopback one is not reported as a Node address (see above);
+    an address assigned on this machine (e.g. a /32 on ``lo``) becomes the Node's InternalIP, and
+    so the Pod IP of host-network Pods, which the endpoints controller puts into Endpoints."""
 
     kubelet_path: Path | None = None
     containerd_seconds: float = field(default=0.0, init=False)
@@ -603,7 +607,7 @@ disabled_plugins = [
                 f"--cert-dir={self.dir / 'kubelet-pki'}",
                 f"--volume-plugin-dir={self.dir / 'volume-plugins'}",
                 f"--hostname-override={self.name}",
-                f"--node-ip={LOOPBACK}",
+                f"--node-ip={self.node_ip}",
                 f"--pod-infra-container-image={PAUSE_IMAGE}",
                 f"--node-labels=e2e.pullsecret-injector.io/node={self.name}",
                 f"--v={self.verbosity}",
