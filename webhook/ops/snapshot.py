@@ -6,9 +6,6 @@ called?) and :mod:`webhook.ops.findings` (does the Pod have a Secret the kubelet
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,9 +15,8 @@ from pydantic import ValidationError
 
 from webhook.policy.matching import CompiledPolicy
 from webhook.policy.model import LabelSelector
-from webhook.secrets.dockerconfig import (
-    AuthEntry,
-)
+from webhook.secrets.dockerconfig import AuthEntry
+from webhook.tokens.base import jwt_expiry
 
 Verdict = Literal["ok", "info", "warn", "fail"]
 VERDICTS: tuple[Verdict, ...] = ("ok", "info", "warn", "fail")
@@ -185,18 +181,8 @@ def _auths_keys(auths: Iterable[str]) -> str:
 
 def _jwt_expiry(token: str) -> datetime | None:
     """The ``exp`` claim of a JWT-shaped token (registry tokens often are), without verifying it."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    payload = parts[1] + "=" * (-len(parts[1]) % 4)
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(payload))
-    except (binascii.Error, ValueError):
-        return None
-    exp = claims.get("exp") if isinstance(claims, dict) else None
-    if not isinstance(exp, int | float):
-        return None
-    return datetime.fromtimestamp(exp, UTC)
+    exp = jwt_expiry(token)
+    return None if exp is None else datetime.fromtimestamp(exp, UTC)
 
 
 def _entry_expiry(entry: AuthEntry) -> datetime | None:
