@@ -608,6 +608,14 @@ def test_bind_node_ip(host_network: bool, bind_node_ip: bool, bound: bool) -> No
         assert "PSI_HOST" not in env
 
 
+def test_mirrors_register_the_ephemeral_containers_subresource() -> None:
+    values = ci_values("self")
+    values["policy"] = {**values.get("policy", {}), "mirrors": {"docker.io": {"endpoint": ["mirror.example.com:5000"]}}}
+    rules = render(values).webhook["rules"]
+    assert [r["resources"] for r in rules] == [["pods"], ["pods/ephemeralcontainers"]]
+    assert rules[1]["operations"] == ["UPDATE"]
+
+
 def test_probes_ports_and_env(ci: Rendered) -> None:
     container = ci.container
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
