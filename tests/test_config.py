@@ -44,7 +44,8 @@ VALUE_SETTINGS: dict[str, str] = {
     "metrics.port": "server.metrics_port",
 }
 #: ``server.*`` values that are not one setting each (the Lease name is checked through the args).
-SERVER_VALUES_WITHOUT_SETTING = {"leaderElection", "extraArgs", "extraEnv"}
+#: bindNodeIP sets PSI_HOST from the downward API (status.hostIP), a per-Pod value no default can hold.
+SERVER_VALUES_WITHOUT_SETTING = {"leaderElection", "extraArgs", "extraEnv", "bindNodeIP"}
 
 #: Settings the chart sets, by default, to something other than the dataclass default, and why.
 DELIBERATE: dict[str, tuple[Any, str]] = {
