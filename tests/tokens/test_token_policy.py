@@ -6,6 +6,7 @@ import base64
 import io
 import json
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -89,7 +90,8 @@ def test_two_source_kinds_at_once_are_rejected() -> None:
 
 def test_a_provider_whose_extra_is_missing_is_rejected_with_the_pip_line(monkeypatch: pytest.MonkeyPatch) -> None:
     # the table of which module each provider needs is ours: point gcp at a module that does not exist
-    monkeypatch.setitem(extras.EXTRAS, "gcp", ("no_such_sdk_module_for_tests", "gcp"))
+    missing = MappingProxyType({**extras.EXTRAS, "gcp": ("no_such_sdk_module_for_tests", "gcp")})
+    monkeypatch.setattr(extras, "EXTRAS", missing)
     with pytest.raises(PolicyError, match=r"pip install 'pullsecret-injector\[gcp\]'"):
         parse_policy(policy_with({"token": GCP}))
 
