@@ -111,6 +111,23 @@ async def test_health_and_readiness() -> None:
         assert (await c.get("/healthz")).status_code == 200
 
 
+@pytest.mark.parametrize("stopping", [False, True], ids=["serving", "draining"])
+async def test_every_answer_closes_the_connection_once_draining(stopping: bool) -> None:
+    """From SIGTERM on (readiness stopping), reviews, refusals and health answers all say ``Connection: close``."""
+    readiness = Readiness()
+    readiness.started = True
+    readiness.stopping = stopping
+    app = create_app(handler=_handler(), readiness=readiness)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://w") as c:
+        answers = [
+            await c.post("/mutate", json=_review()),
+            await c.post("/mutate", content=b"{", headers={"content-type": "application/json"}),
+            await c.get("/healthz"),
+        ]
+    assert [r.status_code for r in answers] == [200, 400, 200]
+    assert [r.headers.get("connection") for r in answers] == (["close"] * 3 if stopping else [None] * 3)
+
+
 async def test_handler_bug_fails_open_with_the_uid() -> None:
     def broken() -> CompiledPolicy:
         raise RuntimeError("boom")

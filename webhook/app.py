@@ -22,6 +22,7 @@ from fastapi.responses import PlainTextResponse
 from webhook.admission.handler import Handler
 from webhook.admission.wire import AdmissionReview, ReviewError, build_response, parse_review
 from webhook.config import ServerSettings
+from webhook.drain import CloseWhenDraining
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,10 @@ class MutateEndpoint:
         read_timeout: float = _DEFAULTS.read_timeout,
         on_transport_error: Callable[[int], None] | None = None,
         on_internal_error: Callable[[str], None] | None = None,
+        draining: Callable[[], bool] = lambda: False,
     ) -> None:
         self._handler = handler
+        self._draining = draining
         self._fallback = fallback
         self._max = max_body_bytes
         self._admission_timeout = admission_timeout
@@ -163,13 +166,11 @@ class MutateEndpoint:
             await self._plain(send, 400, str(exc))
             return
         answer = await self._answer(review)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())],
-            }
-        )
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]
+        if self._draining():
+            # Shutting down: the client must not send the next review on this connection (webhook/drain.py).
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": answer})
 
     async def _answer(self, review: AdmissionReview) -> bytes:
@@ -218,8 +219,9 @@ class MutateEndpoint:
             self._on_error(status)
         body = (text + "\n").encode()
         headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
-        if status == 413:
-            # The rest of an oversized body is not read; tell the client not to reuse the connection.
+        if status == 413 or self._draining():
+            # The rest of an oversized body is not read, or the server is shutting down:
+            # tell the client not to reuse the connection.
             headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": headers + (extra or [])})
         await send({"type": "http.response.body", "body": body})
@@ -235,7 +237,12 @@ def create_app(
     on_transport_error: Callable[[int], None] | None = None,
     on_internal_error: Callable[[str], None] | None = None,
 ) -> ASGIApp:
-    """The full application: the mutate endpoint in front of a FastAPI app for health."""
+    """The full application: the mutate endpoint in front of a FastAPI app for health.
+
+    From the moment ``readiness`` is stopping, every answer carries ``Connection: close``
+    (webhook/drain.py says why): the endpoint adds it itself, which on the hot path is
+    cheaper than one more ASGI layer, and the health app is wrapped.
+    """
     api = FastAPI(title="pullsecret-injector", docs_url=None, redoc_url=None, openapi_url=None)
 
     @api.get("/healthz", response_class=PlainTextResponse)
@@ -248,9 +255,13 @@ def create_app(
             return PlainTextResponse("ok")
         return PlainTextResponse("not ready", status_code=503)
 
+    def draining() -> bool:
+        return readiness.stopping
+
     return MutateEndpoint(
         handler=handler,
-        fallback=api,
+        fallback=CloseWhenDraining(api, draining=draining),
+        draining=draining,
         max_body_bytes=max_body_bytes,
         admission_timeout=admission_timeout,
         read_timeout=read_timeout,

@@ -314,7 +314,6 @@ class BackoffSettings:
             raise ValueError("backoff needs factor >= 1, 0 <= jitter < 1 and healthy_after >= 0")
 
 
-
 @dataclass(frozen=True, slots=True)
 class CacheLimits:
     """Entries each bounded cache (:class:`webhook.bounded.BoundedCache`) keeps; every limit in one place.
@@ -332,6 +331,9 @@ class CacheLimits:
     #: Container plans per (namespace decisions, kind, name, image): Pods of one template
     #: cost a lookup per container instead of parsing and matching each image.
     container_plans: int = 16384
+    #: Whole answers per (namespace decisions, Pod template fingerprint): one per template
+    #: and distinct set of admitted rules, so a repeated Pod costs a lookup, not a plan.
+    answers: int = 4096
     #: Grants per (Secret name, admitted rules): one object per distinct answer, so the
     #: desired copy memoized on its identity is built once, not per admission.
     grants: int = 4096

@@ -31,7 +31,6 @@ from webhook.admission.handler import Handler, NamespaceLabels, SecretEnsurer
 from webhook.admission.mirroring import SecretLookup, build_mirror_checker
 from webhook.app import Readiness, create_app
 from webhook.config import CertSettings, KubeSettings, RecoverySettings, ServerSettings, Settings
-from webhook.drain import CloseWhenDraining
 from webhook.errors import EXIT_BAD_INPUT, EXIT_OK, UserError
 from webhook.examples import POLICY, bundled_example
 from webhook.observability import logs
@@ -371,10 +370,8 @@ async def serve(components: Components, settings: ServerSettings) -> None:
         admission_timeout=settings.admission_timeout,
         read_timeout=settings.read_timeout,
         on_transport_error=components.metrics.observe_http_error,
-        on_internal_error=lambda _reason: components.metrics.admission_requests.labels("error").inc(),
+        on_internal_error=components.metrics.observe_internal_error,
     )
-    # issue 12: from SIGTERM on, answers carry Connection: close (webhook/drain.py)
-    app = CloseWhenDraining(app, draining=lambda: components.readiness.stopping)
     config = _uvicorn_config(
         app,
         host=settings.host,

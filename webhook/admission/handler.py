@@ -14,9 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from webhook.admission.answers import WARNING_PREFIX, AnswerCache, PlannedAnswer, planned_answer, pod_fingerprint
 from webhook.admission.mirroring import MirrorChecker, apply_mirrors, ephemeral_update, mirror_set, with_image_volumes
 from webhook.admission.patch import is_skipped
-from webhook.admission.podplan import PlanCache, PodPlan, plan_pod, short
+from webhook.admission.podplan import PlanCache, plan_pod, short
 from webhook.admission.wire import AdmissionReview, AdmissionReviewResponse, build_response
 from webhook.bounded import BoundedCache
 from webhook.config import CacheLimits
@@ -52,7 +53,8 @@ class AdmissionOutcome:
     """What the handler decided about one review, for metrics and logs."""
 
     result: str  # "mutated", "unchanged", "skipped", "ignored", "denied"
-    plan: PodPlan | None = None
+    #: Names of the rules whose pull secrets the answer adds (or, denied, would have added).
+    injected: tuple[str, ...] = ()
 
 
 #: Called after every answer with the review, the outcome and the seconds it took.
@@ -75,7 +77,12 @@ class Handler:
         self._mirror_checker = mirror_checker
         self._policy = policy
         #: Container plans across Pods (the admission layer's cache; the policy keeps none of it).
-        self.plans: PlanCache = BoundedCache((limits or CacheLimits()).container_plans)
+        limits = limits or CacheLimits()
+        self.plans: PlanCache = BoundedCache(limits.container_plans)
+        #: Whole answers per (namespace decisions, Pod fingerprint): see webhook/admission/answers.py.
+        self.answers: AnswerCache = BoundedCache(limits.answers)
+        #: The policy both caches were filled under (they are emptied when it changes).
+        self._planned_for: CompiledPolicy | None = None
         self._namespaces = namespaces
         self._ensurer = ensurer
         self._observe = observe
@@ -112,6 +119,11 @@ class Handler:
                 AdmissionOutcome("ignored"),
             )
         policy = self._policy()
+        if policy is not self._planned_for:
+            # Both caches are keyed by the old policy's decisions: nothing in them can be hit again.
+            self.plans.clear()
+            self.answers.clear()
+            self._planned_for = policy
         labels: Mapping[str, str] | None = None
         mirrors = mirror_set(policy.policy)
         if (
@@ -120,11 +132,25 @@ class Handler:
             and not policy.namespace_excluded(namespace)
         ):
             labels = await self._namespaces.labels(namespace)
+        if not mirrors:
+            # The common case: no rewrite, so the answer is the Pod template's (webhook/admission/answers.py).
+            fingerprint = pod_fingerprint(pod)
+            if fingerprint is not None:
+                key = (policy.namespace_decisions(namespace, labels), fingerprint)
+                planned = self.answers.get(key)
+                if planned is None:
+                    planned = planned_answer(
+                        plan_pod(pod=pod, namespace=namespace, policy=policy, namespace_labels=labels, plans=self.plans)
+                    )
+                    self.answers[key] = planned
+                if planned.managed and self._ensurer is not None:
+                    return await self._ensure(review, namespace, planned)
+                return _answer(review, planned)
         # --- mirrors (webhook/admission/mirroring.py): images are rewritten first, rules match the result
         mirrored = await apply_mirrors(
             pod=pod, namespace=namespace, labels=labels, policy=policy, checker=self._mirror_checker
         )
-        mirror_warnings = [short(f"pullsecret-injector: {w}") for w in mirrored.warnings]
+        mirror_warnings = tuple(short(WARNING_PREFIX + w) for w in mirrored.warnings)
         if mirrored.denied is not None:
             return build_response(
                 review=review, allowed=False, message=mirrored.denied, code=403, warnings=mirror_warnings
@@ -136,25 +162,44 @@ class Handler:
             labels=labels,
         )
         # --- end mirrors
-        warnings = [*mirror_warnings, *(short(f"pullsecret-injector: {w}") for w in plan.warnings)]
-        managed = {name: rule for name, rule in plan.secrets.items() if rule.source is not None}
-        if managed and self._ensurer is not None:
-            result = await self._ensurer.ensure(
-                namespace=namespace, secrets=managed, dry_run=bool(request.get("dryRun", False))
+        planned = planned_answer(plan, mirror_warnings)
+        if planned.managed and self._ensurer is not None:
+            return await self._ensure(review, namespace, planned)
+        return _answer(review, planned)
+
+    async def _ensure(
+        self, review: AdmissionReview, namespace: str, planned: PlannedAnswer
+    ) -> tuple[AdmissionReviewResponse, AdmissionOutcome]:
+        """The answer to ``review``: ``planned``, once its managed Secrets exist in ``namespace``."""
+        assert self._ensurer is not None
+        managed = planned.managed
+        result = await self._ensurer.ensure(
+            namespace=namespace, secrets=managed, dry_run=bool(review["request"].get("dryRun", False))
+        )
+        warnings = (*planned.warnings, *(short(WARNING_PREFIX + w) for w in result.warnings))
+        denied = [name for name in result.failed if managed[name].failure_policy == "Fail"]
+        if denied:
+            message = (
+                f"pullsecret-injector: pull secret(s) {', '.join(denied)} could not be provided in namespace "
+                f"{namespace!r} and their rule fails closed; retry shortly"
             )
-            warnings.extend(short(f"pullsecret-injector: {w}") for w in result.warnings)
-            denied = [name for name in result.failed if managed[name].failure_policy == "Fail"]
-            if denied:
-                message = (
-                    f"pullsecret-injector: pull secret(s) {', '.join(denied)} could not be provided in namespace "
-                    f"{namespace!r} and their rule fails closed; retry shortly"
-                )
-                return (
-                    build_response(review=review, allowed=False, message=message, code=503, warnings=warnings),
-                    AdmissionOutcome("denied", plan),
-                )
-        result_name = "mutated" if plan.patch else "unchanged"
-        return build_response(review=review, patch=plan.patch, warnings=warnings), AdmissionOutcome(result_name, plan)
+            return (
+                build_response(review=review, allowed=False, message=message, code=503, warnings=warnings),
+                AdmissionOutcome("denied", planned.injected),
+            )
+        return _answer(review, planned, warnings)
+
+
+def _answer(
+    review: AdmissionReview, planned: PlannedAnswer, warnings: tuple[str, ...] | None = None
+) -> tuple[AdmissionReviewResponse, AdmissionOutcome]:
+    """``planned`` as the response to ``review`` (with ``warnings`` instead of its own, when given)."""
+    return (
+        build_response(
+            review=review, encoded_patch=planned.patch, warnings=planned.warnings if warnings is None else warnings
+        ),
+        AdmissionOutcome(planned.result, planned.injected),
+    )
 
 
 def _is_pod_create(request: Mapping[str, Any]) -> bool:

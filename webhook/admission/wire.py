@@ -121,16 +121,20 @@ def build_response(
     warnings: Sequence[str] = (),
     message: str | None = None,
     code: int | None = None,
+    encoded_patch: str | None = None,
 ) -> AdmissionReviewResponse:
     """The answer to ``review``: same apiVersion, same uid, the patch base64-encoded.
 
     An empty patch is sent as no patch at all: the API server then has nothing to apply
     and, with ``reinvocationPolicy: IfNeeded``, no reason to call other webhooks again.
+    ``encoded_patch`` is a patch already encoded by :func:`encode_patch` (a remembered answer's).
     """
     response: AdmissionResponse = {"uid": review["request"]["uid"], "allowed": allowed}
     if patch:
+        encoded_patch = encode_patch(patch)
+    if encoded_patch:
         response["patchType"] = "JSONPatch"
-        response["patch"] = base64.b64encode(orjson.dumps(list(patch))).decode("ascii")
+        response["patch"] = encoded_patch
     if warnings:
         response["warnings"] = list(warnings)
     if message is not None or code is not None:
@@ -141,6 +145,11 @@ def build_response(
             status["message"] = message
         response["status"] = status
     return {"apiVersion": review["apiVersion"], "kind": "AdmissionReview", "response": response}
+
+
+def encode_patch(patch: Sequence[PatchOperation]) -> str:
+    """``patch`` as an AdmissionResponse carries it: JSON, base64-encoded."""
+    return base64.b64encode(orjson.dumps(list(patch))).decode("ascii")
 
 
 def decode_patch(response: Mapping[str, Any]) -> list[PatchOperation]:

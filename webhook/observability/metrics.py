@@ -8,11 +8,14 @@ end up in a label and cardinality stays small.
 
 from __future__ import annotations
 
+import bisect
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, make_asgi_app
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from webhook.admission.handler import AdmissionOutcome
 from webhook.admission.wire import AdmissionReview
@@ -21,6 +24,64 @@ from webhook.observability.stats import Stats
 PREFIX = "pullsecret_injector"
 # Admission latency is tens of microseconds offline and milliseconds when a Secret is written.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+#: Every outcome an admission can have, exported from the start (at 0) so that rates exist.
+OUTCOMES = ("mutated", "unchanged", "skipped", "ignored", "denied", "error")
+
+
+class AdmissionCollector(Collector):
+    """The per-admission metrics: plain counts, turned into metric families at scrape time.
+
+    ``prometheus_client``'s ``Counter.inc`` and ``Histogram.observe`` take a lock and walk
+    the buckets in Python: about 8 us for the three metrics of one admission, as much as
+    deciding a remembered Pod template, on every Pod of the cluster. Admissions are counted
+    on the event loop, and ``/metrics`` is served by the same loop (``make_asgi_app`` renders
+    in the request's coroutine), so plain integers are never read half-written and the
+    histogram's buckets, count and sum always agree. What is exported is exactly what the
+    library's own types would export (``_total``, ``_bucket``/``_count``/``_sum``).
+    """
+
+    def __init__(self) -> None:
+        self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
+        #: Observations per bucket (not cumulative), the last one past the largest bound.
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.seconds = 0.0
+        self.injections: dict[str, int] = {}
+
+    def observe(self, result: str, seconds: float, injected: tuple[str, ...]) -> None:
+        self.outcomes[result] = self.outcomes.get(result, 0) + 1
+        # A value equal to a bound belongs to that bound's bucket (le = less or equal).
+        self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.seconds += seconds
+        for rule in injected:
+            self.injections[rule] = self.injections.get(rule, 0) + 1
+
+    def count(self, result: str) -> None:
+        """An answer the handler did not give (the transport's fail-open ``error``): no latency."""
+        self.outcomes[result] = self.outcomes.get(result, 0) + 1
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            f"{PREFIX}_admission_requests", "Admission reviews answered, by outcome.", labels=["outcome"]
+        )
+        for outcome, value in self.outcomes.items():
+            requests.add_metric([outcome], value)
+        yield requests
+        cumulative, total = [], 0
+        for bound, value in zip((*map(floatToGoString, LATENCY_BUCKETS), "+Inf"), self.buckets, strict=True):
+            total += value
+            cumulative.append((bound, float(total)))
+        yield HistogramMetricFamily(
+            f"{PREFIX}_admission_duration_seconds",
+            "Time to answer one admission review (handler only).",
+            buckets=cumulative,
+            sum_value=self.seconds,
+        )
+        injections = CounterMetricFamily(
+            f"{PREFIX}_injections", "Pull secrets added to Pods, by rule.", labels=["rule"]
+        )
+        for rule, value in self.injections.items():
+            injections.add_metric([rule], value)
+        yield injections
 
 
 class Metrics:
@@ -29,19 +90,11 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.admission_requests = Counter(
-            f"{PREFIX}_admission_requests", "Admission reviews answered, by outcome.", ["outcome"], registry=r
-        )
-        self.admission_duration = Histogram(
-            f"{PREFIX}_admission_duration_seconds",
-            "Time to answer one admission review (handler only).",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
+        self.admissions = AdmissionCollector()
+        r.register(self.admissions)
         self.http_errors = Counter(
             f"{PREFIX}_http_errors", "Requests refused by the transport, by HTTP status.", ["code"], registry=r
         )
-        self.injections = Counter(f"{PREFIX}_injections", "Pull secrets added to Pods, by rule.", ["rule"], registry=r)
         self.secret_writes = Counter(
             f"{PREFIX}_secret_writes",
             "Writes of managed Secrets, by operation (create, update, delete) and result.",
@@ -92,12 +145,6 @@ class Metrics:
         self._last_sync_at: float | None = None
         self.since_last_sync.set_function(self._seconds_since_sync)
         self.ready = Gauge(f"{PREFIX}_ready", "1 when the server is ready to serve admissions.", registry=r)
-        # Bound once: a labels() lookup per admission is measurable on the hot path.
-        self._outcomes = {
-            outcome: self.admission_requests.labels(outcome)
-            for outcome in ("mutated", "unchanged", "skipped", "ignored", "denied", "error")
-        }
-        self._injections: dict[str, Any] = {}
         for result in ("accepted", "rejected"):
             self.policy_reloads.labels(result)
 
@@ -118,18 +165,12 @@ class Metrics:
     def observe_admission(self, review: AdmissionReview, outcome: AdmissionOutcome, seconds: float) -> None:
         """``Handler(observe=...)``: count the outcome, its latency, and each injected secret by rule."""
         del review
-        counter = self._outcomes.get(outcome.result)
-        (counter if counter is not None else self.admission_requests.labels(outcome.result)).inc()
-        self.admission_duration.observe(seconds)
-        plan = outcome.plan
-        if plan is not None and outcome.result == "mutated":
-            for name in plan.added:
-                rule = plan.secrets.get(name)
-                if rule is not None:
-                    child = self._injections.get(rule.name)
-                    if child is None:
-                        child = self._injections[rule.name] = self.injections.labels(rule.name)
-                    child.inc()
+        self.admissions.observe(outcome.result, seconds, outcome.injected if outcome.result == "mutated" else ())
+
+    def observe_internal_error(self, reason: str) -> None:
+        """The transport answered ``allowed`` because the handler failed or overran (``reason``)."""
+        del reason
+        self.admissions.count("error")
 
     def observe_http_error(self, code: int) -> None:
         self.http_errors.labels(str(code)).inc()
