@@ -200,8 +200,15 @@ class MutateEndpoint:
         return orjson.dumps(build_response(review=review, warnings=[warning]))
 
     async def _read_body(self, receive: Receive) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        body: bytes = message.get("body", b"")
+        if len(body) > self._max:
+            raise _TooLarge
+        if not message.get("more_body", False):
+            return body  # the whole body in one message: what uvicorn hands over for every review
+        chunks, size = [body], len(body)
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
