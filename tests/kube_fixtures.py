@@ -11,7 +11,8 @@ the client or of our code is patched. What this module adds to kmock 0.8, and wh
   ``metadata.name`` (what RBAC ``resourceNames`` can authorize), so the emulator honours
   that one selector by setting the request's name (``object.__setattr__``: kmock matches
   reactions by request identity, so the request must stay the same object), and refuses
-  any other selector with a 400 so a test would notice.
+  any other selector with a 400 so a test would notice; except ``status.phase`` on a list
+  (fail-open recovery lists the Pending Pods so), which is served by filtering the items.
 * **Paginated lists.** kmock ignores ``limit`` and ``continue`` and answers every list in
   one piece, so our paged lists would never see a second page. A list with ``limit`` is
   served a page at a time here, with a ``metadata.continue`` token (the offset) while more
@@ -106,14 +107,18 @@ class Apiserver(kmock.KubernetesEmulator):
         selector = request.params.get("fieldSelector")
         if selector and request.action in (kmock.action.LIST, kmock.action.WATCH):
             key, _, value = selector.partition("=")
-            if key != "metadata.name" or "," in value:
+            if key == "metadata.name" and "," not in value:
+                object.__setattr__(request, "name", value)
+            elif key != "status.phase" or "," in value or request.action != kmock.action.LIST:
                 raise kmock.KubernetesError(status=400, reason="BadRequest", message="unsupported field selector")
-            object.__setattr__(request, "name", value)
         response: aiohttp.web.StreamResponse = await super()._handle(request)
         return response
 
     async def _serve_list(self, request: Any) -> Any:
         listing: dict[str, Any] = await super()._serve_list(request)  # type: ignore[assignment]
+        key, _, phase = str(request.params.get("fieldSelector") or "").partition("=")
+        if key == "status.phase":
+            listing["items"] = [item for item in listing["items"] if (item.get("status") or {}).get("phase") == phase]
         limit, token = request.params.get("limit"), request.params.get("continue")
         if not limit and not token:
             return listing

@@ -38,6 +38,7 @@ rules:
 )
 SETTINGS = RecoverySettings(enabled=True, grace_seconds=60, max_per_owner=3, window_seconds=3600)
 NOW = 10_000.0
+WALL = 1_764_547_200.0  # the wall clock the deletions are on (the ledger's), unrelated to NOW
 PRIVATE = "registry.example.com/team/app:1.0"
 PUBLIC = "docker.io/library/busybox:1.36"
 OWNER = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d9f", "uid": "rs-1", "controller": True}
@@ -86,6 +87,7 @@ class Case:
     labels: dict[str, str] | None = field(default_factory=dict)
     missing: tuple[str, ...] | None = None
     why: str = ""
+    wall_now: float | None = None
 
 
 CASES = [
@@ -102,6 +104,17 @@ CASES = [
     ),
     Case("budget-spent-gives-up", pod(), "give_up", deletions=(NOW - 100, NOW - 200, NOW - 300), why="3 Pods"),
     Case("old-deletions-leave-the-window", pod(), "delete", deletions=(NOW - 4000, NOW - 100, NOW - 200)),
+    Case(
+        "deletions-on-the-wall-clock",
+        pod(),
+        "give_up",
+        deletions=(WALL - 100, WALL - 200, WALL - 300),
+        wall_now=WALL,
+        why="3 Pods",
+    ),
+    Case("wall-clock-deletions-out-of-the-window", pod(), "delete", deletions=(WALL - 3600,) * 3, wall_now=WALL),
+    Case("a-replica-clock-a-little-ahead-counts", pod(), "give_up", deletions=(NOW + 5, NOW - 100, NOW - 200)),
+    Case("a-deletion-far-in-the-future-is-a-bad-clock", pod(), "delete", deletions=(NOW + 4000, NOW - 1, NOW - 2)),
     Case("has-its-reference-already", pod(pull_secrets=["example-pull"]), "none", why="references every"),
     Case("image-no-rule-matches", pod(image=PUBLIC), "none", why="references every"),
     Case("pulling-fine-from-a-private-registry", pod(reason="ContainerCreating"), "none", why="no container"),
@@ -143,6 +156,7 @@ def test_decide(case: Case) -> None:
         now=NOW,
         owner_deletions=case.deletions,
         settings=SETTINGS,
+        wall_now=case.wall_now,
     )
     assert decision.action == case.action, decision
     assert case.why in decision.why

@@ -136,6 +136,7 @@ class KubeRuntime:
                 settings=recovery,
                 kube=settings,
                 stats=self.stats,
+                ledger=ledger,  # the deletion budget outlives a restart and a change of leader
             )
         # --- end of fail-open recovery
 

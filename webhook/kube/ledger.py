@@ -66,6 +66,9 @@ class LedgerStore:
         )
         self._journal = lg.Journal()
         self._wake = asyncio.Event()
+        #: One flush at a time, so that ``flush()`` returning True means every change recorded
+        #: before the call is written, even one a concurrent flush (the writer's) had taken.
+        self._flushing = asyncio.Lock()
         self._decoded: tuple[str, lg.Ledger] = ("", lg.Ledger())
         #: Ledger read at start-up (before the watch synced), or written by us since.
         self._loaded: lg.Ledger | None = None
@@ -94,6 +97,15 @@ class LedgerStore:
     def synced(self) -> bool:
         return self.watch.synced
 
+    @property
+    def known(self) -> bool:
+        """Read from the API at least once (the watch, the start-up read or a write of ours).
+
+        Until then ``current()`` is an empty ledger that only means "not read yet": fail-open
+        recovery must not take it for an unspent budget.
+        """
+        return self.watch.synced or self.watch.current() is not None or self._loaded is not None
+
     def load(self) -> lg.Ledger:
         """One blocking GET (start-up, before the loop runs); an empty ledger when there is none yet."""
         settings = self.settings
@@ -110,19 +122,20 @@ class LedgerStore:
 
     async def flush(self) -> bool:
         """Write every queued change; False (changes kept for the next try) when the API refused."""
-        taken = self._journal.take()
-        if not taken:
+        async with self._flushing:
+            taken = self._journal.take()
+            if not taken:
+                return True
+            try:
+                await self._write(taken)
+            except ApiError as exc:
+                self._journal.restore(taken)
+                log.warning("ownership ledger not written (%s), retrying", exc)
+                return False
+            except BaseException:
+                self._journal.restore(taken)
+                raise
             return True
-        try:
-            await self._write(taken)
-        except ApiError as exc:
-            self._journal.restore(taken)
-            log.warning("ownership ledger not written (%s), retrying", exc)
-            return False
-        except BaseException:
-            self._journal.restore(taken)
-            raise
-        return True
 
     async def _write(self, changes: list[lg.Change]) -> None:
         namespace, name = self.settings.namespace, self.settings.ledger

@@ -19,7 +19,10 @@ helps, and only a controller makes new Pods by itself. Hence the decision:
    configuration does not select its namespace, must not be deleted in a loop); a bare Pod
    is only reported: deleting it would lose it.
 
-Times are the caller's monotonic clock: the decision never reads a clock itself.
+The decision never reads a clock itself. ``now`` and ``stuck_since`` are the caller's
+monotonic clock (the grace is this process's own observation); the deletions are wall-clock
+seconds against ``wall_now``: they come from the ownership ledger, written by other
+replicas and earlier processes, and a monotonic clock starts afresh with each process.
 """
 
 from __future__ import annotations
@@ -103,11 +106,14 @@ def decide(
     now: float,
     owner_deletions: Sequence[float],
     settings: RecoverySettings,
+    wall_now: float | None = None,
 ) -> Decision:
     """The decision for ``pod`` (see the module docstring).
 
     ``stuck_since``: when the caller first saw this Pod stuck (None: never, i.e. now);
-    ``owner_deletions``: when the caller deleted Pods of the same controller.
+    ``owner_deletions``: when Pods of the same controller were deleted, on the clock of
+    ``wall_now`` (None: the clock of ``now``). One within the window either way counts: a
+    replica whose clock is a little ahead wrote it.
     """
     metadata = pod.get("metadata") or {}
     namespace = str(metadata.get("namespace") or "")
@@ -144,7 +150,8 @@ def decide(
             missing,
             stuck,
         )
-    recent = [t for t in owner_deletions if now - t < settings.window_seconds]
+    budget_now = now if wall_now is None else wall_now
+    recent = [t for t in owner_deletions if abs(budget_now - t) < settings.window_seconds]
     if len(recent) >= settings.max_per_owner:
         return Decision(
             "give_up",
