@@ -261,3 +261,16 @@ async def test_the_runtime_gives_its_recovery_the_ledger(
         await runtime.close()
         runner.shutdown()
         control.close()
+
+
+async def test_no_pod_is_deleted_before_the_ledger_has_been_read(
+    apiserver: Apiserver, cluster: Cluster, replicas: Callable[..., Replica]
+) -> None:
+    """An unread ledger is empty only because it is unread: not a full budget."""
+    replica = replicas(wall=Clock(T0))  # not started: neither the start-up read nor the watch
+    await stuck_pod(cluster, "web-0", "pod-uid-0")
+    await replica.recovery.look()
+    assert pod_exists(apiserver, "web-0")
+    await replica.start()
+    await replica.recovery.look()
+    assert not pod_exists(apiserver, "web-0")
