@@ -25,6 +25,7 @@ from tests.test_recovery import OWNER, POLICY, pod
 from webhook.config import KubeSettings, RecoverySettings
 from webhook.kube.client import KubeApi, build_api_client
 from webhook.kube.control import ControlApi, ControlSettings
+from webhook.kube.errors import ApiForbidden, ApiTimeout
 from webhook.kube.ledger import LedgerStore
 from webhook.kube.pods import PodApi
 from webhook.kube.runner import Runner
@@ -274,3 +275,34 @@ async def test_no_pod_is_deleted_before_the_ledger_has_been_read(
     await replica.start()
     await replica.recovery.look()
     assert not pod_exists(apiserver, "web-0")
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "counted"),
+    [
+        pytest.param(Fault(method="DELETE", path=".*/pods/.*", status=403), ApiForbidden, [], id="refused-given-back"),
+        pytest.param(
+            Fault(method="DELETE", path=".*/pods/.*", delay=KUBE.request_timeout + 1, times=1),
+            ApiTimeout,
+            [int(T0)],
+            id="timed-out-may-have-happened-stays-counted",
+        ),
+    ],
+)
+async def test_a_delete_that_fails_gives_the_budget_back_only_when_it_certainly_did_not_happen(
+    apiserver: Apiserver,
+    cluster: Cluster,
+    replicas: Callable[..., Replica],
+    fault: Fault,
+    error: type[Exception],
+    counted: list[int],
+) -> None:
+    apiserver.faults.append(fault)
+    replica = await replicas(wall=Clock(T0)).start()
+    assert replica.ledger is not None
+    await stuck_pod(cluster, "web-0", "pod-uid-0")
+    with pytest.raises(error):
+        await replica.recovery.look()
+    assert await replica.ledger.flush()
+    assert deletions_in_cluster(apiserver).get(RS_UID, []) == counted
+    assert replica.recovery.owner_deletions(RS_UID) == counted

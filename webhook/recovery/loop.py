@@ -11,8 +11,9 @@ The per-controller budget is the one piece whose loss does harm: kept in memory 
 webhook in a crash loop, or whose leadership flaps, would start each time with a full budget
 and delete the Pods of a controller it cannot fix again and again. So each deletion is
 written to the ownership ledger (:mod:`webhook.kube.ledger`: the controller's uid and the
-wall-clock second, nothing else) *before* the Pod is deleted, and taken back if the delete
-does not happen; a Pod is not deleted while that cannot be written, nor while the ledger has
+wall-clock second, nothing else) *before* the Pod is deleted, and taken back when the delete
+certainly did not happen (the Pod was gone, the API refused); after a timeout it may have, and
+it stays counted. A Pod is not deleted while that cannot be written, nor while the ledger has
 not been read yet. The budget counts the ledger's deletions (other replicas', earlier
 processes') together with this process's own. Without a ledger (tests, no cluster surface)
 the budget is in memory, as it was.
@@ -30,7 +31,7 @@ from typing import Any
 
 from webhook.config import KubeSettings, RecoverySettings
 from webhook.kube.client import KubeApi
-from webhook.kube.errors import ApiError
+from webhook.kube.errors import ApiError, ApiForbidden, ApiInvalid, ApiTooManyRequests, ApiUnauthorized
 from webhook.kube.ledger import LedgerStore
 from webhook.kube.objects import KubeObject, namespace_labels
 from webhook.kube.pods import PodApi
@@ -46,6 +47,10 @@ log = logging.getLogger(__name__)
 DELETED = "FailOpenPodDeleted"
 REPORTED = "FailOpenPodNotRecovered"
 GAVE_UP = "FailOpenRecoveryStopped"
+
+#: Answers that say the delete was not done; any other failure (a timeout, a connection cut,
+#: a 500) may come after it was, so that deletion stays in the budget.
+REFUSED = (ApiForbidden, ApiUnauthorized, ApiInvalid, ApiTooManyRequests)
 
 
 class FailOpenRecovery:
@@ -213,7 +218,7 @@ class FailOpenRecovery:
                     timeout=self._kube.request_timeout,
                     action=f"delete Pod {namespace}/{name}",
                 )
-            except BaseException:
+            except REFUSED:
                 self._refund(spent)
                 raise
             if not deleted:
