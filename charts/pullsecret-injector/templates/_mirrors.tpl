@@ -39,9 +39,12 @@ chart does not render cannot be hashed here (lookup sees nothing under
 {{- .Values.mirrors.existingCaConfigMap | default (printf "%s-mirror-ca" (include "pullsecret-injector.fullname" .)) -}}
 {{- end -}}
 
-{{/* Where the bundle is in the container (--mirror-ca-file). */}}
+{{/* Where the bundle is mounted, and the file in it (--mirror-ca-file). */}}
+{{- define "pullsecret-injector.mirrorCaDir" -}}
+/mirror-ca
+{{- end -}}
 {{- define "pullsecret-injector.mirrorCaFile" -}}
-/mirror-ca/ca.crt
+{{- printf "%s/ca.crt" (include "pullsecret-injector.mirrorCaDir" .) -}}
 {{- end -}}
 
 {{/* Pod template annotation that rolls the Pods when the chart's own bundle changes. */}}
