@@ -20,10 +20,12 @@ import argparse
 import asyncio
 import base64
 import copy
+import hashlib
 import http.server
 import json
 import re
 import shutil
+import ssl
 import threading
 import urllib.parse
 import uuid
@@ -484,15 +486,11 @@ def test_webhook_configuration(ci: Rendered) -> None:
 
     webhook = ci.webhook
     assert webhook["admissionReviewVersions"] == ["v1"]
-    assert webhook["rules"] == [
-        {
-            "operations": ["CREATE"],
-            "apiGroups": [""],
-            "apiVersions": ["v1"],
-            "resources": ["pods"],
-            "scope": "Namespaced",
-        }
-    ]
+    pods = {"apiGroups": [""], "apiVersions": ["v1"], "scope": "Namespaced"}
+    expected_rules = [{"operations": ["CREATE"], "resources": ["pods"], **pods}]
+    if values["policy"].get("mirrors"):  # kubectl debug's containers are rewritten too
+        expected_rules.append({"operations": ["UPDATE"], "resources": ["pods/ephemeralcontainers"], **pods})
+    assert webhook["rules"] == expected_rules
     assert webhook["sideEffects"] == "NoneOnDryRun"
     assert webhook["failurePolicy"] == values["webhook"]["failurePolicy"]
     assert webhook["timeoutSeconds"] == values["webhook"]["timeoutSeconds"]
@@ -616,6 +614,109 @@ def test_mirrors_register_the_ephemeral_containers_subresource() -> None:
     assert rules[1]["operations"] == ["UPDATE"]
 
 
+#: The mirror CA bundle in the container (``--mirror-ca-file``): the one key of the ConfigMap, as ca.crt.
+MIRROR_CA_DIR = "/mirror-ca"
+MIRROR_CA_FILE = f"{MIRROR_CA_DIR}/ca.crt"
+MIRROR_CA = "-----BEGIN CERTIFICATE-----\nbWlycm9y\n-----END CERTIFICATE-----\n"
+OTHER_MIRROR_CA = "-----BEGIN CERTIFICATE-----\nb3RoZXI=\n-----END CERTIFICATE-----\n"
+
+
+def pod_annotations(r: Rendered) -> dict[str, str]:
+    annotations: dict[str, str] = r.one("Deployment")["spec"]["template"]["metadata"].get("annotations") or {}
+    return annotations
+
+
+#: (id, mirrors values, data of the ConfigMap the chart owns or None, (ConfigMap mounted, its key) or None)
+MIRROR_CA_CASES: list[tuple[str, Obj, dict[str, str] | None, tuple[str, str] | None]] = [
+    ("unset", {}, None, None),
+    ("key-alone-mounts-nothing", {"caBundleKey": "bundle.pem"}, None, None),
+    ("ca-bundle", {"caBundle": MIRROR_CA}, {"ca.crt": MIRROR_CA}, (f"{FULLNAME}-mirror-ca", "ca.crt")),
+    (
+        "ca-bundle-own-key",
+        {"caBundle": MIRROR_CA, "caBundleKey": "bundle.pem"},
+        {"bundle.pem": MIRROR_CA},
+        (f"{FULLNAME}-mirror-ca", "bundle.pem"),
+    ),
+    ("existing-configmap", {"existingCaConfigMap": "corp-ca"}, None, ("corp-ca", "ca.crt")),
+    (
+        "existing-configmap-own-key",
+        {"existingCaConfigMap": "corp-ca", "caBundleKey": "root-certs.pem"},
+        None,
+        ("corp-ca", "root-certs.pem"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("mirrors", "owned", "mounted"), [pytest.param(m, o, v, id=i) for i, m, o, v in MIRROR_CA_CASES]
+)
+def test_mirror_ca_bundle(mirrors: Obj, owned: dict[str, str] | None, mounted: tuple[str, str] | None) -> None:
+    """The ConfigMap (only the chart's own), the read-only volume and mount, the flag: all or nothing."""
+    r = render({"mirrors": mirrors})
+    configmaps = {m["metadata"]["name"]: m for m in r.all("ConfigMap")}
+    volumes = {v["name"]: v for v in r.pod_spec["volumes"]}
+    mounts = {m["name"]: m for m in r.container["volumeMounts"]}
+    if owned is None:
+        assert set(configmaps) == {f"{FULLNAME}-policy"}, "a ConfigMap the user owns (or none at all) is never rendered"
+    else:
+        assert set(configmaps) == {f"{FULLNAME}-policy", f"{FULLNAME}-mirror-ca"}
+        configmap = configmaps[f"{FULLNAME}-mirror-ca"]
+        assert configmap["metadata"]["namespace"] == NAMESPACE
+        assert configmap["metadata"]["labels"]["app.kubernetes.io/part-of"] == "pullsecret-injector"
+        assert configmap["data"] == owned, "the PEM byte for byte, under caBundleKey"
+    if mounted is None:
+        assert "mirror-ca" not in volumes
+        assert "mirror-ca" not in mounts
+        assert _flag(r.args, "--mirror-ca-file") is None
+    else:
+        name, key = mounted
+        assert volumes["mirror-ca"] == {
+            "name": "mirror-ca",
+            "configMap": {"name": name, "items": [{"key": key, "path": "ca.crt"}]},
+        }
+        assert mounts["mirror-ca"] == {"name": "mirror-ca", "mountPath": MIRROR_CA_DIR, "readOnly": True}
+        assert _flag(r.args, "--mirror-ca-file") == MIRROR_CA_FILE
+    expected_checksum = hashlib.sha256(MIRROR_CA.encode()).hexdigest() if owned is not None else None
+    assert pod_annotations(r).get("checksum/mirror-ca") == expected_checksum
+
+
+def test_a_changed_mirror_ca_bundle_rolls_the_pods() -> None:
+    """The webhook reads the bundle at start-up: a new bundle must change the Pod template, a policy edit must not."""
+    base: Obj = {"mirrors": {"caBundle": MIRROR_CA}, "podAnnotations": {"team": "platform"}}
+    first = pod_annotations(render(base))
+    other_policy = pod_annotations(render({**base, "policy": {"rules": [{**_rule(), "name": "other"}]}}))
+    other_bundle = pod_annotations(render({**base, "mirrors": {"caBundle": MIRROR_CA + OTHER_MIRROR_CA}}))
+    assert first["team"] == other_bundle["team"] == "platform", "podAnnotations are kept beside the checksum"
+    assert first["checksum/mirror-ca"] == other_policy["checksum/mirror-ca"]
+    assert first["checksum/mirror-ca"] != other_bundle["checksum/mirror-ca"]
+
+
+def _load_as_the_webhook_does(ca_file: Path) -> list[Obj]:
+    """``build_mirror_checker`` (webhook/admission/mirroring.py): the system's CAs plus the file."""
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=str(ca_file))
+    loaded: list[Obj] = context.get_ca_certs()
+    return loaded
+
+
+def test_the_ci_mirror_ca_is_one_the_webhook_loads(tmp_path: Path) -> None:
+    """ci/mirror-ca-values.yaml's bundle, as mounted, is a CA the webhook takes (a placeholder PEM is not)."""
+    r = render_ci("mirror-ca")
+    configmap = r.one("ConfigMap", f"{FULLNAME}-mirror-ca")
+    volume = next(v for v in r.pod_spec["volumes"] if v["name"] == "mirror-ca")
+    (item,) = volume["configMap"]["items"]
+    ca_file = tmp_path / item["path"]
+    ca_file.write_text(configmap["data"][item["key"]])
+    subjects = [ca["subject"] for ca in _load_as_the_webhook_does(ca_file)]
+    assert ((("commonName", "registry.internal.example example CA"),),) in subjects
+    policy = yaml.safe_load(r.one("ConfigMap", f"{FULLNAME}-policy")["data"]["policy.yaml"])
+    assert policy["mirrors"]["docker.io"]["check"] is True, "the case is a checked mirror"
+    placeholder = tmp_path / "placeholder.crt"
+    placeholder.write_text(MIRROR_CA)
+    with pytest.raises(ssl.SSLError):
+        _load_as_the_webhook_does(placeholder)
+
+
 def test_probes_ports_and_env(ci: Rendered) -> None:
     container = ci.container
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -653,9 +754,10 @@ def test_volumes_follow_cert_mode(ci: Rendered) -> None:
 
 
 def test_no_policy_checksum_annotation(ci: Rendered) -> None:
-    """The policy is hot-reloaded: changing it must not roll the Pods."""
+    """The policy is hot-reloaded: changing it must not roll the Pods (only the mirror CA, read at start-up, does)."""
     annotations = ci.one("Deployment")["spec"]["template"]["metadata"].get("annotations") or {}
-    assert not [k for k in annotations if k.startswith("checksum/")]
+    checksums = {k for k in annotations if k.startswith("checksum/")}
+    assert checksums == ({"checksum/mirror-ca"} if ci.values["mirrors"]["caBundle"] else set())
 
 
 def _flag(args: list[str], name: str) -> str | None:
@@ -1237,6 +1339,29 @@ BAD_VALUES: list[tuple[str, Obj, bool, str]] = [
     ),
     ("unknown-top-level-key", {"replicas": 3}, False, "additional properties 'replicas' not allowed"),
     (
+        "mirror-ca-bundle-and-existing-configmap",
+        {"mirrors": {"caBundle": MIRROR_CA, "existingCaConfigMap": "corp-ca"}},
+        False,
+        "mirrors.caBundle and mirrors.existingCaConfigMap are mutually exclusive",
+    ),
+    ("mirror-ca-bundle-base64", {"mirrors": {"caBundle": MANUAL_CA}}, False, "mirrors.caBundle must be PEM text"),
+    ("mirror-ca-key-schema", {"mirrors": {"caBundleKey": "ca/crt"}}, False, "/mirrors/caBundleKey"),
+    (
+        "mirror-ca-key-template",
+        {"mirrors": {"caBundleKey": "ca/crt"}},
+        True,
+        'mirrors.caBundleKey: "ca/crt" is not a ConfigMap key',
+    ),
+    (
+        "mirror-ca-configmap-not-a-name",
+        {"mirrors": {"existingCaConfigMap": "Corp CA"}},
+        False,
+        "/mirrors/existingCaConfigMap",
+    ),
+    ("mirror-check-budget-zero", {"mirrors": {"checkBudget": 0}}, False, "/mirrors/checkBudget"),
+    ("mirror-probe-timeout-negative", {"mirrors": {"probeTimeout": -1}}, False, "/mirrors/probeTimeout"),
+    ("mirror-unknown-key", {"mirrors": {"caFile": "/ca.crt"}}, False, "additional properties 'caFile' not allowed"),
+    (
         "service-account-without-name",
         {"serviceAccount": {"create": False}},
         False,
@@ -1329,7 +1454,7 @@ def test_schema_is_strict() -> None:
     assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
     assert schema["additionalProperties"] is False
     props = schema["properties"]
-    for key in ("image", "webhook", "server", "metrics", "certificates", "policy", "rbac", "service"):
+    for key in ("image", "webhook", "server", "metrics", "certificates", "policy", "mirrors", "rbac", "service"):
         assert props[key]["additionalProperties"] is False, key
     assert props["certificates"]["properties"]["mode"]["enum"] == ["self", "cert-manager", "manual"]
     assert props["webhook"]["properties"]["failurePolicy"]["enum"] == ["Ignore", "Fail"]
@@ -1339,8 +1464,16 @@ def test_schema_is_strict() -> None:
 
 def test_helpers_are_split_by_concern() -> None:
     templates = CHART / "templates"
-    for name in ("_helpers.tpl", "_policy.tpl", "_certs.tpl", "NOTES.txt", "tests/test-connection.yaml"):
+    for name in (
+        "_helpers.tpl",
+        "_policy.tpl",
+        "_certs.tpl",
+        "_mirrors.tpl",
+        "NOTES.txt",
+        "tests/test-connection.yaml",
+    ):
         assert (templates / name).is_file(), name
+    assert "pullsecret-injector.validateMirrors" in (templates / "_mirrors.tpl").read_text()
     assert "pullsecret-injector.targetSecretNames" in (templates / "_policy.tpl").read_text()
     assert "pullsecret-injector.sourceSecretsByNamespace" in (templates / "_policy.tpl").read_text()
     assert "lookup" in (templates / "_certs.tpl").read_text()

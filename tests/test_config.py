@@ -16,11 +16,22 @@ from typing import Any
 
 import pytest
 
-from tests.test_chart import CI_VALUES, FULLNAME, NAMESPACE, Rendered, default_values, render, render_ci
+from tests.test_chart import (
+    CI_VALUES,
+    FULLNAME,
+    MIRROR_CA,
+    MIRROR_CA_FILE,
+    NAMESPACE,
+    Rendered,
+    default_values,
+    render,
+    render_ci,
+)
 from webhook.cli import build_parser, settings_from_args
 from webhook.config import (
     CertSettings,
     KubeSettings,
+    MirrorSettings,
     PolicySettings,
     ServerSettings,
     Settings,
@@ -42,10 +53,14 @@ VALUE_SETTINGS: dict[str, str] = {
     "server.resyncSeconds": "kube.resync_seconds",
     "server.shutdownDelay": "server.shutdown_delay",
     "metrics.port": "server.metrics_port",
+    "mirrors.checkBudget": "mirrors.check_budget",
+    "mirrors.probeTimeout": "mirrors.probe_timeout",
 }
 #: ``server.*`` values that are not one setting each (the Lease name is checked through the args).
 #: bindNodeIP sets PSI_HOST from the downward API (status.hostIP), a per-Pod value no default can hold.
 SERVER_VALUES_WITHOUT_SETTING = {"leaderElection", "extraArgs", "extraEnv", "bindNodeIP"}
+#: ``mirrors.*`` values that are not one setting each: together they make ``mirrors.ca_file`` (the mount).
+MIRROR_VALUES_WITHOUT_SETTING = {"caBundle", "existingCaConfigMap", "caBundleKey"}
 
 #: Settings the chart sets, by default, to something other than the dataclass default, and why.
 DELIBERATE: dict[str, tuple[Any, str]] = {
@@ -125,6 +140,23 @@ def test_every_server_value_is_mapped_to_a_setting() -> None:
     assert server_values - SERVER_VALUES_WITHOUT_SETTING == mapped
 
 
+def test_every_mirrors_value_is_mapped_to_a_setting() -> None:
+    """A new ``mirrors.*`` value must be listed in VALUE_SETTINGS (and so compared) or explicitly excluded."""
+    mirror_values = set(default_values()["mirrors"])
+    mapped = {path.split(".", 1)[1] for path in VALUE_SETTINGS if path.startswith("mirrors.")}
+    assert mirror_values - MIRROR_VALUES_WITHOUT_SETTING == mapped
+    assert {f"mirrors.{f.name}" for f in dataclasses.fields(MirrorSettings)} == {
+        *(VALUE_SETTINGS[f"mirrors.{value}"] for value in mapped),
+        "mirrors.ca_file",
+    }, "every mirror setting has its chart value"
+
+
+def mirror_ca_file(values: dict[str, Any]) -> Path | None:
+    """``mirrors.ca_file`` as the chart sets it: the mounted bundle when one is configured."""
+    mirrors = values["mirrors"]
+    return Path(MIRROR_CA_FILE) if mirrors["caBundle"] or mirrors["existingCaConfigMap"] else None
+
+
 def test_default_chart_args_are_the_settings_defaults_but_the_deliberate_ones() -> None:
     actual = flatten(settings_of(render({})))
     differing = {key: value for key, value in actual.items() if value != DEFAULTS[key]}
@@ -143,6 +175,7 @@ def test_chart_args_carry_the_values_into_the_settings(name: str) -> None:
         expected["server.metrics_port"] = 0
     expected.update(CERT_SETTINGS_BY_MODE[mode])
     expected["server.admission_timeout"] = admission_timeout(rendered.values)
+    expected["mirrors.ca_file"] = mirror_ca_file(rendered.values)
     assert flatten(settings_of(rendered)) == expected
 
 
@@ -175,9 +208,11 @@ def test_changed_values_reach_the_settings() -> None:
             },
             "metrics": {"enabled": False},
             "webhook": {"timeoutSeconds": 2},
+            "mirrors": {"caBundle": MIRROR_CA, "checkBudget": 0.4, "probeTimeout": 0.25},
         }
     )
     settings = settings_of(rendered)
+    assert settings.mirrors == MirrorSettings(check_budget=0.4, probe_timeout=0.25, ca_file=Path(MIRROR_CA_FILE))
     assert settings.server == dataclasses.replace(
         ServerSettings(),
         port=9443,
@@ -191,6 +226,21 @@ def test_changed_values_reach_the_settings() -> None:
     assert 1.5 < settings.server.admission_timeout < 2
     assert (settings.kube.ensure_timeout, settings.kube.cleanup, settings.kube.resync_seconds) == (1.5, False, 60.0)
     assert settings.kube.lease_name == "my-lease"
+
+
+@pytest.mark.parametrize(
+    ("mirrors", "ca_file"),
+    [
+        pytest.param({}, None, id="unset"),
+        pytest.param({"caBundle": MIRROR_CA}, Path(MIRROR_CA_FILE), id="ca-bundle"),
+        pytest.param(
+            {"existingCaConfigMap": "corp-ca", "caBundleKey": "root.pem"}, Path(MIRROR_CA_FILE), id="existing"
+        ),
+    ],
+)
+def test_the_mirror_ca_reaches_the_settings(mirrors: dict[str, Any], ca_file: Path | None) -> None:
+    """The CA file the webhook is told to read is where the chart mounts the bundle, whichever ConfigMap holds it."""
+    assert settings_of(render({"mirrors": mirrors})).mirrors == MirrorSettings(ca_file=ca_file)
 
 
 # --------------------------------------------------------------------------- the dataclasses check themselves

@@ -1,6 +1,7 @@
 {{/*
 Names and labels. Policy-derived helpers live in _policy.tpl, certificate-mode
-helpers in _certs.tpl, cross-value checks in _validate.tpl.
+helpers in _certs.tpl, mirror CA helpers in _mirrors.tpl, cross-value checks in
+_validate.tpl.
 */}}
 
 {{/* Chart name, overridable with nameOverride. */}}

@@ -45,4 +45,5 @@ first; these checks also hold with --skip-schema-validation.
 {{- end -}}
 {{- include "pullsecret-injector.validateCerts" . -}}
 {{- include "pullsecret-injector.validatePolicy" . -}}
+{{- include "pullsecret-injector.validateMirrors" . -}}
 {{- end -}}
