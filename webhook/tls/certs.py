@@ -5,9 +5,10 @@ module is the file I/O around it, kept apart so that the pure half needs no disk
 tested and the one way certificate files are written (atomically, with their mode from
 the first byte) is in one place.
 
-The names of :mod:`webhook.tls.pki` are re-exported here: code written before the split
-(the server, the benchmark, the e2e support) imports them from this module, and keeps
-working. New code imports them from :mod:`webhook.tls.pki`.
+A few names of :mod:`webhook.tls.pki` are re-exported here, for the importers that predate
+the split and are not moved with it (``webhook/server.py``: ``CertBundle``; the e2e
+support: ``build_ca``, ``build_serving_cert``, ``load_certificates``, ``verify_chain``).
+Drop them when those import from :mod:`webhook.tls.pki`; new code imports from there.
 """
 
 from __future__ import annotations
@@ -21,50 +22,25 @@ from pathlib import Path
 
 from webhook.tls.pki import (
     CA_CERT_FILE,
-    CLOCK_SKEW,
-    DEFAULT_CA_COMMON_NAME,
-    DEFAULT_CA_VALIDITY,
     DEFAULT_CERT_VALIDITY,
-    DEFAULT_RENEW_FRACTION,
     TLS_CERT_FILE,
     TLS_KEY_FILE,
     CertBundle,
-    CertificateVerificationError,
     build_bundle,
     build_ca,
     build_serving_cert,
-    certificate_fingerprint,
     load_certificates,
-    merge_ca_bundle,
-    needs_renewal,
-    not_after,
-    private_key_matches_certificate,
-    service_dns_names,
     verify_chain,
 )
 
 __all__ = [
-    "CA_CERT_FILE",
-    "CLOCK_SKEW",
-    "DEFAULT_CA_COMMON_NAME",
-    "DEFAULT_CA_VALIDITY",
-    "DEFAULT_CERT_VALIDITY",
-    "DEFAULT_RENEW_FRACTION",
-    "TLS_CERT_FILE",
-    "TLS_KEY_FILE",
+    # re-exported, see above
     "CertBundle",
-    "CertificateVerificationError",
-    "build_bundle",
     "build_ca",
     "build_serving_cert",
-    "certificate_fingerprint",
     "load_certificates",
-    "merge_ca_bundle",
-    "needs_renewal",
-    "not_after",
-    "private_key_matches_certificate",
-    "service_dns_names",
     "verify_chain",
+    # this module's own
     "write_file_atomic",
     "write_local_certs",
 ]
