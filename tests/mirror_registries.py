@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from webhook.tls.certs import build_ca, build_serving_cert
+from webhook.tls.pki import build_ca, build_serving_cert
 
 TOOLS = ("docker-registry", "skopeo", "umoci", "htpasswd")
 INSTALL_HINT = "apt-get install docker-registry skopeo umoci busybox-static apache2-utils"

@@ -56,7 +56,7 @@ from typing import IO, Literal
 import yaml
 
 from tests.e2e.controlplane import LOOPBACK, _pdeathsig_preexec, free_port, tail, terminate
-from webhook.tls.certs import build_ca, build_serving_cert
+from webhook.tls.pki import build_ca, build_serving_cert
 
 #: Debian package -> the binary it provides that this module runs.
 REQUIRED_TOOLS: dict[str, str] = {

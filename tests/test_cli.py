@@ -164,7 +164,7 @@ def test_readme_check_example_matches_the_bundled_files() -> None:
 
 
 def test_certs_writes_a_ca_and_a_serving_pair_for_the_service(tmp_path: Path) -> None:
-    from webhook.tls.certs import load_certificates, verify_chain
+    from webhook.tls.pki import load_certificates, verify_chain
 
     code, text = run("certs", "--service", "psi", "--namespace", "tools", "--out", str(tmp_path / "certs"))
     assert code == 0

@@ -8,7 +8,7 @@ import copy
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from webhook.config import KubeSettings, RecoverySettings
 from webhook.kube.caches import NamespaceCache, SecretCache
@@ -354,30 +354,28 @@ class KubeRuntime:
             self._pods_api.close()
 
 
-def build_kube_runtime(
-    *,
-    settings: KubeSettings,
-    policy: PolicyFn,
-    stats: Stats | None = None,
-    ledger: LedgerStore | None = None,
-    recovery: RecoverySettings | None = None,
-) -> KubeRuntime:
+class RuntimeOptions(TypedDict, total=False):
+    """The optional parts of a runtime, as the builders pass them on to :class:`KubeRuntime` untouched.
+
+    Declared once so that an option added to the runtime (the ledger, fail-open recovery
+    came that way) reaches every builder without being written into each signature again;
+    the defaults are :class:`KubeRuntime`'s.
+    """
+
+    stats: Stats | None
+    elect: bool
+    ledger: LedgerStore | None
+    recovery: RecoverySettings | None
+
+
+def build_kube_runtime(*, settings: KubeSettings, policy: PolicyFn, **options: Unpack[RuntimeOptions]) -> KubeRuntime:
     """The runtime for ``serve``: ``settings.kubeconfig`` if given, else the in-cluster service account."""
     configuration = load_configuration(kubeconfig=settings.kubeconfig)
-    return build_runtime_from_configuration(
-        configuration=configuration, policy=policy, settings=settings, stats=stats, ledger=ledger, recovery=recovery
-    )
+    return build_runtime_from_configuration(configuration=configuration, policy=policy, settings=settings, **options)
 
 
 def build_runtime_from_configuration(
-    *,
-    configuration: Any,
-    policy: PolicyFn,
-    settings: KubeSettings,
-    stats: Stats | None = None,
-    elect: bool = True,
-    ledger: LedgerStore | None = None,
-    recovery: RecoverySettings | None = None,
+    *, configuration: Any, policy: PolicyFn, settings: KubeSettings, **options: Unpack[RuntimeOptions]
 ) -> KubeRuntime:
     """The runtime on an explicit client ``Configuration`` (tests point it at an emulator)."""
     # Two clients, two connection pools: the watches hold their connections for minutes and
@@ -385,18 +383,9 @@ def build_runtime_from_configuration(
     api = KubeApi(build_api_client(configuration=copy.deepcopy(configuration), pool_size=settings.workers))
     watch_api = KubeApi(build_api_client(configuration=copy.deepcopy(configuration), pool_size=64))
     pods = None
+    recovery = options.get("recovery")
     if recovery is not None and recovery.enabled:  # issue 12: fail-open recovery, its own small pool
         from webhook.kube.pods import PodApi
 
         pods = PodApi(build_api_client(configuration=copy.deepcopy(configuration), pool_size=2))
-    return KubeRuntime(
-        api=api,
-        watch_api=watch_api,
-        policy=policy,
-        settings=settings,
-        stats=stats,
-        elect=elect,
-        recovery=recovery,
-        pods=pods,
-        ledger=ledger,
-    )
+    return KubeRuntime(api=api, watch_api=watch_api, policy=policy, settings=settings, pods=pods, **options)

@@ -11,6 +11,7 @@ from tests.builders import pod_body
 from webhook.admission.patch import (
     INJECTED_ANNOTATION,
     SKIP_LABEL,
+    annotation_op,
     build_patch,
     escape_pointer,
     existing_pull_secrets,
@@ -84,6 +85,24 @@ def test_existing_pull_secrets_skips_entries_without_a_name() -> None:
 
 def test_escape_pointer_follows_rfc_6901() -> None:
     assert escape_pointer("a/b~c") == "a~1b~0c"
+
+
+@pytest.mark.parametrize(
+    ("metadata", "expected"),
+    [
+        pytest.param(None, {"x/y": "1"}, id="no-metadata"),
+        pytest.param({"name": "p"}, {"x/y": "1"}, id="no-annotations"),
+        pytest.param({"name": "p", "annotations": None}, {"x/y": "1"}, id="null-annotations"),
+        pytest.param({"name": "p", "annotations": {"a": "b"}}, {"a": "b", "x/y": "1"}, id="others-kept"),
+        pytest.param({"name": "p", "annotations": {"x/y": "0"}}, {"x/y": "1"}, id="replaced"),
+    ],
+)
+def test_annotation_op_sets_the_annotation_whatever_the_metadata_holds(
+    metadata: dict[str, Any] | None, expected: dict[str, str]
+) -> None:
+    pod: dict[str, Any] = {"spec": {}} if metadata is None else {"metadata": metadata, "spec": {}}
+    patched = jsonpatch.apply_patch(pod, [annotation_op(pod, "x/y", "1")])
+    assert patched["metadata"]["annotations"] == expected
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from webhook.secrets.dockerconfig import (
     MalformedSource,
     content_hash,
     credentials_auths,
+    dockerconfigjson_secret,
     encode_config,
     filter_auths,
     go_json_string,
@@ -141,6 +142,16 @@ EXPECTED = {"quay.io": AuthEntry(username="quay-user", password="quay-pass", aut
 )
 def test_every_source_format_yields_the_same_auths(source: dict[str, Any]) -> None:
     assert parse_source_secret(source, what="source Secret ops/src") == EXPECTED
+
+
+def test_a_built_secret_reads_back_as_the_same_auths() -> None:
+    auths = credentials_auths(registry="quay.io", username="bot", password="pw")
+    config = encode_config(auths)
+    secret = dockerconfigjson_secret({"name": "quay-pull", "namespace": "team-a"}, config)
+    assert secret["metadata"] == {"name": "quay-pull", "namespace": "team-a"}
+    assert secret["type"] == DOCKERCONFIGJSON_TYPE
+    assert base64.b64decode(secret["data"][".dockerconfigjson"]) == config
+    assert parse_source_secret(secret, what="built") == auths
 
 
 def test_legacy_dockercfg_converts_to_dockerconfigjson() -> None:

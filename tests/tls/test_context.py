@@ -25,16 +25,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tests.builders import eventually, wait_for
-from webhook.tls.certs import (
-    CertBundle,
-    build_bundle,
-    build_ca,
-    build_serving_cert,
-    merge_ca_bundle,
-    service_dns_names,
-    write_file_atomic,
-)
+from webhook.tls.certs import write_file_atomic
 from webhook.tls.context import CertificateReloadError, ReloadingSSLContext, install_into_uvicorn
+from webhook.tls.pki import CertBundle, build_bundle, build_ca, build_serving_cert, merge_ca_bundle, service_dns_names
 
 SERVICE, NAMESPACE = "pullsecret-injector", "infra"
 HOSTNAME = "pullsecret-injector.infra.svc"  # the name the API server dials

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from cryptography import x509
 
-from webhook.tls.certs import load_certificates, service_dns_names, verify_chain
+from webhook.tls.pki import load_certificates, service_dns_names, verify_chain
 from webhook.tls.selfcert import CertState, plan
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

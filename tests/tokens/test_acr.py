@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from webhook.observability.logs import redact
-from webhook.tls.certs import build_ca, build_serving_cert
+from webhook.tls.pki import build_ca, build_serving_cert
 from webhook.tokens.acr import USERNAME, AcrProvider
 from webhook.tokens.errors import MintError
 

@@ -75,22 +75,32 @@ def build_patch(*, pod: Mapping[str, Any], secrets: Sequence[str]) -> tuple[list
         # Absent or null: create the list ("add" replaces a null member).
         ops.append({"op": "add", "path": "/spec/imagePullSecrets", "value": [{"name": n} for n in added]})
 
-    metadata = pod.get("metadata")
-    annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
-    recorded = _recorded(annotations)
+    recorded = _recorded(pod)
     value = ",".join([*recorded, *(n for n in added if n not in recorded)])
-    if not isinstance(metadata, dict):
-        ops.append({"op": "add", "path": "/metadata", "value": {"annotations": {INJECTED_ANNOTATION: value}}})
-    elif not isinstance(annotations, dict):
-        ops.append({"op": "add", "path": "/metadata/annotations", "value": {INJECTED_ANNOTATION: value}})
-    else:
-        ops.append(
-            {"op": "add", "path": f"/metadata/annotations/{escape_pointer(INJECTED_ANNOTATION)}", "value": value}
-        )
+    ops.append(annotation_op(pod, INJECTED_ANNOTATION, value))
     return ops, added
 
 
-def _recorded(annotations: object) -> list[str]:
+def annotation_op(pod: Mapping[str, Any], key: str, value: str) -> PatchOperation:
+    """The operation that sets the Pod's annotation ``key`` to ``value``, whatever its metadata holds.
+
+    A JSON patch cannot add below a parent that is missing (or null), so the parent is
+    added whole, holding only this annotation; an annotation already there is replaced
+    (``add`` on an object member replaces it). Every annotation the webhook records goes
+    through here, so none of them can get the missing-parent case wrong.
+    """
+    metadata = pod.get("metadata")
+    annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+    if not isinstance(metadata, dict):
+        return {"op": "add", "path": "/metadata", "value": {"annotations": {key: value}}}
+    if not isinstance(annotations, dict):
+        return {"op": "add", "path": "/metadata/annotations", "value": {key: value}}
+    return {"op": "add", "path": f"/metadata/annotations/{escape_pointer(key)}", "value": value}
+
+
+def _recorded(pod: Mapping[str, Any]) -> list[str]:
+    metadata = pod.get("metadata")
+    annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
     if not isinstance(annotations, dict):
         return []
     value = annotations.get(INJECTED_ANNOTATION)

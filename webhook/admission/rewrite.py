@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from webhook.admission.patch import CONTAINER_KINDS, escape_pointer
+from webhook.admission.patch import CONTAINER_KINDS, annotation_op
 from webhook.admission.wire import PatchOperation
 from webhook.policy.mirrors import ORIGINAL_IMAGES_ANNOTATION
 
@@ -109,16 +109,7 @@ def rewrite_ops(
         if isinstance(r.image.image, str):
             record.setdefault(r.image.key, r.image.image)
     value = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
-    metadata = pod.get("metadata")
-    annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
-    if not isinstance(metadata, dict):
-        ops.append({"op": "add", "path": "/metadata", "value": {"annotations": {ORIGINAL_IMAGES_ANNOTATION: value}}})
-    elif not isinstance(annotations, dict):
-        ops.append({"op": "add", "path": "/metadata/annotations", "value": {ORIGINAL_IMAGES_ANNOTATION: value}})
-    else:
-        ops.append(
-            {"op": "add", "path": f"/metadata/annotations/{escape_pointer(ORIGINAL_IMAGES_ANNOTATION)}", "value": value}
-        )
+    ops.append(annotation_op(pod, ORIGINAL_IMAGES_ANNOTATION, value))
     return ops
 
 

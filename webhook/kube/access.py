@@ -25,7 +25,7 @@ from typing import Final
 
 from webhook.kube.errors import ApiError
 from webhook.policy.matching import CompiledPolicy
-from webhook.policy.model import Source
+from webhook.secrets.grants import source_target
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +102,6 @@ class Need:
         return f"missing permission to create Secrets{rules}: the chart grants it with rbac.create and any copy name"
 
 
-def _source_target(source: Source) -> tuple[str, str]:
-    if source.secret is not None:
-        return source.secret.namespace, source.secret.name
-    assert source.credentials is not None
-    ref = source.credentials.password_from
-    return ref.namespace, ref.name
-
-
 def required(policy: CompiledPolicy) -> list[Need]:
     """Every permission group ``policy`` needs, sorted: copies, their sources, and create."""
     copies: dict[str, list[str]] = {}
@@ -118,7 +110,7 @@ def required(policy: CompiledPolicy) -> list[Need]:
         if rule.source is None:
             continue  # only referenced: the webhook never touches that Secret
         copies.setdefault(rule.secret, []).append(rule.name)
-        sources.setdefault(_source_target(rule.source), []).append(rule.name)
+        sources.setdefault(source_target(rule.source), []).append(rule.name)
     needs = [Need("copy", "", name, tuple(rules)) for name, rules in copies.items()]
     needs += [Need("source", ns, name, tuple(rules)) for (ns, name), rules in sources.items()]
     if copies:

@@ -10,7 +10,9 @@ to audit what it reads and writes:
   are off, so a call takes at most the time it is given whatever the API server does
   (hangs, refuses connections, answers 5xx), and failures arrive as a subclass of
   :class:`~webhook.kube.errors.ApiError` (``ApiConflict``, ``ApiTimeout``...) whose
-  ``kind`` is fit for metrics and messages.
+  ``kind`` is fit for metrics and messages. How one call is made (raw, bounded,
+  classified) is :class:`RawApi`'s, which the other wrappers (``ControlApi``, ``PodApi``)
+  extend too: they differ in what they may call, never in how.
 * :class:`ListWatch`: one list-then-watch loop per thread, feeding a :class:`Store`
   under a lock. Secrets are only ever listed and watched *by name* (``fieldSelector
   metadata.name=X``), one watch per name the policy uses: that is what RBAC
@@ -104,18 +106,20 @@ def _watching(resource_version: str, server_timeout: int, timeout: tuple[float, 
     return kwargs
 
 
-class KubeApi:
-    """Synchronous raw-JSON API calls, each bounded by an explicit timeout (seconds).
+class RawApi:
+    """What every API wrapper of the webhook shares: raw-JSON calls, each bounded, failing as ``ApiError``.
 
-    Call from a worker thread. Every method raises :class:`ApiError` on failure, except
-    the ``get_*`` methods, which return ``None`` for 404.
+    :class:`KubeApi`, :class:`~webhook.kube.control.ControlApi` and
+    :class:`~webhook.kube.pods.PodApi` are kept apart because they are authorized apart
+    (different RBAC, made by different parts); how a call is made is one rule for all of
+    them, so it is written once here: the response read raw and released, an explicit
+    ``_request_timeout`` on every call, and a failure classified without anything the
+    server sent back.
     """
 
     def __init__(self, api_client: k8s.ApiClient) -> None:
         self._client = api_client
         self._core = k8s.CoreV1Api(api_client)
-        self._coordination = k8s.CoordinationV1Api(api_client)
-        self._admission = k8s.AdmissionregistrationV1Api(api_client)
 
     def close(self) -> None:
         """Close the idle pooled connections (calls in flight finish on theirs)."""
@@ -134,27 +138,69 @@ class KubeApi:
         except ApiNotFound:
             return None
 
+    # One namespaced object: the action names it the same way for every kind
+    # ("get Secret ns/name", "create Lease ns/name", "update ConfigMap ns/name").
+
+    def _read(
+        self, kind: str, fn: Callable[..., Any], namespace: str, name: str, *, timeout: float
+    ) -> KubeObject | None:
+        return self._get(f"get {kind} {namespace}/{name}", fn, name, namespace, timeout=timeout)
+
+    @staticmethod
+    def _create(kind: str, fn: Callable[..., Any], namespace: str, body: KubeObject, *, timeout: float) -> KubeObject:
+        name = body["metadata"]["name"]
+        return RawApi._call(f"create {kind} {namespace}/{name}", fn, namespace, body, timeout=timeout)
+
+    @staticmethod
+    def _write(
+        verb: str, kind: str, fn: Callable[..., Any], namespace: str, name: str, body: KubeObject, *, timeout: float
+    ) -> KubeObject:
+        """A patch (``verb`` "update") or a PUT ("replace") of ``namespace/name``."""
+        return RawApi._call(f"{verb} {kind} {namespace}/{name}", fn, name, namespace, body, timeout=timeout)
+
+    @staticmethod
+    def _watch(
+        action: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        resource_version: str,
+        server_timeout: int,
+        timeout: tuple[float, float],
+        **kwargs: Any,
+    ) -> Any:
+        """An open watch response (urllib3): the caller reads the stream, so it is not decoded here."""
+        try:
+            return fn(*args, **_watching(resource_version, server_timeout, timeout), **kwargs)
+        except Exception as exc:
+            raise _classify(exc, action) from None
+
+    def create_event(self, namespace: str, body: KubeObject, *, timeout: float) -> None:
+        self._call(f"create Event in {namespace}", self._core.create_namespaced_event, namespace, body, timeout=timeout)
+
+
+class KubeApi(RawApi):
+    """Synchronous raw-JSON API calls, each bounded by an explicit timeout (seconds).
+
+    Call from a worker thread. Every method raises :class:`ApiError` on failure, except
+    the ``get_*`` methods, which return ``None`` for 404.
+    """
+
+    def __init__(self, api_client: k8s.ApiClient) -> None:
+        super().__init__(api_client)
+        self._coordination = k8s.CoordinationV1Api(api_client)
+        self._admission = k8s.AdmissionregistrationV1Api(api_client)
+
     # Secrets ----------------------------------------------------------------
 
     def get_secret(self, namespace: str, name: str, *, timeout: float) -> KubeObject | None:
-        return self._get(
-            f"get Secret {namespace}/{name}", self._core.read_namespaced_secret, name, namespace, timeout=timeout
-        )
+        return self._read("Secret", self._core.read_namespaced_secret, namespace, name, timeout=timeout)
 
     def create_secret(self, namespace: str, body: KubeObject, *, timeout: float) -> KubeObject:
-        name = body["metadata"]["name"]
-        return self._call(
-            f"create Secret {namespace}/{name}", self._core.create_namespaced_secret, namespace, body, timeout=timeout
-        )
+        return self._create("Secret", self._core.create_namespaced_secret, namespace, body, timeout=timeout)
 
     def patch_secret(self, namespace: str, name: str, patch: KubeObject, *, timeout: float) -> KubeObject:
-        return self._call(
-            f"update Secret {namespace}/{name}",
-            self._core.patch_namespaced_secret,
-            name,
-            namespace,
-            patch,
-            timeout=timeout,
+        return self._write(
+            "update", "Secret", self._core.patch_namespaced_secret, namespace, name, patch, timeout=timeout
         )
 
     def delete_secret(
@@ -189,24 +235,15 @@ class KubeApi:
         With ``limit``, one page of at most that many objects; the next page is asked for
         with the ``metadata.continue`` token of this one (a 410 ``gone`` when it expired).
         """
-        selector = f"metadata.name={name}"
         where = f"in {namespace}" if namespace else "cluster-wide"
-        paging = _paging(limit, continue_)
-        if namespace is None:
-            return self._call(
-                f"list Secrets {name} {where}",
-                self._core.list_secret_for_all_namespaces,
-                field_selector=selector,
-                timeout=timeout,
-                **paging,
-            )
+        fn, args = self._secrets_in(namespace)
         return self._call(
             f"list Secrets {name} {where}",
-            self._core.list_namespaced_secret,
-            namespace,
-            field_selector=selector,
+            fn,
+            *args,
+            field_selector=f"metadata.name={name}",
             timeout=timeout,
-            **paging,
+            **_paging(limit, continue_),
         )
 
     def watch_secrets(
@@ -219,14 +256,22 @@ class KubeApi:
         timeout: tuple[float, float],
     ) -> Any:
         """An open watch response (urllib3) for the Secrets named ``name``."""
-        kwargs = _watching(resource_version, server_timeout, timeout)
-        kwargs["field_selector"] = f"metadata.name={name}"
-        try:
-            if namespace is None:
-                return self._core.list_secret_for_all_namespaces(**kwargs)
-            return self._core.list_namespaced_secret(namespace, **kwargs)
-        except Exception as exc:
-            raise _classify(exc, f"watch Secrets {name}") from None
+        fn, args = self._secrets_in(namespace)
+        return self._watch(
+            f"watch Secrets {name}",
+            fn,
+            *args,
+            field_selector=f"metadata.name={name}",
+            resource_version=resource_version,
+            server_timeout=server_timeout,
+            timeout=timeout,
+        )
+
+    def _secrets_in(self, namespace: str | None) -> tuple[Callable[..., Any], tuple[str, ...]]:
+        """The list call for Secrets of one namespace, or of all (``None``), and its positional arguments."""
+        if namespace is None:
+            return self._core.list_secret_for_all_namespaces, ()
+        return self._core.list_namespaced_secret, (namespace,)
 
     # Namespaces ---------------------------------------------------------------
 
@@ -238,52 +283,33 @@ class KubeApi:
         return self._call("list Namespaces", self._core.list_namespace, timeout=timeout, **_paging(limit, continue_))
 
     def watch_namespaces(self, *, resource_version: str, server_timeout: int, timeout: tuple[float, float]) -> Any:
-        try:
-            return self._core.list_namespace(**_watching(resource_version, server_timeout, timeout))
-        except Exception as exc:
-            raise _classify(exc, "watch Namespaces") from None
+        return self._watch(
+            "watch Namespaces",
+            self._core.list_namespace,
+            resource_version=resource_version,
+            server_timeout=server_timeout,
+            timeout=timeout,
+        )
 
-    # Events and the Lease ------------------------------------------------------
-
-    def create_event(self, namespace: str, body: KubeObject, *, timeout: float) -> None:
-        self._call(f"create Event in {namespace}", self._core.create_namespaced_event, namespace, body, timeout=timeout)
+    # The Lease ------------------------------------------------------------------
 
     def get_lease(self, namespace: str, name: str, *, timeout: float) -> KubeObject | None:
-        return self._get(
-            f"get Lease {namespace}/{name}", self._coordination.read_namespaced_lease, name, namespace, timeout=timeout
-        )
+        return self._read("Lease", self._coordination.read_namespaced_lease, namespace, name, timeout=timeout)
 
     def create_lease(self, namespace: str, body: KubeObject, *, timeout: float) -> KubeObject:
-        name = body["metadata"]["name"]
-        return self._call(
-            f"create Lease {namespace}/{name}",
-            self._coordination.create_namespaced_lease,
-            namespace,
-            body,
-            timeout=timeout,
-        )
+        return self._create("Lease", self._coordination.create_namespaced_lease, namespace, body, timeout=timeout)
 
     def patch_lease(self, namespace: str, name: str, patch: KubeObject, *, timeout: float) -> KubeObject:
-        return self._call(
-            f"update Lease {namespace}/{name}",
-            self._coordination.patch_namespaced_lease,
-            name,
-            namespace,
-            patch,
-            timeout=timeout,
+        return self._write(
+            "update", "Lease", self._coordination.patch_namespaced_lease, namespace, name, patch, timeout=timeout
         )
 
     # Self-managed certificates (webhook.tls.selfcert) --------------------------------
 
     def replace_secret(self, namespace: str, name: str, body: KubeObject, *, timeout: float) -> KubeObject:
         """PUT: with ``metadata.resourceVersion`` set, a concurrent change answers 409."""
-        return self._call(
-            f"replace Secret {namespace}/{name}",
-            self._core.replace_namespaced_secret,
-            name,
-            namespace,
-            body,
-            timeout=timeout,
+        return self._write(
+            "replace", "Secret", self._core.replace_namespaced_secret, namespace, name, body, timeout=timeout
         )
 
     def get_webhook_config(self, name: str, *, timeout: float) -> KubeObject | None:

@@ -14,50 +14,26 @@ ConfigMaps are listed and watched *by name* (``fieldSelector metadata.name=X``),
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client as k8s
 
-from webhook.kube.client import _json
-from webhook.kube.errors import ApiError, _classify, _timeout
+from webhook.kube.client import RawApi
 from webhook.kube.objects import KubeObject
 
 
-class ControlApi:
+class ControlApi(RawApi):
     """ConfigMaps by name, and (Self)SubjectAccessReviews, as raw JSON."""
 
     def __init__(self, api_client: k8s.ApiClient) -> None:
-        self._client = api_client
-        self._core = k8s.CoreV1Api(api_client)
+        super().__init__(api_client)
         self._authorization = k8s.AuthorizationV1Api(api_client)
-
-    def close(self) -> None:
-        self._client.close()  # type: ignore[no-untyped-call]
-
-    @staticmethod
-    def _call(action: str, fn: Callable[..., Any], *args: Any, timeout: float, **kwargs: Any) -> KubeObject:
-        try:
-            return _json(fn(*args, _preload_content=False, _request_timeout=_timeout(timeout), **kwargs))
-        except Exception as exc:
-            raise _classify(exc, action) from None
 
     # ConfigMaps ---------------------------------------------------------------------
 
     def get_configmap(self, namespace: str, name: str, *, timeout: float) -> KubeObject | None:
-        try:
-            return self._call(
-                f"get ConfigMap {namespace}/{name}",
-                self._core.read_namespaced_config_map,
-                name,
-                namespace,
-                timeout=timeout,
-            )
-        except ApiError as exc:
-            if exc.kind == "not_found":
-                return None
-            raise
+        return self._read("ConfigMap", self._core.read_namespaced_config_map, namespace, name, timeout=timeout)
 
     def list_configmaps(self, namespace: str, name: str, *, timeout: float) -> KubeObject:
         """The ConfigMap ``name`` as a list of at most one (what a by-name watch starts from)."""
@@ -73,44 +49,24 @@ class ControlApi:
         self, namespace: str, name: str, *, resource_version: str, server_timeout: int, timeout: tuple[float, float]
     ) -> Any:
         """An open watch response (urllib3) for the ConfigMap ``name``."""
-        kwargs: dict[str, Any] = {
-            "field_selector": f"metadata.name={name}",
-            "watch": True,
-            "allow_watch_bookmarks": True,
-            "timeout_seconds": server_timeout,
-            "_preload_content": False,
-            "_request_timeout": timeout,
-        }
-        if resource_version:
-            kwargs["resource_version"] = resource_version
-        try:
-            return self._core.list_namespaced_config_map(namespace, **kwargs)
-        except Exception as exc:
-            raise _classify(exc, f"watch ConfigMaps {name} in {namespace}") from None
-
-    def create_configmap(self, namespace: str, body: KubeObject, *, timeout: float) -> KubeObject:
-        name = body["metadata"]["name"]
-        return self._call(
-            f"create ConfigMap {namespace}/{name}",
-            self._core.create_namespaced_config_map,
+        return self._watch(
+            f"watch ConfigMaps {name} in {namespace}",
+            self._core.list_namespaced_config_map,
             namespace,
-            body,
+            field_selector=f"metadata.name={name}",
+            resource_version=resource_version,
+            server_timeout=server_timeout,
             timeout=timeout,
         )
+
+    def create_configmap(self, namespace: str, body: KubeObject, *, timeout: float) -> KubeObject:
+        return self._create("ConfigMap", self._core.create_namespaced_config_map, namespace, body, timeout=timeout)
 
     def patch_configmap(self, namespace: str, name: str, patch: KubeObject, *, timeout: float) -> KubeObject:
         """A merge patch; with ``metadata.resourceVersion`` in it a concurrent change answers 409."""
-        return self._call(
-            f"update ConfigMap {namespace}/{name}",
-            self._core.patch_namespaced_config_map,
-            name,
-            namespace,
-            patch,
-            timeout=timeout,
+        return self._write(
+            "update", "ConfigMap", self._core.patch_namespaced_config_map, namespace, name, patch, timeout=timeout
         )
-
-    def create_event(self, namespace: str, body: KubeObject, *, timeout: float) -> None:
-        self._call(f"create Event in {namespace}", self._core.create_namespaced_event, namespace, body, timeout=timeout)
 
     # Access reviews -------------------------------------------------------------------
 

@@ -19,6 +19,35 @@ from webhook.observability.stats import Stats
 log = logging.getLogger(__name__)
 
 
+def event_body(
+    *, namespace: str, involved: KubeObject, reason: str, message: str, instance: str, type_: str = "Warning"
+) -> KubeObject:
+    """A core/v1 Event on ``involved``, written the one way every part of the webhook posts them.
+
+    One shape for all (the recorder, the live policy, fail-open recovery) so that
+    ``kubectl get events --field-selector source=pullsecret-injector`` finds them all and
+    the API server's limits hold for all: a message is cut at 1,024 characters and the
+    reporting instance (the Pod name) at 128. ``message`` is posted as given: redacting it is the
+    caller's, who knows whether it may carry anything decoded.
+    """
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": "pullsecret-injector.", "namespace": namespace},
+        "involvedObject": involved,
+        "reason": reason,
+        "message": message[:1024],
+        "type": type_,
+        "source": {"component": "pullsecret-injector"},
+        "reportingComponent": "pullsecret-injector",
+        "reportingInstance": instance[:128],
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
+
+
 class EventRecorder:
     """Posts core/v1 Events on a namespace when a Secret could not be provided there.
 
@@ -62,26 +91,16 @@ class EventRecorder:
             self._stats.event("dropped")
 
     def _event(self, *, namespace: str, reason: str, message: str, involved: dict[str, str] | None) -> KubeObject:
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": "pullsecret-injector.", "namespace": namespace},
-            # A Namespace is cluster-scoped, but a core/v1 Event must live in the namespace
-            # of its involvedObject: naming the namespace there too puts the Event where
-            # `kubectl get events -n <namespace>` shows it.
-            "involvedObject": involved
-            or {"apiVersion": "v1", "kind": "Namespace", "name": namespace, "namespace": namespace},
-            "reason": reason,
-            "message": message[:1024],
-            "type": "Warning",
-            "source": {"component": "pullsecret-injector"},
-            "reportingComponent": "pullsecret-injector",
-            "reportingInstance": self._settings.identity[:128],
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
+        # A Namespace is cluster-scoped, but a core/v1 Event must live in the namespace
+        # of its involvedObject: naming the namespace there too puts the Event where
+        # `kubectl get events -n <namespace>` shows it.
+        return event_body(
+            namespace=namespace,
+            involved=involved or {"apiVersion": "v1", "kind": "Namespace", "name": namespace, "namespace": namespace},
+            reason=reason,
+            message=message,
+            instance=self._settings.identity,
+        )
 
     async def run(self) -> None:
         """Drain the queue until cancelled."""

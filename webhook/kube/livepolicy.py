@@ -24,13 +24,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from webhook.config import KubeSettings
 from webhook.kube.access import AccessUnknown, CachedReviewer, Reviewer, check_policy
 from webhook.kube.control import ControlApi, ControlSettings
 from webhook.kube.errors import ApiError
+from webhook.kube.events import event_body
 from webhook.kube.ledger import LedgerStore
 from webhook.kube.objects import KubeObject
 from webhook.kube.policywatch import ConfigMapWatch
@@ -378,7 +378,6 @@ class LivePolicy:
         kind, reason, message = status.event()
         metadata = obj.get("metadata") or {}
         namespace = self.settings.namespace
-        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         involved: dict[str, Any] = {
             "apiVersion": "v1",
             "kind": "ConfigMap",
@@ -387,21 +386,14 @@ class LivePolicy:
         }
         if metadata.get("uid"):
             involved["uid"] = metadata["uid"]
-        body: KubeObject = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": "pullsecret-injector.", "namespace": namespace},
-            "involvedObject": involved,
-            "reason": reason,
-            "message": redact(message)[:1024],
-            "type": kind,
-            "source": {"component": "pullsecret-injector"},
-            "reportingComponent": "pullsecret-injector",
-            "reportingInstance": self._kube.identity[:128],
-            "firstTimestamp": stamp,
-            "lastTimestamp": stamp,
-            "count": 1,
-        }
+        body = event_body(
+            namespace=namespace,
+            involved=involved,
+            reason=reason,
+            message=redact(message),
+            instance=self._kube.identity,
+            type_=kind,
+        )
         api = self._api
         try:
             await self._runner(

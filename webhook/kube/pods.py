@@ -3,33 +3,25 @@
 Kept apart from :class:`webhook.kube.client.KubeApi` on purpose: these are the only calls
 that touch Pods, made only when ``--recover-fail-open`` is on, and authorized by their own
 ClusterRole (charts/pullsecret-injector/templates/recovery-rbac.yaml: ``list`` and
-``delete`` on ``pods``, nothing else). The same rules as in ``client.py`` hold: raw JSON,
-an explicit timeout on every call, failures as :class:`ApiError` described without
-anything the server sent back.
+``delete`` on ``pods``, nothing else). How a call is made is
+:class:`~webhook.kube.client.RawApi`'s, as for every other wrapper: raw JSON, an explicit
+timeout on every call, failures as :class:`ApiError` described without anything the server
+sent back.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from kubernetes import client as k8s
 
-from webhook.kube.errors import ApiError, _classify, _timeout
+from webhook.kube.client import RawApi, _paging
+from webhook.kube.errors import _classify, _timeout
 from webhook.kube.objects import KubeObject
 
 
-class PodApi:
+class PodApi(RawApi):
     """Synchronous Pod calls (call from a worker thread), each bounded by its ``timeout``."""
-
-    def __init__(self, api_client: k8s.ApiClient) -> None:
-        self._client = api_client
-        # Untyped on purpose: with ``_preload_content=False`` the client returns the raw
-        # urllib3 response, not the model class its annotations name.
-        self._core: Any = k8s.CoreV1Api(api_client)
-
-    def close(self) -> None:
-        self._client.close()  # type: ignore[no-untyped-call]
 
     def list_pending_pods(
         self, *, timeout: float, limit: int | None = None, continue_: str | None = None
@@ -39,26 +31,13 @@ class PodApi:
         Only Pending Pods can be stuck on a pull; the API server filters, so a large
         cluster's running Pods never cross the wire.
         """
-        kwargs: dict[str, Any] = {"field_selector": "status.phase=Pending"}
-        if limit:
-            kwargs["limit"] = limit
-        if continue_:
-            kwargs["_continue"] = continue_
-        action = "list Pending Pods"
-        try:
-            response = self._core.list_pod_for_all_namespaces(
-                _preload_content=False, _request_timeout=_timeout(timeout), **kwargs
-            )
-            try:
-                data = response.data
-            finally:
-                response.release_conn()
-        except Exception as exc:
-            raise _classify(exc, action) from None
-        value = orjson.loads(data)
-        if not isinstance(value, dict):
-            raise ApiError(action=action)
-        return value
+        return self._call(
+            "list Pending Pods",
+            self._core.list_pod_for_all_namespaces,
+            field_selector="status.phase=Pending",
+            timeout=timeout,
+            **_paging(limit, continue_),
+        )
 
     def delete_pod(self, namespace: str, name: str, *, uid: str, timeout: float) -> bool:
         """Delete the Pod, but only the one we judged (``uid`` precondition); False if it is gone already.
@@ -68,8 +47,11 @@ class PodApi:
         """
         body = k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(uid=uid))
         action = f"delete Pod {namespace}/{name}"
+        # Untyped on purpose: with ``_preload_content=False`` the client returns the raw
+        # urllib3 response, not the model class its annotations name.
+        core: Any = self._core
         try:
-            response = self._core.delete_namespaced_pod(
+            response = core.delete_namespaced_pod(
                 name, namespace, body=body, _preload_content=False, _request_timeout=_timeout(timeout)
             )
             response.release_conn()

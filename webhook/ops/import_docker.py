@@ -40,6 +40,7 @@ from webhook.secrets.dockerconfig import (
     AuthEntry,
     Auths,
     credentials_auths,
+    dockerconfigjson_secret,
     encode_config,
 )
 
@@ -243,13 +244,7 @@ def secret_body(name: str, namespace: str, resolved: Sequence[Resolved]) -> dict
     auths: Auths = {r.registry: r.entry for r in resolved}
     config = encode_config(auths)
     register_secret(config)
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": namespace},
-        "type": DOCKERCONFIGJSON_TYPE,
-        "data": {DOCKERCONFIGJSON_KEY: base64.b64encode(config).decode()},
-    }
+    return dockerconfigjson_secret({"name": name, "namespace": namespace}, config)
 
 
 def manifest_yaml(body: Mapping[str, Any]) -> str:

@@ -34,10 +34,9 @@ import yaml
 from webhook.policy.mirrors import WILDCARD, MirrorError, parse_endpoint
 from webhook.policy.model import PolicyError, parse_policy
 from webhook.secrets.dockerconfig import (
-    DOCKERCONFIGJSON_KEY,
-    DOCKERCONFIGJSON_TYPE,
     AuthEntry,
     credentials_auths,
+    dockerconfigjson_secret,
     encode_config,
 )
 
@@ -211,14 +210,7 @@ def _auth_entry(registry: str, auth: Mapping[str, Any], notes: list[str]) -> Aut
 
 
 def _secret(name: str, namespace: str, registry: str, entry: AuthEntry) -> dict[str, Any]:
-    config = encode_config({registry: entry})
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": namespace},
-        "type": DOCKERCONFIGJSON_TYPE,
-        "data": {DOCKERCONFIGJSON_KEY: base64.b64encode(config).decode()},
-    }
+    return dockerconfigjson_secret({"name": name, "namespace": namespace}, encode_config({registry: entry}))
 
 
 def render(result: ImportResult, output: Output, *, source: str) -> str:

@@ -129,7 +129,7 @@ def verify_service_certificate(
     the key in the same Secret is registered with the redactor and otherwise ignored.
     """
     from webhook.observability.logs import register_secret
-    from webhook.tls.certs import CertificateVerificationError, verify_chain
+    from webhook.tls.pki import CertificateVerificationError, verify_chain
 
     if not ca_bundle:
         return False, "no caBundle"

@@ -125,11 +125,7 @@ class Credentials(_Model):
     @field_validator("registry")
     @classmethod
     def _registry_is_host(cls, value: str) -> str:
-        try:
-            parse_registry(value)
-        except InvalidReference as exc:
-            raise ValueError(str(exc)) from None
-        return value
+        return _registry_host(value)
 
 
 # ---- token sources (issue 13: short-lived registry tokens, minted by webhook/tokens) ----

@@ -26,12 +26,11 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import Any
 
 from webhook.config import KubeSettings, RecoverySettings
 from webhook.kube.client import KubeApi
 from webhook.kube.errors import ApiError, ApiForbidden, ApiInvalid, ApiTooManyRequests, ApiUnauthorized
+from webhook.kube.events import event_body
 from webhook.kube.ledger import LedgerStore
 from webhook.kube.objects import KubeObject, namespace_labels
 from webhook.kube.pods import PodApi
@@ -249,28 +248,19 @@ class FailOpenRecovery:
     async def _event(self, pod: KubeObject, reason: str, message: str) -> None:
         metadata = pod.get("metadata") or {}
         namespace = str(metadata["namespace"])
-        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        body: dict[str, Any] = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": "pullsecret-injector.", "namespace": namespace},
-            "involvedObject": {
+        body = event_body(
+            namespace=namespace,
+            involved={
                 "apiVersion": "v1",
                 "kind": "Pod",
                 "name": metadata.get("name"),
                 "namespace": namespace,
                 "uid": metadata.get("uid"),
             },
-            "reason": reason,
-            "message": message[:1024],
-            "type": "Warning",
-            "source": {"component": "pullsecret-injector"},
-            "reportingComponent": "pullsecret-injector",
-            "reportingInstance": self._kube.identity[:128],
-            "firstTimestamp": stamp,
-            "lastTimestamp": stamp,
-            "count": 1,
-        }
+            reason=reason,
+            message=message,
+            instance=self._kube.identity,
+        )
         try:
             await self._runner(
                 lambda t: self._events_api.create_event(namespace, body, timeout=t),

@@ -21,6 +21,7 @@ from webhook.secrets.dockerconfig import (
     SourceNotFound,
     content_hash,
     credentials_auths,
+    dockerconfigjson_secret,
     encode_config,
     filter_auths,
     parse_source_secret,
@@ -70,18 +71,13 @@ class DesiredCopy:
 
     def manifest(self) -> dict[str, Any]:
         """The Secret to create: our label and annotations only, never the source's metadata."""
-        return {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {
-                "name": self.name,
-                "namespace": self.namespace,
-                "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE},
-                "annotations": self.annotations,
-            },
-            "type": DOCKERCONFIGJSON_TYPE,
-            "data": {DOCKERCONFIGJSON_KEY: self.encoded},
+        metadata = {
+            "name": self.name,
+            "namespace": self.namespace,
+            "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE},
+            "annotations": self.annotations,
         }
+        return dockerconfigjson_secret(metadata, self.config)
 
 
 def build_copy(

@@ -295,6 +295,22 @@ def encode_config(auths: Mapping[str, AuthEntry]) -> bytes:
     return ('{"auths":{' + ",".join(parts) + "}}").encode("utf-8")
 
 
+def dockerconfigjson_secret(metadata: dict[str, Any], config: bytes) -> dict[str, Any]:
+    """A ``kubernetes.io/dockerconfigjson`` Secret holding ``config`` (from :func:`encode_config`), as the API takes it.
+
+    Every such Secret the project writes or prints (managed copies, minted tokens, what
+    ``import`` outputs) has this one shape, ``data`` base64-encoded and nothing beside
+    ``metadata``, so a copy and the Secret kubectl would make cannot drift apart.
+    """
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata,
+        "type": DOCKERCONFIGJSON_TYPE,
+        "data": {DOCKERCONFIGJSON_KEY: base64.b64encode(config).decode()},
+    }
+
+
 def content_hash(config: bytes) -> str:
     """A stable digest of the copy's content, for the annotation and for change detection.
 

@@ -63,7 +63,8 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 
-from webhook.tls.certs import TLS_CERT_FILE, TLS_KEY_FILE, CertBundle, write_file_atomic
+from webhook.tls.certs import write_file_atomic
+from webhook.tls.pki import TLS_CERT_FILE, TLS_KEY_FILE, CertBundle
 
 if TYPE_CHECKING:
     import uvicorn
@@ -249,7 +250,7 @@ class ReloadingSSLContext:
         minimum_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2,
         clock: Callable[[], datetime] = _utcnow,
     ) -> ReloadingSSLContext:
-        """Serve an in-memory :class:`~webhook.tls.certs.CertBundle` (e.g. self-generated at start-up).
+        """Serve an in-memory :class:`~webhook.tls.pki.CertBundle` (e.g. self-generated at start-up).
 
         ``load_cert_chain`` only accepts paths, so the pair is written into a
         new private directory (0700, files 0600) created *inside*

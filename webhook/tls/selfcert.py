@@ -32,7 +32,7 @@ from webhook.backoff import Backoff
 from webhook.config import BackoffSettings
 from webhook.kube.errors import ApiConflict, ApiError
 from webhook.secrets.dockerconfig import MANAGED_BY_LABEL, MANAGED_BY_VALUE
-from webhook.tls.certs import (
+from webhook.tls.pki import (
     build_bundle,
     build_ca,
     build_serving_cert,

@@ -19,7 +19,6 @@ the mint finishes anyway, for the reconciler to pick up.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import random
@@ -29,7 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from webhook.policy.model import SecretKeyRef, TokenSource
-from webhook.secrets.dockerconfig import DOCKERCONFIGJSON_KEY, DOCKERCONFIGJSON_TYPE, credentials_auths, encode_config
+from webhook.secrets.dockerconfig import credentials_auths, dockerconfigjson_secret, encode_config
 from webhook.tokens import schedule as sched
 from webhook.tokens.base import Provider, Token
 from webhook.tokens.errors import MintError, MintTimeout, TokenError
@@ -75,20 +74,14 @@ def token_object(source: TokenSource, token: Token) -> KubeObject:
     auths = {}
     for host in token_hosts(source, token):
         auths.update(credentials_auths(registry=host, username=token.username, password=token.password))
-    config = encode_config(auths)
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {
-            "name": f"token-{source.provider}",
-            "annotations": {
-                MINTED_AT_ANNOTATION: rfc3339(token.minted_at),
-                EXPIRES_AT_ANNOTATION: rfc3339(token.expires_at),
-            },
+    metadata = {
+        "name": f"token-{source.provider}",
+        "annotations": {
+            MINTED_AT_ANNOTATION: rfc3339(token.minted_at),
+            EXPIRES_AT_ANNOTATION: rfc3339(token.expires_at),
         },
-        "type": DOCKERCONFIGJSON_TYPE,
-        "data": {DOCKERCONFIGJSON_KEY: base64.b64encode(config).decode()},
     }
+    return dockerconfigjson_secret(metadata, encode_config(auths))
 
 
 def _parse_rfc3339(text: object) -> float | None:
