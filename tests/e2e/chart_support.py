@@ -38,22 +38,23 @@ import json
 import re
 import secrets
 import shutil
+import signal
 import socket
 import ssl
-import subprocess
 import sys
 import tempfile
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import yaml
 
 from tests.builders import wait_for
+from tests.processes import Spawned
 
-from .controlplane import ControlPlane
+from .controlplane import ControlPlane, write_kubeconfig
 from .process import REPO, ServeProcess, serve_env
 
 CHART = REPO / "charts" / "pullsecret-injector"
@@ -238,22 +239,7 @@ def service_account_token(core: Any, namespace: str, name: str, timeout: float =
 
 def write_token_kubeconfig(path: Path, control_plane: ControlPlane, *, user: str, token: str) -> Path:
     """A kubeconfig authenticating with ``token`` (what the in-cluster config would use in the Pod)."""
-    cfg = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "e2e",
-                "cluster": {"server": control_plane.server, "certificate-authority": str(control_plane.ca_path)},
-            }
-        ],
-        "users": [{"name": user, "user": {"token": token}}],
-        "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": user}}],
-        "current-context": "e2e",
-    }
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    path.chmod(0o600)
-    return path
+    return write_kubeconfig(path, server=control_plane.server, ca_path=control_plane.ca_path, user=user, token=token)
 
 
 # --------------------------------------------------------------------------- RBAC probes
@@ -442,8 +428,7 @@ class DeploymentProcess(ServeProcess):
     extra_overrides: Mapping[str, str] = field(default_factory=dict)
 
     returncode: int | None = field(default=None, init=False)
-    _popen: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
-    _log_file: IO[bytes] | None = field(default=None, init=False, repr=False)
+    _proc: Spawned | None = field(default=None, init=False, repr=False)
     _dir: Path | None = field(default=None, init=False, repr=False)
 
     @property
@@ -479,7 +464,7 @@ class DeploymentProcess(ServeProcess):
         return [sys.executable, "-m", "webhook", "serve", *overridden]
 
     def start(self) -> DeploymentProcess:
-        if self._popen is not None:
+        if self._proc is not None:
             raise ChartE2EError("already started")
         self._dir = self.workdir or Path(tempfile.mkdtemp(prefix="psi-chart-webhook-"))
         self.policy_path.parent.mkdir(parents=True, exist_ok=True)
@@ -489,18 +474,12 @@ class DeploymentProcess(ServeProcess):
 
     def kill(self) -> int | None:
         """SIGKILL: the replica dies mid-work, giving nothing back (not even its Lease)."""
-        if self._popen is None:
-            return self.returncode
-        self._popen.kill()
-        self._reap()
-        return self.returncode
+        return self.stop(sig=signal.SIGKILL)
 
     def check_alive(self) -> None:
         """Raise with the log tail if the process has exited."""
-        if self._popen is not None and self._popen.poll() is not None:
-            code = self._popen.returncode
-            self._reap()
-            raise ChartE2EError(f"the webhook exited with code {code}:\n{self.log_tail()}")
+        if self._proc is not None:
+            self._proc.check_alive(ChartE2EError)
 
     def cleanup(self, keep: bool = False) -> None:
         self.stop()
