@@ -25,6 +25,9 @@ Usage::
         digest = up.push(app, "team/app", "1.0").digest
         mirror.manifest_digest("team/app", "1.0") == digest   # fetched from up
 
+``Registry(users=..., token_auth=...)`` uses the distribution spec's token auth instead of
+htpasswd (Bearer tokens from a token server, e.g. ``tests/mirror_registries.TokenServer``).
+
 Distribution 2.8 re-reads its htpasswd file when the file's modification time changes (it
 stats it on each authenticated request), so ``set_password`` rewrites the file atomically
 with a new mtime and waits until the new password is accepted and the old one refused;
@@ -51,7 +54,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 
@@ -161,6 +164,20 @@ class RegistryTLS:
         )
         return cls(ca_pem=ca_pem, ca_key_pem=ca_key, cert_pem=cert_pem, key_pem=key_pem)
 
+    def client_context(self) -> ssl.SSLContext:
+        """A client context trusting this CA alone."""
+        return ssl.create_default_context(cadata=self.ca_pem.decode())
+
+
+@dataclass(frozen=True)
+class TokenAuth:
+    """The distribution spec's token auth: where clients get tokens, and the CA the tokens' ``x5c`` chains to."""
+
+    realm: str
+    service: str
+    issuer: str
+    root_ca_pem: bytes
+
 
 # --------------------------------------------------------------------------- images
 
@@ -206,7 +223,8 @@ class BusyboxImages:
         _run(["umoci", "new", "--image", base.transport_ref[4:]], "umoci new")
         with tempfile.TemporaryDirectory(prefix="psi-umoci-", dir=self.layout.parent) as tmp:
             bundle = Path(tmp) / "bundle"
-            _run(["umoci", "unpack", "--image", base.transport_ref[4:], str(bundle)], "umoci unpack")
+            rootless = [] if os.geteuid() == 0 else ["--rootless"]
+            _run(["umoci", "unpack", *rootless, "--image", base.transport_ref[4:], str(bundle)], "umoci unpack")
             rootfs = bundle / "rootfs"
             (rootfs / "bin").mkdir(parents=True, exist_ok=True)
             shutil.copy2(busybox, rootfs / "bin" / "busybox")
@@ -312,6 +330,8 @@ class Registry(HasLog):
     (``users={}``); the mirror itself can still require its own users."""
     upstream_user: str | None = None
     """Credentials for a token-auth upstream (see above): ignored by a Basic-auth upstream."""
+    token_auth: TokenAuth | None = None
+    """Token auth (Bearer) instead of htpasswd: the token server checks ``users`` (the pusher's too)."""
 
     port: int = field(default=0, init=False)
     startup_seconds: float = field(default=0.0, init=False)
@@ -382,6 +402,17 @@ class Registry(HasLog):
         """``{"auths": {"127.0.0.1:PORT": {...}}}`` for ``user``: a pull secret's whole content."""
         return json.dumps({"auths": {self.host: self.auth_entry(user)}}).encode()
 
+    def dockerconfig_secret(self, name: str, namespace: str | None = None, user: str | None = None) -> dict[str, Any]:
+        """A ``kubernetes.io/dockerconfigjson`` Secret ``name`` (as the API returns it) for ``user`` here."""
+        metadata = {"name": name} if namespace is None else {"name": name, "namespace": namespace}
+        return {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": metadata,
+            "type": "kubernetes.io/dockerconfigjson",
+            "data": {".dockerconfigjson": base64.b64encode(self.dockerconfigjson(user)).decode()},
+        }
+
     # ----------------------------------------------------------------- lifecycle
 
     def __enter__(self) -> Registry:
@@ -450,9 +481,28 @@ class Registry(HasLog):
                 "tls": {"certificate": str(self.dir / "server.crt"), "key": str(self.dir / "server.key")},
                 "headers": {"X-Content-Type-Options": ["nosniff"]},
             },
-            **({"auth": {"htpasswd": {"realm": self.name, "path": str(self.htpasswd_path)}}} if self._users else {}),
+            **self._auth_config(),
             **self._proxy_config(),
         }
+
+    def _auth_config(self) -> dict[str, object]:
+        if self.token_auth is not None:
+            bundle = self.dir / "token-roots.pem"
+            bundle.write_bytes(self.token_auth.root_ca_pem)
+            token = self.token_auth
+            return {
+                "auth": {
+                    "token": {
+                        "realm": token.realm,
+                        "service": token.service,
+                        "issuer": token.issuer,
+                        "rootcertbundle": str(bundle),
+                    }
+                }
+            }
+        if self._users:
+            return {"auth": {"htpasswd": {"realm": self.name, "path": str(self.htpasswd_path)}}}
+        return {}
 
     def _proxy_config(self) -> dict[str, object]:
         if self.upstream is None:
@@ -656,6 +706,7 @@ __all__ = [
     "Registry",
     "RegistryError",
     "RegistryTLS",
+    "TokenAuth",
     "missing_tools",
     "static_busybox",
 ]

@@ -35,6 +35,7 @@ import contextlib
 import http.client
 import ipaddress
 import json
+import os
 import re
 import secrets
 import shutil
@@ -44,17 +45,18 @@ import ssl
 import sys
 import tempfile
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.builders import wait_for
 from tests.processes import Spawned
 
-from .controlplane import ControlPlane, write_kubeconfig
+from .controlplane import KEEP, ControlPlane, KubeAssets, write_kubeconfig
 from .process import REPO, ServeProcess, serve_env
 
 CHART = REPO / "charts" / "pullsecret-injector"
@@ -94,6 +96,37 @@ def can_bind(host: str, port: int) -> str | None:
         except OSError as exc:
             return f"cannot bind {host}:{port}: {exc.strerror}"
     return None
+
+
+@contextlib.contextmanager
+def loopback_control_plane(assets: KubeAssets) -> Iterator[ControlPlane]:
+    """A control plane of a module's own whose Service ClusterIPs are loopback addresses (see above).
+
+    The webhook then listens on ``<ClusterIP>:443`` itself, the Service port the API server dials:
+    without root (or CAP_NET_BIND_SERVICE) the module is skipped.
+    """
+    problem = can_bind("127.0.0.1", 443) if os.geteuid() != 0 else None
+    if problem is not None:
+        pytest.skip(f"needs to listen on port 443 (root or CAP_NET_BIND_SERVICE): {problem}")
+    with ControlPlane(assets, service_cluster_ip_range=loopback_service_range(), keep_workdir=KEEP) as cp:
+        yield cp
+
+
+def namespace_body(name: str, **labels: str) -> dict[str, Any]:
+    """A namespace carrying ``kubernetes.io/metadata.name`` as Kubernetes >= 1.21 would set it."""
+    return {"metadata": {"name": name, "labels": {METADATA_NAME_LABEL: name, **labels}}}
+
+
+def webhook_ca_bundle(control_plane: ControlPlane, configuration: str) -> bytes:
+    """The PEM caBundle of the configuration's first webhook (b'' while there is none, or it is gone)."""
+    status, body = control_plane.get(
+        f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{configuration}"
+    )
+    if status != 200:
+        return b""
+    webhooks = json.loads(body).get("webhooks") or []
+    encoded = (webhooks[0].get("clientConfig") or {}).get("caBundle", "") if webhooks else ""
+    return base64.b64decode(encoded) if encoded else b""
 
 
 @dataclass(frozen=True)
@@ -191,6 +224,14 @@ class HelmRelease:
         )
         self.info = release
         return release
+
+    def uninstall_at_teardown(self) -> None:
+        """``helm uninstall`` if still installed; a failure is printed, not raised (the test's own error wins)."""
+        if self.installed:
+            try:
+                self.uninstall()
+            except Exception as exc:
+                print(f"helm uninstall at teardown failed: {exc}")
 
     def uninstall(self, timeout: int = 60) -> dict[str, Any]:
         import helm_sdkpy
@@ -502,7 +543,9 @@ __all__ = [
     "container_args",
     "https_get",
     "is_loopback",
+    "loopback_control_plane",
     "loopback_service_range",
+    "namespace_body",
     "override_args",
     "release_rbac",
     "request_as",
@@ -511,5 +554,6 @@ __all__ = [
     "service_account_token",
     "service_account_user",
     "subject_access_review",
+    "webhook_ca_bundle",
     "write_token_kubeconfig",
 ]

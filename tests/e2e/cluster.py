@@ -6,7 +6,7 @@
   the ``namespaces`` fixture (conftest.py) is one per test.
 - :func:`source_namespace`: a webhook's own namespace holding its source Secrets, deleted afterwards.
 - :func:`dockerconfig_secret` builds a ``kubernetes.io/dockerconfigjson`` Secret, :func:`read_secret`
-  reads one back (None when there is none).
+  reads one back (None when there is none), :func:`copy_auths` decodes its ``auths``.
 - :func:`injects` / :func:`dry_run_probe`: a dry-run Pod create that comes back with a given Secret
   referenced, which is how a test knows the API server calls a webhook (1.20 picks a new
   configuration up asynchronously).
@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import json
@@ -131,6 +132,16 @@ def read_secret(core: Any, namespace: str, name: str) -> Any:
         raise
 
 
+def copy_auths(secret: Any) -> dict[str, dict[str, str]]:
+    """The ``auths`` of a dockerconfigjson Secret the API returned (a ``V1Secret``)."""
+    auths: dict[str, dict[str, str]] = json.loads(base64.b64decode(secret.data[".dockerconfigjson"]))["auths"]
+    return auths
+
+
+def secret_password(secret: Any, host: str) -> str:
+    return str(copy_auths(secret)[host]["password"])
+
+
 @contextlib.contextmanager
 def source_namespace(core: Any, name: str, secrets: Iterable[Mapping[str, Any]] = ()) -> Iterator[str]:
     """The namespace ``name`` holding ``secrets`` (a webhook's own, with its sources); deleted on exit."""
@@ -166,11 +177,13 @@ __all__ = [
     "HOOK_LABEL",
     "Namespaces",
     "apps_api",
+    "copy_auths",
     "core_api",
     "delete_namespace",
     "dockerconfig_secret",
     "dry_run_probe",
     "injects",
     "read_secret",
+    "secret_password",
     "source_namespace",
 ]

@@ -35,7 +35,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -56,6 +56,8 @@ ASSETS_ENV = "KUBE_ASSETS"
 #: Virtual Service IP range (allocation only: nothing ever routes to it, there is no kube-proxy).
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+#: ``PSI_E2E_KEEP=1``: keep the temp dirs (logs, kubeconfigs, certificates, policies) for a post-mortem.
+KEEP = os.environ.get("PSI_E2E_KEEP") == "1"
 
 
 class ControlPlaneError(RuntimeError):
@@ -231,6 +233,15 @@ class ControlPlane:
 
         new_client: Any = config.new_client_from_config  # untyped in the kubernetes package
         return new_client(config_file=str(self.kubeconfig_path))
+
+    @contextlib.contextmanager
+    def admin_client(self) -> Iterator[Any]:
+        """:meth:`api_client`, closed when the block ends."""
+        api = self.api_client()
+        try:
+            yield api
+        finally:
+            api.close()
 
     def env(self) -> dict[str, str]:
         """``os.environ`` plus ``KUBECONFIG`` pointing at the admin kubeconfig."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.processes import Spawned, free_port, log_size, read_log
+from tests.processes import Spawned, free_port, read_log
 
 from .controlplane import ControlPlane, ControlPlaneError
 from .process import ServeProcess, readyz, serve_argv, serve_env
@@ -264,10 +264,6 @@ def count_lines(path: Path, needle: str, *, since: int = 0) -> int:
     return sum(1 for line in read_log(path, since).splitlines() if needle in line)
 
 
-#: The file's size: a ``since`` offset for what is written next.
-size = log_size
-
-
 __all__ = [
     "BurstResult",
     "FaultyControlPlane",
@@ -276,5 +272,4 @@ __all__ = [
     "api_client_for",
     "burst",
     "count_lines",
-    "size",
 ]

@@ -44,11 +44,8 @@ from tests.processes import LOOPBACK, Spawned, free_port
 from webhook.tls.certs import write_local_certs
 
 from .cluster import HOOK_LABEL, Namespaces, core_api
-from .controlplane import ControlPlane, register_webhook, unregister_webhook
+from .controlplane import KEEP, ControlPlane, register_webhook, unregister_webhook
 from .process import ServeProcess, loopback_get, readyz, serve_argv, serve_env
-
-#: ``PSI_E2E_KEEP=1``: keep the webhooks' temp dirs (logs, policy, certs) for a post-mortem.
-KEEP = os.environ.get("PSI_E2E_KEEP") == "1"
 
 
 class WebhookError(RuntimeError):
@@ -221,6 +218,12 @@ class WebhookProcess(ServeProcess):
         except AssertionError as err:
             raise AssertionError(f"{err}\n--- webhook log tail:\n{self.log_tail()}") from None
 
+    def assert_healthy(self, *, since: int = 0) -> None:
+        """Still running, and no traceback in the log after offset ``since`` (a test's own stretch)."""
+        assert self.running, f"webhook {self.name} died:\n{self.log_tail()}"
+        tracebacks = [line for line in self.logs(since).splitlines() if "Traceback" in line]
+        assert not tracebacks, f"webhook {self.name} logged a traceback:\n{self.logs(since)}"
+
     # ----------------------------------------------------------------- registration
 
     def register(self, api_client: Any, *, probe: Callable[[], bool], timeout: float = 30.0, **options: Any) -> None:
@@ -309,4 +312,4 @@ def registered_webhook(
         hook.cleanup(keep=keep)
 
 
-__all__ = ["HOOK_LABEL", "KEEP", "WebhookError", "WebhookProcess", "policy_text", "registered_webhook"]
+__all__ = ["HOOK_LABEL", "WebhookError", "WebhookProcess", "policy_text", "registered_webhook"]
