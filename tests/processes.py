@@ -166,6 +166,7 @@ class Spawned(HasLog):
         try:
             log_file.write(("$ " + " ".join(argv) + "\n").encode())
             log_file.flush()
+            mark = log_size(log)
             popen = subprocess.Popen(
                 list(argv),
                 cwd=cwd,
@@ -178,7 +179,7 @@ class Spawned(HasLog):
         except BaseException:
             log_file.close()
             raise
-        return cls(name=name or Path(argv[0]).name, popen=popen, log=log, mark=log_size(log), _log_file=log_file)
+        return cls(name=name or Path(argv[0]).name, popen=popen, log=log, mark=mark, _log_file=log_file)
 
     @property
     def log_path(self) -> Path:

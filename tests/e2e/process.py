@@ -51,9 +51,13 @@ def serve_argv(
     port: int,
     namespace: str,
     lease: str,
+    metrics_port: int = 0,
     extra_args: Sequence[str] = (),
 ) -> list[str]:
-    """``python -m webhook serve`` with the policy file, ``certs`` (``tls.crt``/``tls.key``), on 127.0.0.1:``port``."""
+    """``python -m webhook serve`` with the policy file, ``certs`` (``tls.crt``/``tls.key``), on 127.0.0.1:``port``.
+
+    ``metrics_port`` 0: no metrics listener.
+    """
     return [
         sys.executable,
         "-m",
@@ -66,7 +70,7 @@ def serve_argv(
         f"--kubeconfig={kubeconfig}",
         f"--host={LOOPBACK}",
         f"--port={port}",
-        "--metrics-port=0",
+        f"--metrics-port={metrics_port}",
         f"--namespace={namespace}",
         f"--leader-election-lease={lease}",
         "--log-format=text",

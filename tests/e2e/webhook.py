@@ -143,7 +143,8 @@ class WebhookProcess(ServeProcess):
             port=self.port,
             namespace=self.namespace,
             lease=f"{self.name}-leader",
-            extra_args=[f"--metrics-port={self.metrics_port}", *self.extra_args],
+            metrics_port=self.metrics_port,
+            extra_args=self.extra_args,
         )
 
     def _spawn_and_wait(self, timeout: float) -> None:
