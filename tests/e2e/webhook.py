@@ -115,7 +115,8 @@ class WebhookProcess(ServeProcess):
         """Spawn the process and wait for ``/readyz``; a port lost to a race is retried with another."""
         if self._proc is not None:
             raise WebhookError("already started")
-        self._dir = self.workdir or Path(tempfile.mkdtemp(prefix=f"psi-{self.name}-"))
+        # started again (a webhook coming back): the same directory, so cleanup() removes the one it made
+        self._dir = self.workdir or self._dir or Path(tempfile.mkdtemp(prefix=f"psi-{self.name}-"))
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "policy").mkdir(exist_ok=True)
         self.write_policy(self.policy)
