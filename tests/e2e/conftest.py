@@ -6,7 +6,6 @@ PSI_REQUIRE_E2E=1, which turns that into a failure (for CI, so e2e cannot silent
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -93,18 +92,9 @@ def note(measurements: Measurements, record_property: Callable[[str, object], No
 
 
 @pytest.fixture
-def namespace(control_plane: ControlPlane, api_client: Any) -> Iterator[str]:
+def namespace(namespaces: Namespaces) -> str:
     """A fresh namespace whose ``default`` ServiceAccount is ready for Pods; deleted afterwards."""
-    from kubernetes import client
-
-    core: Any = client.CoreV1Api(api_client)
-    name = f"e2e-{uuid.uuid4().hex[:10]}"
-    core.create_namespace({"metadata": {"name": name}})
-    try:
-        control_plane.wait_for_default_service_account(name)
-        yield name
-    finally:
-        core.delete_namespace(name)
+    return namespaces.one("e2e")
 
 
 @pytest.fixture(scope="session")
