@@ -1,41 +1,33 @@
-"""Minimal real registries on loopback for the mirror tests (to be folded into ``tests/registries.py``).
+"""What the mirror tests need beyond ``tests/registries.py``: a token server, and a server that never answers.
 
-* :class:`LoopbackRegistry`: one CNCF Distribution process (Debian ``docker-registry``) on a
-  free ``127.0.0.1`` port, TLS with a CA of our own, and either htpasswd (bcrypt, Basic auth)
-  or the distribution spec's token auth backed by :class:`TokenServer`;
 * :class:`TokenServer`: a token endpoint (TLS, loopback) that checks Basic credentials and
   issues ES256 JWTs with an ``x5c`` chain to the CA the registry trusts: what Docker Hub,
-  Harbor or GitLab do, so the probe's Bearer flow meets a real ``WWW-Authenticate: Bearer``;
+  Harbor or GitLab do, so the probe's Bearer flow meets a real ``WWW-Authenticate: Bearer``
+  (a :class:`~tests.registries.Registry` with ``token_auth=server.auth()``);
 * :class:`HangingServer`: accepts TCP connections and never says a word (a registry that
   never answers: the probe must give up within its budget);
-* :func:`build_image`: an OCI image made with ``umoci`` from the static busybox, pushed with
-  ``skopeo`` by :meth:`LoopbackRegistry.push`, which returns the digest the registry stored.
+* :class:`LoopbackRegistry`, :class:`LoopbackCA` and :func:`build_image`: the names the probe
+  tests use, as views onto :class:`~tests.registries.Registry`, :class:`~tests.registries.RegistryTLS`
+  and :class:`~tests.registries.BusyboxImages` (which start, wait for and stop the process by PID).
 
-Processes are stopped by PID; nothing listens beyond 127.0.0.1; passwords are never logged.
+Nothing listens beyond 127.0.0.1; passwords are never logged.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import http.server
 import json
-import os
 import secrets
-import shutil
-import signal
 import socket
 import ssl
-import subprocess
 import tempfile
 import threading
 import time
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from cryptography import x509
@@ -43,118 +35,69 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from webhook.tls.pki import build_ca, build_serving_cert
+from tests.registries import INSTALL_HINT, BusyboxImages, OCIImage, Registry, RegistryTLS, TokenAuth, missing_tools
+from webhook.tls.pki import build_serving_cert
 
-TOOLS = ("docker-registry", "skopeo", "umoci", "htpasswd")
-INSTALL_HINT = "apt-get install docker-registry skopeo umoci busybox-static apache2-utils"
-
-
-class RegistryFixtureError(RuntimeError):
-    """A loopback registry, token server or image build that did not work."""
-
-
-def missing_tools() -> list[str]:
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-    if static_busybox() is None:
-        missing.append("busybox (static)")
-    return missing
-
-
-def static_busybox() -> Path | None:
-    for candidate in (Path("/bin/busybox"), Path("/usr/bin/busybox")):
-        if candidate.is_file():
-            with candidate.open("rb") as handle:
-                head = handle.read(4096)
-            if head.startswith(b"\x7fELF") and b"ld-linux" not in head and b"/lib64/ld" not in head:
-                return candidate
-    return None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _run(argv: list[str], *, timeout: float = 120, env: Mapping[str, str] | None = None) -> str:
-    result = subprocess.run(
-        argv, capture_output=True, text=True, timeout=timeout, check=False, env={**os.environ, **(env or {})}
-    )
-    if result.returncode != 0:
-        # argv may carry --dest-creds: name the tool only.
-        raise RegistryFixtureError(f"{argv[0]} {argv[1]} failed ({result.returncode}): {result.stderr[-2000:]}")
-    return result.stdout
-
-
-@dataclass(frozen=True)
-class LoopbackCA:
-    """A CA, and a serving certificate for 127.0.0.1/localhost signed by it."""
-
-    ca_pem: bytes
-    ca_key_pem: bytes
-    cert_pem: bytes
-    key_pem: bytes = field(repr=False)
-
-    @classmethod
-    def create(cls) -> LoopbackCA:
-        ca_pem, ca_key = build_ca(common_name="mirror-tests-ca")
-        cert, key = build_serving_cert(
-            ca_cert_pem=ca_pem, ca_key_pem=ca_key, dns_names=["localhost"], ip_addresses=["127.0.0.1"]
-        )
-        return cls(ca_pem=ca_pem, ca_key_pem=ca_key, cert_pem=cert, key_pem=key)
-
-    def client_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(cadata=self.ca_pem.decode())
-        return context
-
-    def write(self, directory: Path) -> tuple[Path, Path, Path]:
-        directory.mkdir(parents=True, exist_ok=True)
-        ca, cert, key = directory / "ca.crt", directory / "server.cert", directory / "server.key"
-        ca.write_bytes(self.ca_pem)
-        cert.write_bytes(self.cert_pem)
-        key.write_bytes(self.key_pem)
-        key.chmod(0o600)
-        return ca, cert, key
-
-
-# --------------------------------------------------------------------------- images
-
-
-@dataclass(frozen=True)
-class OCIImage:
-    layout: Path
-    tag: str
-
-    @property
-    def source(self) -> str:
-        return f"oci:{self.layout}:{self.tag}"
+#: A CA and a serving certificate for 127.0.0.1/localhost it signed (``LoopbackCA.create()``).
+LoopbackCA = RegistryTLS
 
 
 def build_image(layout: Path, tag: str, *, marker: str | None = None) -> OCIImage:
-    """A busybox image in the OCI layout ``layout`` (``marker`` makes its digest distinct)."""
-    busybox = static_busybox()
-    if busybox is None:
-        raise RegistryFixtureError(f"no static busybox ({INSTALL_HINT})")
-    if not (layout / "index.json").exists():
-        _run(["umoci", "init", "--layout", str(layout)])
-    image = f"{layout}:{tag}"
-    _run(["umoci", "new", "--image", image])
-    bundle = layout.parent / f"bundle-{tag}"
-    shutil.rmtree(bundle, ignore_errors=True)
-    rootless = [] if os.geteuid() == 0 else ["--rootless"]
-    _run(["umoci", "unpack", *rootless, "--image", image, str(bundle)])
-    rootfs = bundle / "rootfs"
-    (rootfs / "bin").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(busybox, rootfs / "bin" / "busybox")
-    for applet in ("sh", "sleep", "echo", "true"):
-        with contextlib.suppress(FileExistsError):
-            (rootfs / "bin" / applet).symlink_to("busybox")
-    (rootfs / "etc").mkdir(exist_ok=True)
-    (rootfs / "etc" / "image-marker").write_text(marker or tag)
-    _run(["umoci", "repack", "--image", image, str(bundle)])
-    _run(["umoci", "config", "--image", image, "--config.entrypoint", "/bin/sleep", "--config.cmd", "3600"])
-    shutil.rmtree(bundle, ignore_errors=True)
-    return OCIImage(layout=layout, tag=tag)
+    """A busybox image tagged ``tag`` in the OCI layout ``layout`` (``marker`` makes its digest distinct)."""
+    return BusyboxImages(layout).image(tag, labels={"psi.image": marker or tag})
+
+
+class LoopbackRegistry:
+    """A ``Registry`` in ``root`` with ``ca``'s certificate; htpasswd ``users``, or ``token``."""
+
+    def __init__(
+        self,
+        root: Path,
+        ca: RegistryTLS,
+        *,
+        users: Mapping[str, str] | None = None,
+        token: TokenServer | None = None,
+    ) -> None:
+        self.root = root
+        self.ca = ca
+        self.token = token
+        self.registry = Registry(
+            users=dict(users or (token.users if token else {})),
+            name=f"mirror-{root.name}",
+            workdir=root,
+            tls=ca,
+            token_auth=None if token is None else token.auth(),
+        )
+
+    @property
+    def users(self) -> dict[str, str]:
+        return self.registry.current_users
+
+    @property
+    def host(self) -> str:
+        return self.registry.host
+
+    @property
+    def url(self) -> str:
+        return self.registry.url
+
+    def start(self, timeout: float = 30.0) -> LoopbackRegistry:
+        self.registry.start(timeout)
+        return self
+
+    def stop(self) -> None:
+        self.registry.stop()
+
+    def log_tail(self, lines: int = 30) -> str:
+        return self.registry.log_tail(lines)
+
+    def push(self, image: OCIImage, repository: str, tag: str, *, user: str | None = None) -> str:
+        """Copy ``image`` to ``repository:tag`` as ``user`` (the first by default); the manifest digest."""
+        return self.registry.push(image, repository, tag, user=user).digest
+
+    def dockerconfig_secret(self, name: str, namespace: str, user: str | None = None) -> dict[str, Any]:
+        """A ``kubernetes.io/dockerconfigjson`` Secret (as the API returns it) for this registry."""
+        return self.registry.dockerconfig_secret(name, namespace, user)
 
 
 # --------------------------------------------------------------------------- token server
@@ -167,7 +110,7 @@ def _b64url(data: bytes) -> str:
 class TokenServer:
     """The distribution spec's token endpoint: Basic credentials in, an ES256 JWT with ``x5c`` out."""
 
-    def __init__(self, ca: LoopbackCA, *, users: Mapping[str, str], service: str = "mirror-tests") -> None:
+    def __init__(self, ca: RegistryTLS, *, users: Mapping[str, str], service: str = "mirror-tests") -> None:
         self.users = dict(users)
         self.service = service
         self.issuer = "mirror-tests-token-issuer"
@@ -219,6 +162,10 @@ class TokenServer:
         token = self.sign(claims)
         return {"token": token, "access_token": token, "expires_in": 300}
 
+    def auth(self) -> TokenAuth:
+        """What a registry's config needs to send its clients here and trust the tokens (a started server)."""
+        return TokenAuth(realm=self.realm, service=self.service, issuer=self.issuer, root_ca_pem=self._ca.ca_pem)
+
     def start(self) -> TokenServer:
         owner = self
 
@@ -226,37 +173,33 @@ class TokenServer:
             def log_message(self, format: str, *args: Any) -> None:  # never log (Authorization)
                 return
 
-            def do_GET(self) -> None:
-                parsed = urllib.parse.urlparse(self.path)
-                query = urllib.parse.parse_qs(parsed.query)
-                valid, user = owner._check(self.headers.get("Authorization"))
-                owner.requests.append({"user": user, "scope": query.get("scope", [])})
-                if not valid:
+            def _answer(self, user: str | None, scopes: list[str] | None) -> None:
+                """A token for ``user`` and ``scopes`` (200, JSON); 401 without a body when ``scopes`` is None."""
+                if scopes is None:
                     self.send_response(401)
                     self.end_headers()
                     return
-                body = json.dumps(owner._issue(user, query.get("scope", []))).encode()
+                body = json.dumps(owner._issue(user, scopes)).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
 
+            def do_GET(self) -> None:
+                parsed = urllib.parse.urlparse(self.path)
+                query = urllib.parse.parse_qs(parsed.query)
+                valid, user = owner._check(self.headers.get("Authorization"))
+                owner.requests.append({"user": user, "scope": query.get("scope", [])})
+                self._answer(user, query.get("scope", []) if valid else None)
+
             def do_POST(self) -> None:  # OAuth2 refresh-token grant (Docker's identitytoken)
                 length = int(self.headers.get("Content-Length") or 0)
                 form = urllib.parse.parse_qs(self.rfile.read(length).decode())
                 user = owner.refresh_tokens.get((form.get("refresh_token") or [""])[0])
                 owner.requests.append({"user": user, "scope": form.get("scope", []), "grant": "refresh_token"})
-                if (form.get("grant_type") or [""])[0] != "refresh_token" or user is None:
-                    self.send_response(401)
-                    self.end_headers()
-                    return
-                body = json.dumps(owner._issue(user, form.get("scope", []))).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                valid = (form.get("grant_type") or [""])[0] == "refresh_token" and user is not None
+                self._answer(user, form.get("scope", []) if valid else None)
 
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         directory = Path(tempfile.mkdtemp(prefix="token-server-"))
@@ -307,167 +250,6 @@ def _temp_files(directory: Path, cert: bytes, key: bytes) -> Any:
         key_path.unlink(missing_ok=True)
 
 
-# --------------------------------------------------------------------------- the registry
-
-
-class LoopbackRegistry:
-    """A Distribution registry on ``127.0.0.1``: TLS always; htpasswd users, or ``token`` auth."""
-
-    def __init__(
-        self,
-        root: Path,
-        ca: LoopbackCA,
-        *,
-        users: Mapping[str, str] | None = None,
-        token: TokenServer | None = None,
-    ) -> None:
-        self.root = root
-        self.ca = ca
-        self.users = dict(users or (token.users if token else {}))
-        self.token = token
-        self.port = 0
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"https://{self.host}"
-
-    @property
-    def cert_dir(self) -> Path:
-        return self.root / "certs"
-
-    def __enter__(self) -> LoopbackRegistry:
-        return self.start()
-
-    def __exit__(self, *_: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
-        self.stop()
-
-    def start(self, timeout: float = 30.0) -> LoopbackRegistry:
-        self.root.mkdir(parents=True, exist_ok=True)
-        _ca, cert, key = self.ca.write(self.cert_dir)
-        config: dict[str, Any] = {
-            "version": 0.1,
-            "log": {"level": "warn", "accesslog": {"disabled": True}},
-            "storage": {"filesystem": {"rootdirectory": str(self.root / "data")}, "delete": {"enabled": True}},
-            "http": {"tls": {"certificate": str(cert), "key": str(key)}, "secret": secrets.token_hex(16)},
-        }
-        if self.token is not None:
-            bundle = self.root / "token-roots.pem"
-            bundle.write_bytes(self.ca.ca_pem)
-            config["auth"] = {
-                "token": {
-                    "realm": self.token.realm,
-                    "service": self.token.service,
-                    "issuer": self.token.issuer,
-                    "rootcertbundle": str(bundle),
-                }
-            }
-        else:
-            htpasswd = self.root / "htpasswd"
-            lines = [_run(["htpasswd", "-nbB", user, pw]).strip() for user, pw in self.users.items()]
-            htpasswd.write_text("\n".join(lines) + "\n")
-            config["auth"] = {"htpasswd": {"realm": "mirror-tests", "path": str(htpasswd)}}
-        for _attempt in range(3):
-            self.port = free_port()
-            config["http"]["addr"] = self.host
-            (self.root / "config.yml").write_text(json.dumps(config))  # JSON is YAML
-            log = (self.root / "registry.log").open("ab")
-            self._process = subprocess.Popen(
-                ["docker-registry", "serve", str(self.root / "config.yml")],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            log.close()
-            if self._wait_ready(timeout):
-                return self
-            self.stop()
-        raise RegistryFixtureError(f"registry did not start: {self.log_tail()}")
-
-    def _wait_ready(self, timeout: float) -> bool:
-        context = self.ca.client_context()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._process is None or self._process.poll() is not None:
-                return False
-            try:
-                with (
-                    socket.create_connection(("127.0.0.1", self.port), timeout=1) as raw,
-                    context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
-                ):
-                    tls.sendall(b"GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-                    if tls.recv(64).startswith(b"HTTP/1."):
-                        return True
-            except OSError:
-                time.sleep(0.1)
-        return False
-
-    def stop(self, timeout: float = 10.0) -> None:
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout)
-
-    def log_tail(self, lines: int = 30) -> str:
-        path = self.root / "registry.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
-
-    def push(self, image: OCIImage, repository: str, tag: str, *, user: str | None = None) -> str:
-        """Copy ``image`` to ``repository:tag`` as ``user`` (the first by default); the manifest digest."""
-        name = user or next(iter(self.users))
-        digest_file = self.root / f"digest-{secrets.token_hex(4)}"
-        creds = f"{name}:{self.users[name]}"
-        _run(
-            [
-                "skopeo",
-                "--insecure-policy",  # a push of our own image; the machine may have no policy.json
-                "copy",
-                "--quiet",
-                "--dest-cert-dir",
-                str(self.cert_dir),
-                "--dest-creds",
-                creds,
-                "--digestfile",
-                str(digest_file),
-                image.source,
-                f"docker://{self.host}/{repository}:{tag}",
-            ]
-        )
-        digest = digest_file.read_text().strip()
-        digest_file.unlink()
-        return digest
-
-    def auth_entry(self, user: str | None = None) -> dict[str, str]:
-        name = user or next(iter(self.users))
-        password = self.users[name]
-        return {
-            "username": name,
-            "password": password,
-            "auth": base64.b64encode(f"{name}:{password}".encode()).decode(),
-        }
-
-    def dockerconfig_secret(self, name: str, namespace: str, user: str | None = None) -> dict[str, Any]:
-        """A ``kubernetes.io/dockerconfigjson`` Secret (as the API returns it) for this registry."""
-        config = json.dumps({"auths": {self.host: self.auth_entry(user)}}).encode()
-        return {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": name, "namespace": namespace},
-            "type": "kubernetes.io/dockerconfigjson",
-            "data": {".dockerconfigjson": base64.b64encode(config).decode()},
-        }
-
-
 class HangingServer:
     """Accepts connections on 127.0.0.1 and never answers (not even the TLS handshake)."""
 
@@ -504,5 +286,12 @@ class HangingServer:
         self._sock.close()
 
 
-def digest_of(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+__all__ = [
+    "INSTALL_HINT",
+    "HangingServer",
+    "LoopbackCA",
+    "LoopbackRegistry",
+    "TokenServer",
+    "build_image",
+    "missing_tools",
+]

@@ -25,6 +25,9 @@ Usage::
         digest = up.push(app, "team/app", "1.0").digest
         mirror.manifest_digest("team/app", "1.0") == digest   # fetched from up
 
+``Registry(users=..., token_auth=...)`` uses the distribution spec's token auth instead of
+htpasswd (Bearer tokens from a token server, e.g. ``tests/mirror_registries.TokenServer``).
+
 Distribution 2.8 re-reads its htpasswd file when the file's modification time changes (it
 stats it on each authenticated request), so ``set_password`` rewrites the file atomically
 with a new mtime and waits until the new password is accepted and the old one refused;
@@ -51,11 +54,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Literal
+from typing import Any, Literal
 
 import yaml
 
-from tests.e2e.controlplane import LOOPBACK, _pdeathsig_preexec, free_port, tail, terminate
+from tests.processes import LOOPBACK, HasLog, Spawned, free_port, wait_until
 from webhook.tls.pki import build_ca, build_serving_cert
 
 #: Debian package -> the binary it provides that this module runs.
@@ -161,6 +164,20 @@ class RegistryTLS:
         )
         return cls(ca_pem=ca_pem, ca_key_pem=ca_key, cert_pem=cert_pem, key_pem=key_pem)
 
+    def client_context(self) -> ssl.SSLContext:
+        """A client context trusting this CA alone."""
+        return ssl.create_default_context(cadata=self.ca_pem.decode())
+
+
+@dataclass(frozen=True)
+class TokenAuth:
+    """The distribution spec's token auth: where clients get tokens, and the CA the tokens' ``x5c`` chains to."""
+
+    realm: str
+    service: str
+    issuer: str
+    root_ca_pem: bytes
+
 
 # --------------------------------------------------------------------------- images
 
@@ -206,7 +223,8 @@ class BusyboxImages:
         _run(["umoci", "new", "--image", base.transport_ref[4:]], "umoci new")
         with tempfile.TemporaryDirectory(prefix="psi-umoci-", dir=self.layout.parent) as tmp:
             bundle = Path(tmp) / "bundle"
-            _run(["umoci", "unpack", "--image", base.transport_ref[4:], str(bundle)], "umoci unpack")
+            rootless = [] if os.geteuid() == 0 else ["--rootless"]
+            _run(["umoci", "unpack", *rootless, "--image", base.transport_ref[4:], str(bundle)], "umoci unpack")
             rootfs = bundle / "rootfs"
             (rootfs / "bin").mkdir(parents=True, exist_ok=True)
             shutil.copy2(busybox, rootfs / "bin" / "busybox")
@@ -292,7 +310,7 @@ def _htpasswd_line(user: str, password: str) -> str:
 
 
 @dataclass(eq=False)
-class Registry:
+class Registry(HasLog):
     """One Distribution process with htpasswd auth and TLS on 127.0.0.1 (see the module docstring)."""
 
     users: Mapping[str, str]
@@ -312,13 +330,14 @@ class Registry:
     (``users={}``); the mirror itself can still require its own users."""
     upstream_user: str | None = None
     """Credentials for a token-auth upstream (see above): ignored by a Basic-auth upstream."""
+    token_auth: TokenAuth | None = None
+    """Token auth (Bearer) instead of htpasswd: the token server checks ``users`` (the pusher's too)."""
 
     port: int = field(default=0, init=False)
     startup_seconds: float = field(default=0.0, init=False)
     restarts: int = field(default=0, init=False)
     _users: dict[str, str] = field(default_factory=dict, init=False, repr=False)
-    _popen: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
-    _log_file: IO[bytes] | None = field(default=None, init=False, repr=False)
+    _proc: Spawned | None = field(default=None, init=False, repr=False)
     _dir: Path | None = field(default=None, init=False, repr=False)
     _tmp: Path | None = field(default=None, init=False, repr=False)
 
@@ -358,11 +377,11 @@ class Registry:
 
     @property
     def pid(self) -> int | None:
-        return None if self._popen is None else self._popen.pid
+        return None if self._proc is None else self._proc.pid
 
     @property
     def running(self) -> bool:
-        return self._popen is not None and self._popen.poll() is None
+        return self._proc is not None and self._proc.running
 
     @property
     def current_users(self) -> dict[str, str]:
@@ -383,6 +402,17 @@ class Registry:
         """``{"auths": {"127.0.0.1:PORT": {...}}}`` for ``user``: a pull secret's whole content."""
         return json.dumps({"auths": {self.host: self.auth_entry(user)}}).encode()
 
+    def dockerconfig_secret(self, name: str, namespace: str | None = None, user: str | None = None) -> dict[str, Any]:
+        """A ``kubernetes.io/dockerconfigjson`` Secret ``name`` (as the API returns it) for ``user`` here."""
+        metadata = {"name": name} if namespace is None else {"name": name, "namespace": namespace}
+        return {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": metadata,
+            "type": "kubernetes.io/dockerconfigjson",
+            "data": {".dockerconfigjson": base64.b64encode(self.dockerconfigjson(user)).decode()},
+        }
+
     # ----------------------------------------------------------------- lifecycle
 
     def __enter__(self) -> Registry:
@@ -395,7 +425,7 @@ class Registry:
 
     def start(self, timeout: float = 30.0) -> Registry:
         """Write config and credentials, spawn the process and wait until ``/v2/`` answers (401)."""
-        if self._popen is not None:
+        if self._proc is not None:
             raise RegistryError(f"registry {self.name} already started")
         missing = missing_tools()
         if missing:
@@ -451,9 +481,28 @@ class Registry:
                 "tls": {"certificate": str(self.dir / "server.crt"), "key": str(self.dir / "server.key")},
                 "headers": {"X-Content-Type-Options": ["nosniff"]},
             },
-            **({"auth": {"htpasswd": {"realm": self.name, "path": str(self.htpasswd_path)}}} if self._users else {}),
+            **self._auth_config(),
             **self._proxy_config(),
         }
+
+    def _auth_config(self) -> dict[str, object]:
+        if self.token_auth is not None:
+            bundle = self.dir / "token-roots.pem"
+            bundle.write_bytes(self.token_auth.root_ca_pem)
+            token = self.token_auth
+            return {
+                "auth": {
+                    "token": {
+                        "realm": token.realm,
+                        "service": token.service,
+                        "issuer": token.issuer,
+                        "rootcertbundle": str(bundle),
+                    }
+                }
+            }
+        if self._users:
+            return {"auth": {"htpasswd": {"realm": self.name, "path": str(self.htpasswd_path)}}}
+        return {}
 
     def _proxy_config(self) -> dict[str, object]:
         if self.upstream is None:
@@ -468,40 +517,24 @@ class Registry:
         config = self.dir / "config.yml"
         config.write_text(yaml.safe_dump(self._config(), sort_keys=False))
         argv = [shutil.which("docker-registry") or "docker-registry", "serve", str(config)]
-        log_file = self.log_path.open("ab")
-        log_file.write(("$ " + " ".join(argv) + "\n").encode())
-        log_file.flush()
-        mark = self.log_path.stat().st_size
-        self._log_file = log_file
         # Distribution reads REGISTRY_* variables as config overrides: never inherit any.
         env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
         if self.upstream is not None:
             # Go reads its trusted roots from SSL_CERT_FILE: the mirror trusts exactly the upstream's CA
             env["SSL_CERT_FILE"] = str(self.upstream.ca_path)
-        self._popen = subprocess.Popen(
-            argv,
-            cwd=self.dir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_pdeathsig_preexec(),
+        self._proc = Spawned.start(argv, self.log_path, name=f"registry {self.name}", cwd=self.dir, env=env)
+        expected = 401 if self._users else 200
+        wait_until(
+            lambda: self._status("/v2/") == expected,
+            f"registry {self.name} answering /v2/ with {expected}",
+            timeout,
+            watch=[self._proc],
+            error=RegistryError,
         )
-        deadline = time.monotonic() + timeout
-        while self._status("/v2/") != (401 if self._users else 200):
-            code = self._popen.poll()
-            if code is not None:
-                self._reap()
-                raise RegistryError(f"registry {self.name} exited with code {code}:\n{self.logs(mark)[-3000:]}")
-            if time.monotonic() > deadline:
-                raise RegistryError(f"registry {self.name} not answering after {timeout:g}s:\n{self.log_tail()}")
-            time.sleep(0.05)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the process started here (SIGKILL if it lingers); remove the temp dir unless kept."""
-        if self._popen is not None:
-            terminate(self._popen, timeout)
-        self._reap()
+        self._stop_process(timeout)
         if self._tmp is not None and not self.keep_workdir:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
@@ -509,19 +542,14 @@ class Registry:
 
     def restart(self, timeout: float = 30.0) -> None:
         """Stop the process by PID and start it again on the same port with the same storage."""
-        if self._popen is not None:
-            terminate(self._popen, 10.0)
-        self._reap()
+        self._stop_process(10.0)
         self._spawn_and_wait(timeout)
         self.restarts += 1
 
-    def _reap(self) -> None:
-        if self._popen is not None:
-            self._popen.wait()
-            self._popen = None
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+    def _stop_process(self, timeout: float) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.stop(timeout)
 
     # ----------------------------------------------------------------- credentials
 
@@ -652,23 +680,6 @@ class Registry:
 
     # ----------------------------------------------------------------- logs
 
-    def logs(self, since: int = 0) -> str:
-        try:
-            with self.log_path.open("rb") as f:
-                f.seek(since)
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
-
-    def log_mark(self) -> int:
-        try:
-            return self.log_path.stat().st_size
-        except OSError:
-            return 0
-
-    def log_tail(self, lines: int = 40) -> str:
-        return tail(self.log_path, lines)
-
     def manifest_requests(self, repository: str, *, since: int = 0) -> int:
         """How many manifest GET/HEADs for ``repository`` were answered 200 (after log offset ``since``).
 
@@ -695,6 +706,7 @@ __all__ = [
     "Registry",
     "RegistryError",
     "RegistryTLS",
+    "TokenAuth",
     "missing_tools",
     "static_busybox",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,17 +12,11 @@ from pathlib import Path
 import uvicorn
 
 from tests.builders import wait_for
+from tests.processes import free_port as free_port  # the one free-port finder; tests import it from here too
 from webhook.admission.handler import Handler
 from webhook.app import Readiness, create_app
 from webhook.tls.certs import write_local_certs
 from webhook.tls.context import ReloadingSSLContext, install_into_uvicorn
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

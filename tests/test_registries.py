@@ -7,22 +7,19 @@ fail under ``PSI_REQUIRE_E2E=1`` (CI installs them), like the e2e prerequisites.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.prerequisites import unavailable
 from tests.registries import INSTALL_HINT, BusyboxImages, OCIImage, Registry, RegistryTLS, missing_tools
 
 
 def _require_tools() -> None:
     missing = missing_tools()
     if missing:
-        message = f"registry tools missing: {', '.join(missing)} ({INSTALL_HINT})"
-        if os.environ.get("PSI_REQUIRE_E2E") == "1":
-            pytest.fail(message + " (PSI_REQUIRE_E2E=1)", pytrace=False)
-        pytest.skip(message)
+        unavailable(f"registry tools missing: {', '.join(missing)} ({INSTALL_HINT})")
 
 
 @pytest.fixture(scope="module")

@@ -35,25 +35,28 @@ import contextlib
 import http.client
 import ipaddress
 import json
+import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import ssl
-import subprocess
 import sys
 import tempfile
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+import pytest
 import yaml
 
 from tests.builders import wait_for
+from tests.processes import Spawned
 
-from .controlplane import ControlPlane
+from .controlplane import KEEP, ControlPlane, KubeAssets, write_kubeconfig
 from .process import REPO, ServeProcess, serve_env
 
 CHART = REPO / "charts" / "pullsecret-injector"
@@ -93,6 +96,37 @@ def can_bind(host: str, port: int) -> str | None:
         except OSError as exc:
             return f"cannot bind {host}:{port}: {exc.strerror}"
     return None
+
+
+@contextlib.contextmanager
+def loopback_control_plane(assets: KubeAssets) -> Iterator[ControlPlane]:
+    """A control plane of a module's own whose Service ClusterIPs are loopback addresses (see above).
+
+    The webhook then listens on ``<ClusterIP>:443`` itself, the Service port the API server dials:
+    without root (or CAP_NET_BIND_SERVICE) the module is skipped.
+    """
+    problem = can_bind("127.0.0.1", 443) if os.geteuid() != 0 else None
+    if problem is not None:
+        pytest.skip(f"needs to listen on port 443 (root or CAP_NET_BIND_SERVICE): {problem}")
+    with ControlPlane(assets, service_cluster_ip_range=loopback_service_range(), keep_workdir=KEEP) as cp:
+        yield cp
+
+
+def namespace_body(name: str, **labels: str) -> dict[str, Any]:
+    """A namespace carrying ``kubernetes.io/metadata.name`` as Kubernetes >= 1.21 would set it."""
+    return {"metadata": {"name": name, "labels": {METADATA_NAME_LABEL: name, **labels}}}
+
+
+def webhook_ca_bundle(control_plane: ControlPlane, configuration: str) -> bytes:
+    """The PEM caBundle of the configuration's first webhook (b'' while there is none, or it is gone)."""
+    status, body = control_plane.get(
+        f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{configuration}"
+    )
+    if status != 200:
+        return b""
+    webhooks = json.loads(body).get("webhooks") or []
+    encoded = (webhooks[0].get("clientConfig") or {}).get("caBundle", "") if webhooks else ""
+    return base64.b64decode(encoded) if encoded else b""
 
 
 @dataclass(frozen=True)
@@ -191,6 +225,14 @@ class HelmRelease:
         self.info = release
         return release
 
+    def uninstall_at_teardown(self) -> None:
+        """``helm uninstall`` if still installed; a failure is printed, not raised (the test's own error wins)."""
+        if self.installed:
+            try:
+                self.uninstall()
+            except Exception as exc:
+                print(f"helm uninstall at teardown failed: {exc}")
+
     def uninstall(self, timeout: int = 60) -> dict[str, Any]:
         import helm_sdkpy
 
@@ -238,22 +280,7 @@ def service_account_token(core: Any, namespace: str, name: str, timeout: float =
 
 def write_token_kubeconfig(path: Path, control_plane: ControlPlane, *, user: str, token: str) -> Path:
     """A kubeconfig authenticating with ``token`` (what the in-cluster config would use in the Pod)."""
-    cfg = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "e2e",
-                "cluster": {"server": control_plane.server, "certificate-authority": str(control_plane.ca_path)},
-            }
-        ],
-        "users": [{"name": user, "user": {"token": token}}],
-        "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": user}}],
-        "current-context": "e2e",
-    }
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    path.chmod(0o600)
-    return path
+    return write_kubeconfig(path, server=control_plane.server, ca_path=control_plane.ca_path, user=user, token=token)
 
 
 # --------------------------------------------------------------------------- RBAC probes
@@ -442,8 +469,7 @@ class DeploymentProcess(ServeProcess):
     extra_overrides: Mapping[str, str] = field(default_factory=dict)
 
     returncode: int | None = field(default=None, init=False)
-    _popen: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
-    _log_file: IO[bytes] | None = field(default=None, init=False, repr=False)
+    _proc: Spawned | None = field(default=None, init=False, repr=False)
     _dir: Path | None = field(default=None, init=False, repr=False)
 
     @property
@@ -479,7 +505,7 @@ class DeploymentProcess(ServeProcess):
         return [sys.executable, "-m", "webhook", "serve", *overridden]
 
     def start(self) -> DeploymentProcess:
-        if self._popen is not None:
+        if self._proc is not None:
             raise ChartE2EError("already started")
         self._dir = self.workdir or Path(tempfile.mkdtemp(prefix="psi-chart-webhook-"))
         self.policy_path.parent.mkdir(parents=True, exist_ok=True)
@@ -489,18 +515,12 @@ class DeploymentProcess(ServeProcess):
 
     def kill(self) -> int | None:
         """SIGKILL: the replica dies mid-work, giving nothing back (not even its Lease)."""
-        if self._popen is None:
-            return self.returncode
-        self._popen.kill()
-        self._reap()
-        return self.returncode
+        return self.stop(sig=signal.SIGKILL)
 
     def check_alive(self) -> None:
         """Raise with the log tail if the process has exited."""
-        if self._popen is not None and self._popen.poll() is not None:
-            code = self._popen.returncode
-            self._reap()
-            raise ChartE2EError(f"the webhook exited with code {code}:\n{self.log_tail()}")
+        if self._proc is not None:
+            self._proc.check_alive(ChartE2EError)
 
     def cleanup(self, keep: bool = False) -> None:
         self.stop()
@@ -523,7 +543,9 @@ __all__ = [
     "container_args",
     "https_get",
     "is_loopback",
+    "loopback_control_plane",
     "loopback_service_range",
+    "namespace_body",
     "override_args",
     "release_rbac",
     "request_as",
@@ -532,5 +554,6 @@ __all__ = [
     "service_account_token",
     "service_account_user",
     "subject_access_review",
+    "webhook_ca_bundle",
     "write_token_kubeconfig",
 ]

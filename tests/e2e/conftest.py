@@ -6,18 +6,19 @@ PSI_REQUIRE_E2E=1, which turns that into a failure (for CI, so e2e cannot silent
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.prerequisites import unavailable
 from tests.registries import BusyboxImages, Registry
 
-from .controlplane import ControlPlane, KubeAssets, find_assets
+from .cluster import Namespaces, apps_api, core_api
+from .controlplane import KEEP, ControlPlane, KubeAssets, find_assets
 from .node import NODE_INSTALL_HINT, Node, missing_prerequisites
+from .report import Measurements, Note
 
 _HERE = Path(__file__).resolve().parent
 
@@ -38,9 +39,7 @@ def require_assets() -> KubeAssets:
     """The binaries, or skip with one line saying how to get them (fail under PSI_REQUIRE_E2E=1)."""
     assets = find_assets()
     if assets is None:
-        if os.environ.get("PSI_REQUIRE_E2E") == "1":
-            pytest.fail(MISSING_ASSETS + " (PSI_REQUIRE_E2E=1)", pytrace=False)
-        pytest.skip(MISSING_ASSETS)
+        unavailable(MISSING_ASSETS)
     return assets
 
 
@@ -48,47 +47,54 @@ def require_node() -> None:
     """Skip (fail under PSI_REQUIRE_E2E=1) with one line when a real node cannot start here."""
     missing = missing_prerequisites()
     if missing:
-        message = f"e2e node: missing {'; '.join(missing)} ({NODE_INSTALL_HINT})"
-        if os.environ.get("PSI_REQUIRE_E2E") == "1":
-            pytest.fail(message + " (PSI_REQUIRE_E2E=1)", pytrace=False)
-        pytest.skip(message)
+        unavailable(f"e2e node: missing {'; '.join(missing)} ({NODE_INSTALL_HINT})")
 
 
 @pytest.fixture(scope="session")
 def control_plane() -> Iterator[ControlPlane]:
     """A started etcd + kube-apiserver + kube-controller-manager, stopped after the session."""
-    assets = require_assets()
-    cp = ControlPlane(assets, keep_workdir=os.environ.get("PSI_E2E_KEEP") == "1")
-    cp.start()
-    try:
+    with ControlPlane(require_assets(), keep_workdir=KEEP) as cp:
         yield cp
-    finally:
-        cp.stop()
 
 
 @pytest.fixture(scope="session")
 def api_client(control_plane: ControlPlane) -> Iterator[Any]:
     """A ``kubernetes.client.ApiClient`` for the admin user (session-wide)."""
-    api = control_plane.api_client()
-    try:
+    with control_plane.admin_client() as api:
         yield api
-    finally:
-        api.close()
+
+
+@pytest.fixture(scope="module")
+def core(api_client: Any) -> Any:
+    """``CoreV1Api`` over the admin client (a module with a control plane of its own overrides it)."""
+    return core_api(api_client)
+
+
+@pytest.fixture(scope="module")
+def apps(api_client: Any) -> Any:
+    return apps_api(api_client)
 
 
 @pytest.fixture
-def namespace(control_plane: ControlPlane, api_client: Any) -> Iterator[str]:
-    """A fresh namespace whose ``default`` ServiceAccount is ready for Pods; deleted afterwards."""
-    from kubernetes import client
-
-    core: Any = client.CoreV1Api(api_client)
-    name = f"e2e-{uuid.uuid4().hex[:10]}"
-    core.create_namespace({"metadata": {"name": name}})
+def namespaces(control_plane: ControlPlane, core: Any) -> Iterator[Namespaces]:
+    """Namespaces for one test (``namespaces.one(prefix, hook=...)``), deleted after it."""
+    factory = Namespaces(control_plane, core)
     try:
-        control_plane.wait_for_default_service_account(name)
-        yield name
+        yield factory
     finally:
-        core.delete_namespace(name)
+        factory.close()
+
+
+@pytest.fixture
+def note(measurements: Measurements, record_property: Callable[[str, object], None], request: Any) -> Note:
+    """``note(key, text)``: print it, record it as a property, list it under the module's ``measurements``."""
+    return measurements.noter(request, record_property)
+
+
+@pytest.fixture
+def namespace(namespaces: Namespaces) -> str:
+    """A fresh namespace whose ``default`` ServiceAccount is ready for Pods; deleted afterwards."""
+    return namespaces.one("e2e")
 
 
 @pytest.fixture(scope="session")
@@ -104,9 +110,8 @@ def node_registries(node_images: BusyboxImages) -> Iterator[tuple[Registry, Regi
 
     ``a``: ``puller-a`` and ``rotator`` (whose password the rotation test changes); ``b``: ``puller-b``.
     """
-    keep = os.environ.get("PSI_E2E_KEEP") == "1"
-    a = Registry(users={"puller-a": "a-pass-1", "rotator": "rot-pass-1"}, name="registry-a", keep_workdir=keep)
-    b = Registry(users={"puller-b": "b-pass-1"}, name="registry-b", keep_workdir=keep)
+    a = Registry(users={"puller-a": "a-pass-1", "rotator": "rot-pass-1"}, name="registry-a", keep_workdir=KEEP)
+    b = Registry(users={"puller-b": "b-pass-1"}, name="registry-b", keep_workdir=KEEP)
     a.start()
     try:
         b.start()
@@ -124,7 +129,7 @@ def node(
 ) -> Iterator[Node]:
     """A Ready node (containerd + kubelet) trusting both registries; torn down by PID after the session."""
     require_node()
-    real = Node(control_plane, node_images, keep_workdir=os.environ.get("PSI_E2E_KEEP") == "1")
+    real = Node(control_plane, node_images, keep_workdir=KEEP)
     real.start(node_registries)
     try:
         yield real

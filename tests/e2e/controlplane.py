@@ -15,7 +15,7 @@ Binaries: ``bash hack/build-kube-assets.sh`` (see tests/e2e/README.md). Run this
 directly (``.venv/bin/python tests/e2e/controlplane.py``) to get a control plane to
 poke at with kubectl until Ctrl-C.
 
-This module deliberately imports nothing from the project so it can be reused anywhere.
+Its processes are started, awaited and stopped by PID through ``tests/processes.py``.
 """
 
 from __future__ import annotations
@@ -23,39 +23,41 @@ from __future__ import annotations
 import atexit
 import base64
 import contextlib
-import ctypes
 import datetime
 import ipaddress
 import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.processes import LOOPBACK as LOOPBACK
+from tests.processes import Spawned, stop_all, wait_until
+from tests.processes import free_port as free_port
+from tests.processes import tail as tail
 from webhook.tls.certs import build_ca, build_serving_cert
 
-LOOPBACK = "127.0.0.1"
 DEFAULT_ASSETS_DIR = Path.home() / ".cache" / "pullsecret-injector" / "kube-assets"
 ASSETS_ENV = "KUBE_ASSETS"
 #: Virtual Service IP range (allocation only: nothing ever routes to it, there is no kube-proxy).
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+#: ``PSI_E2E_KEEP=1``: keep the temp dirs (logs, kubeconfigs, certificates, policies) for a post-mortem.
+KEEP = os.environ.get("PSI_E2E_KEEP") == "1"
 
 
 class ControlPlaneError(RuntimeError):
@@ -146,66 +148,23 @@ def make_serving_cert(
     return TLSBundle(ca_pem=ca_pem, cert_pem=cert_pem, key_pem=key_pem)
 
 
-# --------------------------------------------------------------------------- processes
+# --------------------------------------------------------------------------- kubeconfig
 
 
-def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port that was free on ``host`` a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _pdeathsig_preexec() -> Callable[[], None] | None:
-    """A preexec_fn making Linux SIGTERM the child when the process that started it dies.
-
-    Resolved in the parent: the function run between fork and exec only calls prctl(2).
-    None where prctl is not available (not Linux).
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-    def preexec() -> None:  # pragma: no cover - runs in the child
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-    return preexec
-
-
-def terminate(popen: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
-    """SIGTERM ``popen`` (if still running), SIGKILL it if it lingers past ``timeout``; its exit code."""
-    if popen.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            popen.send_signal(signal.SIGTERM)
-        try:
-            popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                popen.kill()
-    return popen.wait(timeout=10)
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    """The last ``lines`` lines of a log file ('' if it is missing)."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
-@dataclass
-class _Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-    log_file: IO[bytes]
+def write_kubeconfig(path: Path, *, server: str, ca_path: Path, user: str, token: str) -> Path:
+    """A kubeconfig for ``server`` (verified against ``ca_path``) authenticating as ``user`` with ``token``."""
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "e2e", "cluster": {"server": server, "certificate-authority": str(ca_path)}}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": user}}],
+        "current-context": "e2e",
+        "preferences": {},
+    }
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    path.chmod(0o600)
+    return path
 
 
 @dataclass(eq=False)
@@ -237,7 +196,7 @@ class ControlPlane:
     etcd_port: int = field(default=0, init=False)
     startup_seconds: float = field(default=0.0, init=False)
     _kcm_token: str = field(default_factory=lambda: secrets.token_hex(16), init=False, repr=False)
-    _procs: list[_Proc] = field(default_factory=list, init=False, repr=False)
+    _procs: list[Spawned] = field(default_factory=list, init=False, repr=False)
     _tmp: Path | None = field(default=None, init=False, repr=False)  # a temp dir we made
     _dir: Path | None = field(default=None, init=False, repr=False)
 
@@ -274,6 +233,15 @@ class ControlPlane:
 
         new_client: Any = config.new_client_from_config  # untyped in the kubernetes package
         return new_client(config_file=str(self.kubeconfig_path))
+
+    @contextlib.contextmanager
+    def admin_client(self) -> Iterator[Any]:
+        """:meth:`api_client`, closed when the block ends."""
+        api = self.api_client()
+        try:
+            yield api
+        finally:
+            api.close()
 
     def env(self) -> dict[str, str]:
         """``os.environ`` plus ``KUBECONFIG`` pointing at the admin kubeconfig."""
@@ -326,19 +294,7 @@ class ControlPlane:
     def stop(self, timeout: float = 15.0) -> None:
         """Terminate the started processes (reverse order), kill those that linger."""
         procs, self._procs = self._procs, []
-        for proc in reversed(procs):
-            if proc.popen.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.popen.terminate()
-        end = time.monotonic() + timeout
-        for proc in reversed(procs):
-            try:
-                proc.popen.wait(timeout=max(0.1, end - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.popen.kill()
-                proc.popen.wait(timeout=10)
-            proc.log_file.close()
+        stop_all(procs, timeout)
         atexit.unregister(self.stop)
         if self._tmp is not None and not self.keep_workdir:
             shutil.rmtree(self._tmp, ignore_errors=True)
@@ -394,41 +350,14 @@ class ControlPlane:
         self._write_kubeconfig(d / "kcm.kubeconfig", "kube-controller-manager", self._kcm_token)
 
     def _write_kubeconfig(self, path: Path, user: str, token: str) -> None:
-        cfg = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "e2e",
-                    "cluster": {"server": self.server, "certificate-authority": str(self.ca_path)},
-                }
-            ],
-            "users": [{"name": user, "user": {"token": token}}],
-            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": user}}],
-            "current-context": "e2e",
-            "preferences": {},
-        }
-        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        path.chmod(0o600)
+        write_kubeconfig(path, server=self.server, ca_path=self.ca_path, user=user, token=token)
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        log = self.log_dir / f"{name}.log"
-        log_file = log.open("ab")
-        log_file.write(("$ " + " ".join(argv) + "\n").encode())
-        log_file.flush()
-        try:
-            popen = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                cwd=self.dir,
-                preexec_fn=_pdeathsig_preexec() if self.die_with_parent else None,
+        self._procs.append(
+            Spawned.start(
+                argv, self.log_dir / f"{name}.log", name=name, cwd=self.dir, die_with_parent=self.die_with_parent
             )
-        except BaseException:
-            log_file.close()
-            raise
-        self._procs.append(_Proc(name=name, popen=popen, log=log, log_file=log_file))
+        )
 
     def _start_etcd(self) -> None:
         client = f"http://{LOOPBACK}:{self.etcd_port}"
@@ -507,23 +436,17 @@ class ControlPlane:
 
     # ----------------------------------------------------------------- readiness
 
-    def _check_alive(self) -> None:
-        for proc in self._procs:
-            code = proc.popen.poll()
-            if code is not None:
-                raise ControlPlaneError(
-                    f"{proc.name} exited with code {code}; last lines of {proc.log}:\n{tail(proc.log)}"
-                )
-
     def _wait(self, ready: Callable[[], bool], what: str, deadline: float) -> None:
-        while True:
-            self._check_alive()
-            if ready():
-                return
-            if time.monotonic() > deadline:
-                logs = "\n".join(f"--- {p.name} ({p.log}):\n{tail(p.log, 25)}" for p in self._procs)
-                raise ControlPlaneError(f"timed out waiting for {what}\n{logs}")
-            time.sleep(0.2)
+        """Poll ``ready`` until ``deadline`` (monotonic); ControlPlaneError when one of ours exits or on timeout."""
+        wait_until(
+            ready,
+            what,
+            deadline - time.monotonic(),
+            watch=self._procs,
+            error=ControlPlaneError,
+            interval=0.2,
+            tail_lines=25,
+        )
 
     def _etcd_healthy(self) -> bool:
         try:

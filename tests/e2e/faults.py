@@ -17,27 +17,19 @@ Nothing here logs a Secret's content: Pods and copies are compared by name and r
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import ssl
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from .controlplane import LOOPBACK, ControlPlane, ControlPlaneError, _pdeathsig_preexec, free_port, tail, terminate
-from .process import REPO
+from tests.processes import Spawned, free_port, read_log
 
-#: Environment variables ``serve`` reads as defaults: never inherited by a replica.
-_SCRUBBED_ENV = ("KUBECONFIG", "POD_NAME", "POD_NAMESPACE", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")
-
+from .controlplane import ControlPlane, ControlPlaneError
+from .process import ServeProcess, readyz, serve_argv, serve_env
 
 # --------------------------------------------------------------------------- the API server
 
@@ -50,24 +42,17 @@ class FaultyControlPlane(ControlPlane):
     to a real API server coming back.
     """
 
-    def _apiserver(self) -> Any:
+    def _apiserver(self) -> Spawned:
         for proc in self._procs:
             if proc.name == "kube-apiserver":
                 return proc
         raise ControlPlaneError("kube-apiserver is not running")
 
     def kill_apiserver(self, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig`` to the kube-apiserver started here and wait for it to exit."""
+        """Send ``sig`` to the kube-apiserver started here and wait for it to exit (SIGKILL after 60 s)."""
         proc = self._apiserver()
-        with contextlib.suppress(ProcessLookupError):
-            proc.popen.send_signal(sig)
-        try:
-            proc.popen.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.popen.kill()
-            proc.popen.wait(timeout=10)
-        proc.log_file.close()
         self._procs.remove(proc)
+        proc.stop(60, sig)
 
     def start_apiserver(self, timeout: float = 120.0) -> float:
         """Start kube-apiserver again (same port, etcd, certificates); seconds until ``/readyz`` is ok."""
@@ -85,7 +70,7 @@ class FaultyControlPlane(ControlPlane):
 
 
 @dataclass(eq=False)
-class Replica:
+class Replica(ServeProcess):
     """One ``python -m webhook serve`` of a replica set (see the module docstring)."""
 
     control_plane: ControlPlane
@@ -100,111 +85,42 @@ class Replica:
 
     port: int = field(default_factory=free_port)
     returncode: int | None = field(default=None, init=False)
-    _popen: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
-    _log_file: IO[bytes] | None = field(default=None, init=False, repr=False)
+    _proc: Spawned | None = field(default=None, init=False, repr=False)
+    _dir: Path | None = field(default=None, init=False, repr=False)
 
     @property
     def log_path(self) -> Path:
         return self.workdir / f"{self.identity}.log"
 
-    @property
-    def pid(self) -> int | None:
-        return None if self._popen is None else self._popen.pid
-
-    @property
-    def running(self) -> bool:
-        return self._popen is not None and self._popen.poll() is None
-
     def argv(self) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "webhook",
-            "serve",
-            f"--policy={self.policy_path}",
-            "--cert-mode=files",
-            f"--tls-cert={self.certs['tls.crt']}",
-            f"--tls-key={self.certs['tls.key']}",
-            f"--kubeconfig={self.control_plane.kubeconfig_path}",
-            f"--host={LOOPBACK}",
-            f"--port={self.port}",
-            "--metrics-port=0",
-            f"--namespace={self.namespace}",
-            f"--leader-election-lease={self.lease}",
-            "--log-format=text",
-            *self.extra_args,
-        ]
+        return serve_argv(
+            policy=self.policy_path,
+            certs=self.certs,
+            kubeconfig=self.control_plane.kubeconfig_path,
+            port=self.port,
+            namespace=self.namespace,
+            lease=self.lease,
+            extra_args=self.extra_args,
+        )
 
     def start(self) -> Replica:
-        if self._popen is not None:
+        if self._proc is not None:
             raise RuntimeError(f"replica {self.identity} already started")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PSI_") and k not in _SCRUBBED_ENV}
-        env.update(PYTHONUNBUFFERED="1", POD_NAME=self.identity)
-        argv = self.argv()
-        log_file = self.log_path.open("ab")
-        log_file.write(("$ " + " ".join(argv) + "\n").encode())
-        log_file.flush()
-        self._log_file = log_file
-        self._popen = subprocess.Popen(
-            argv,
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_pdeathsig_preexec(),
-        )
+        self._spawn(self.argv(), serve_env(POD_NAME=self.identity), name=f"replica {self.identity}")
         return self
 
     def ready(self) -> bool:
-        context = ssl.create_default_context(cafile=str(self.certs["ca.crt"]))
-        try:
-            with urllib.request.urlopen(f"https://{LOOPBACK}:{self.port}/readyz", timeout=2, context=context) as resp:
-                return int(resp.status) == 200
-        except (OSError, urllib.error.URLError):
-            return False
+        return readyz(self.port, self.certs["ca.crt"])
 
     def wait_ready(self, timeout: float = 60.0) -> float:
         t0 = time.monotonic()
-        while not self.ready():
-            if self._popen is None or self._popen.poll() is not None:
-                raise RuntimeError(f"replica {self.identity} exited:\n{self.log_tail()}")
-            if time.monotonic() - t0 > timeout:
-                raise RuntimeError(f"replica {self.identity} not ready after {timeout:g}s:\n{self.log_tail()}")
-            time.sleep(0.05)
+        self._wait_ready(self.ready, f"replica {self.identity} ready", timeout, RuntimeError)
         return time.monotonic() - t0
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to this replica's PID (no wait)."""
-        if self._popen is not None:
-            with contextlib.suppress(ProcessLookupError):
-                self._popen.send_signal(sig)
-
-    def wait(self, timeout: float = 30.0) -> int | None:
-        if self._popen is None:
-            return self.returncode
-        self.returncode = self._popen.wait(timeout=timeout)
-        self._popen = None
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-        return self.returncode
-
-    def stop(self) -> int | None:
-        """SIGTERM (SIGKILL if it lingers) the process started here."""
-        if self._popen is not None:
-            terminate(self._popen, 15)
-        return self.wait()
-
-    def logs(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def log_tail(self, lines: int = 40) -> str:
-        return tail(self.log_path, lines)
+        self.send_signal(sig)
 
 
 # --------------------------------------------------------------------------- bursts
@@ -345,19 +261,7 @@ def burst(
 
 def count_lines(path: Path, needle: str, *, since: int = 0) -> int:
     """Lines of ``path`` (from byte ``since``) containing ``needle``."""
-    try:
-        with path.open("rb") as f:
-            f.seek(since)
-            return sum(1 for line in f if needle.encode() in line)
-    except OSError:
-        return 0
-
-
-def size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
+    return sum(1 for line in read_log(path, since).splitlines() if needle in line)
 
 
 __all__ = [
@@ -368,5 +272,4 @@ __all__ = [
     "api_client_for",
     "burst",
     "count_lines",
-    "size",
 ]

@@ -23,7 +23,6 @@ The process is started by :meth:`LoadBalancer.start` and stopped by its PID
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import shutil
@@ -33,9 +32,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
-from .controlplane import LOOPBACK, _pdeathsig_preexec, free_port, tail, terminate
+from tests.processes import LOOPBACK, Spawned, free_port, wait_until
 
 
 class LoadBalancerError(RuntimeError):
@@ -59,8 +57,7 @@ class LoadBalancer:
     check_interval: float = 0.5
 
     port: int = field(default=0, init=False)
-    _popen: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
-    _log_file: IO[bytes] | None = field(default=None, init=False, repr=False)
+    _proc: Spawned | None = field(default=None, init=False, repr=False)
 
     @property
     def config_path(self) -> Path:
@@ -112,7 +109,7 @@ backend replicas
         binary = haproxy_binary()
         if binary is None:
             raise LoadBalancerError("haproxy not found: apt-get install -y haproxy")
-        if self._popen is not None:
+        if self._proc is not None:
             raise LoadBalancerError("already started")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -124,43 +121,27 @@ backend replicas
             raise LoadBalancerError(
                 f"haproxy refused its configuration:\n{check.stdout.decode()}{check.stderr.decode()}"
             )
-        log_file = self.log_path.open("ab")
-        self._log_file = log_file
         # -db: foreground, no daemon, so the PID we hold is HAProxy's own.
-        self._popen = subprocess.Popen(
-            [binary, "-db", "-f", str(self.config_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_pdeathsig_preexec(),
-        )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._popen.poll() is not None:
-                code = self._popen.returncode
-                self._reap()
-                raise LoadBalancerError(f"haproxy exited with code {code}:\n{tail(self.log_path)}")
-            with contextlib.suppress(OSError):
-                self.states()
-                return self
-            if time.monotonic() > deadline:
-                self.stop()
-                raise LoadBalancerError(f"haproxy not up after {timeout:g}s:\n{tail(self.log_path)}")
-            time.sleep(0.05)
+        self._proc = Spawned.start([binary, "-db", "-f", str(self.config_path)], self.log_path, name="haproxy")
+        try:
+            wait_until(self._answering, "haproxy's admin socket", timeout, watch=[self._proc], error=LoadBalancerError)
+        except LoadBalancerError:
+            self.stop()
+            raise
+        return self
+
+    def _answering(self) -> bool:
+        try:
+            self.states()
+        except OSError:
+            return False
+        return True
 
     def stop(self) -> None:
         """SIGTERM the HAProxy started here (SIGKILL if it lingers)."""
-        if self._popen is not None:
-            terminate(self._popen, 10)
-        self._reap()
-
-    def _reap(self) -> None:
-        if self._popen is not None:
-            self._popen.wait()
-            self._popen = None
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.stop(10)
 
     def _command(self, command: str) -> str:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:

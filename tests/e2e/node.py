@@ -63,22 +63,16 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, TypeVar
 
 import yaml
 
+from tests.processes import LOOPBACK, Spawned, free_port, wait_until
 from tests.registries import BusyboxImages, Registry, missing_tools
 
-from .controlplane import (
-    ASSETS_ENV,
-    DEFAULT_ASSETS_DIR,
-    LOOPBACK,
-    ControlPlane,
-    _pdeathsig_preexec,
-    free_port,
-    tail,
-    terminate,
-)
+from .controlplane import ASSETS_ENV, DEFAULT_ASSETS_DIR, ControlPlane, write_kubeconfig
+
+T = TypeVar("T")
 
 #: The sandbox image containerd runs for every Pod; imported, never pulled.
 PAUSE_IMAGE = "psi.local/pause:1"
@@ -220,14 +214,6 @@ def kubelet_env() -> dict[str, str]:
     return env
 
 
-@dataclass
-class _Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-    log_file: IO[bytes]
-
-
 # --------------------------------------------------------------------------- node
 
 
@@ -255,7 +241,7 @@ class Node:
     startup_seconds: float = field(default=0.0, init=False)
     kubelet_port: int = field(default=0, init=False)
     healthz_port: int = field(default=0, init=False)
-    _procs: list[_Proc] = field(default_factory=list, init=False, repr=False)
+    _procs: list[Spawned] = field(default_factory=list, init=False, repr=False)
     _dir: Path | None = field(default=None, init=False, repr=False)
     _tmp: Path | None = field(default=None, init=False, repr=False)
     _trusted: set[str] = field(default_factory=set, init=False, repr=False)
@@ -506,26 +492,14 @@ disabled_plugins = [
 
             return base64.b64decode(secret.data["token"]).decode()
 
-        value = self._poll(token, f"a token for ServiceAccount kube-system/{self._sa}", 60)
-        kubeconfig = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "e2e",
-                    "cluster": {
-                        "server": self.control_plane.server,
-                        "certificate-authority": str(self.control_plane.ca_path),
-                    },
-                }
-            ],
-            "users": [{"name": "kubelet", "user": {"token": value}}],
-            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "kubelet"}}],
-            "current-context": "e2e",
-        }
-        path = self.dir / "kubelet.kubeconfig"
-        path.write_text(yaml.safe_dump(kubeconfig, sort_keys=False))
-        path.chmod(0o600)
+        value = self._wait(token, f"a token for ServiceAccount kube-system/{self._sa}", time.monotonic() + 60)
+        write_kubeconfig(
+            self.dir / "kubelet.kubeconfig",
+            server=self.control_plane.server,
+            ca_path=self.control_plane.ca_path,
+            user="kubelet",
+            token=value,
+        )
 
     def _kubelet_config(self) -> dict[str, Any]:
         self.kubelet_port = free_port()
@@ -618,50 +592,11 @@ disabled_plugins = [
     # ----------------------------------------------------------------- readiness
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
-        log = self.log(name)
-        log_file = log.open("ab")
-        log_file.write(("$ " + " ".join(argv) + "\n").encode())
-        log_file.flush()
-        try:
-            popen = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                cwd=self.dir,
-                env=env,
-                preexec_fn=_pdeathsig_preexec(),
-            )
-        except BaseException:
-            log_file.close()
-            raise
-        self._procs.append(_Proc(name=name, popen=popen, log=log, log_file=log_file))
+        self._procs.append(Spawned.start(argv, self.log(name), name=name, cwd=self.dir, env=env))
 
-    def _check_alive(self) -> None:
-        for proc in self._procs:
-            code = proc.popen.poll()
-            if code is not None:
-                raise NodeError(f"{proc.name} exited with code {code}; last lines of {proc.log}:\n{tail(proc.log)}")
-
-    def _wait(self, ready: Callable[[], bool], what: str, deadline: float) -> None:
-        while True:
-            self._check_alive()
-            if ready():
-                return
-            if time.monotonic() > deadline:
-                logs = "\n".join(f"--- {p.name} ({p.log}):\n{tail(p.log, 30)}" for p in self._procs)
-                raise NodeError(f"timed out waiting for {what}\n{logs}")
-            time.sleep(0.2)
-
-    def _poll(self, fn: Callable[[], str | None], what: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = fn()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise NodeError(f"timed out waiting for {what}")
-            time.sleep(0.2)
+    def _wait(self, ready: Callable[[], T | None], what: str, deadline: float) -> T:
+        """Poll ``ready`` until ``deadline`` (monotonic); NodeError if containerd or the kubelet exits or on timeout."""
+        return wait_until(ready, what, deadline - time.monotonic(), watch=self._procs, error=NodeError, interval=0.2)
 
     def node_conditions(self) -> dict[str, str]:
         """The Node's conditions (type -> status), {} if it is not registered."""
@@ -679,7 +614,7 @@ disabled_plugins = [
 
     @property
     def running(self) -> bool:
-        return bool(self._procs) and all(p.popen.poll() is None for p in self._procs)
+        return bool(self._procs) and all(p.running for p in self._procs)
 
     def process_ids(self) -> dict[str, int]:
         """Every process this node runs, by PID: ``containerd``, ``kubelet``, ``shim:<id>``, ``init:<id>``.
@@ -687,7 +622,7 @@ disabled_plugins = [
         The shims and the containers' first processes are not our children (shims daemonize),
         so their PIDs come from containerd's state dir, where ``stop()`` looks for them too.
         """
-        pids = {p.name: p.popen.pid for p in self._procs if p.popen.poll() is None}
+        pids = {p.name: p.pid for p in self._procs if p.running}
         pids.update({f"shim:{pid}": pid for pid in self._shim_pids()})
         for pidfile in self.containerd_state.glob("io.containerd.runtime.v2.task/*/*/init.pid"):
             pid = _read_pid(pidfile)
@@ -741,18 +676,16 @@ disabled_plugins = [
         self._procs = []
         kubelet = procs.get("kubelet")
         if kubelet is not None:
-            step("stop kubelet", lambda: terminate(kubelet.popen, timeout))
-            kubelet.log_file.close()
+            step("stop kubelet", lambda: kubelet.stop(timeout))
         # after the kubelet: it would otherwise keep updating (or re-create) it
         step("delete the Node", self._delete_node_object)
         step("restore kernel tunables", self._restore_tunables)
         containerd = procs.get("containerd")
         pod_dirs: set[str] = set()
         if containerd is not None:
-            if containerd.popen.poll() is None:
+            if containerd.running:
                 step("remove containers", lambda: pod_dirs.update(self._remove_containers()))
-            step("stop containerd", lambda: terminate(containerd.popen, timeout))
-            containerd.log_file.close()
+            step("stop containerd", lambda: containerd.stop(timeout))
         if self._dir is not None:
             step("kill leftover processes", self._kill_leftover_processes)
             left = unmount_all(self._dir)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import ssl
 import time
 import uuid
@@ -40,16 +39,15 @@ from tests.builders import auth_entry, b64, pod_body, pull_secrets, wait_for
 
 from .chart_support import (
     CLUSTER,
-    METADATA_NAME_LABEL,
     DeploymentProcess,
     Grant,
     HelmRelease,
-    can_bind,
     chart_copy,
     container_args,
     https_get,
     is_loopback,
-    loopback_service_range,
+    loopback_control_plane,
+    namespace_body,
     release_rbac,
     request_as,
     role_grants,
@@ -57,10 +55,12 @@ from .chart_support import (
     service_account_token,
     service_account_user,
     subject_access_review,
+    webhook_ca_bundle,
     write_token_kubeconfig,
 )
+from .cluster import core_api
 from .conftest import require_assets
-from .controlplane import ControlPlane
+from .controlplane import KEEP, ControlPlane
 
 RELEASE = "psi"
 FULLNAME = "psi-pullsecret-injector"  # <release>-<chart name>
@@ -115,15 +115,8 @@ VALUES: dict[str, Any] = {
 TARGET_SECRETS = ("example-pull", "harbor-pull")
 SOURCE_SECRETS = ("harbor-robot", "registry-credentials")
 
-KEEP = os.environ.get("PSI_E2E_KEEP") == "1"
-
 
 # --------------------------------------------------------------------------- small helpers
-
-
-def namespace_body(name: str, **labels: str) -> dict[str, Any]:
-    """A namespace carrying ``kubernetes.io/metadata.name`` as Kubernetes >= 1.21 would set it."""
-    return {"metadata": {"name": name, "labels": {METADATA_NAME_LABEL: name, **labels}}}
 
 
 def get_json(control_plane: ControlPlane, path: str) -> dict[str, Any]:
@@ -135,12 +128,7 @@ def get_json(control_plane: ControlPlane, path: str) -> dict[str, Any]:
 
 def ca_bundle(control_plane: ControlPlane) -> bytes:
     """The PEM caBundle of the chart's webhook entry (b'' while there is none, or the config is gone)."""
-    status, body = control_plane.get(WEBHOOK_CONFIG_PATH)
-    if status != 200:
-        return b""
-    webhooks = json.loads(body).get("webhooks") or []
-    encoded = (webhooks[0].get("clientConfig") or {}).get("caBundle", "") if webhooks else ""
-    return base64.b64decode(encoded) if encoded else b""
+    return webhook_ca_bundle(control_plane, FULLNAME)
 
 
 def certificates(pem: bytes) -> list[x509.Certificate]:
@@ -181,33 +169,19 @@ class Running:
 @pytest.fixture(scope="module")
 def control_plane() -> Iterator[ControlPlane]:
     """This module's own control plane: ClusterIPs from a loopback /24 (the session one uses 10.0.0.0/24)."""
-    assets = require_assets()
-    # The webhook listens on <ClusterIP>:443 (the Service port the API server dials).
-    problem = can_bind("127.0.0.1", 443) if os.geteuid() != 0 else None
-    if problem is not None:
-        pytest.skip(f"chart e2e needs to listen on port 443 (root or CAP_NET_BIND_SERVICE): {problem}")
-    cp = ControlPlane(assets, service_cluster_ip_range=loopback_service_range(), keep_workdir=KEEP)
-    cp.start()
-    try:
+    with loopback_control_plane(require_assets()) as cp:
         yield cp
-    finally:
-        cp.stop()
 
 
 @pytest.fixture(scope="module")
 def admin(control_plane: ControlPlane) -> Iterator[Any]:
-    api = control_plane.api_client()
-    try:
+    with control_plane.admin_client() as api:
         yield api
-    finally:
-        api.close()
 
 
 @pytest.fixture(scope="module")
 def core(admin: Any) -> Any:
-    from kubernetes import client
-
-    return client.CoreV1Api(admin)
+    return core_api(admin)
 
 
 @pytest.fixture(scope="module")
@@ -252,11 +226,7 @@ def release(
             rbac_namespace=rbac_ns,
         )
     finally:
-        if helm.installed:
-            try:
-                helm.uninstall()
-            except Exception as exc:
-                print(f"helm uninstall at teardown failed: {exc}")
+        helm.uninstall_at_teardown()
 
 
 @pytest.fixture(scope="module")
@@ -1088,7 +1058,7 @@ def test_helm_uninstall_leaves_no_webhook_configuration(release: Installed, core
         assert cp.get(tls_secret_path)[0] == 200
     # With failurePolicy Fail, a leftover configuration would block every Pod: Pods are admitted again.
     ns = f"psi-chart-after-{uuid.uuid4().hex[:6]}"
-    core.create_namespace({"metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}}})
+    core.create_namespace(namespace_body(ns))
     try:
         cp.wait_for_default_service_account(ns)
         try:

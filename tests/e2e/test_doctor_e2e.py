@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,13 +32,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.builders import wait_for
+from tests import builders
+from tests.builders import auth_entry, b64, wait_for
 from webhook.cli import main as cli_main
 from webhook.tls.certs import write_local_certs
 
-from .controlplane import ControlPlane, register_webhook, unregister_webhook
+from .cluster import Namespaces, dockerconfig_secret, dry_run_probe, injects, source_namespace
+from .controlplane import ControlPlane
 from .process import REPO
-from .webhook import HOOK_LABEL, WebhookProcess
+from .webhook import HOOK_LABEL, WebhookProcess, registered_webhook
 
 SYS = "pullsecret-system"
 HOOK = "psi-e2e-doctor"
@@ -86,34 +88,16 @@ PASSWORDS = ("shop-pass-7f3a", "labelled-pass-91c2", "stale-pass-v1", "stale-pas
 # --------------------------------------------------------------------------- helpers
 
 
-def b64(text: str | bytes) -> str:
-    return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
-
-
-def docker_secret(name: str, auths: Mapping[str, tuple[str, str]], **metadata: Any) -> dict[str, Any]:
-    entries = {
-        server: {"username": user, "password": password, "auth": b64(f"{user}:{password}")}
-        for server, (user, password) in auths.items()
-    }
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, **metadata},
-        "type": "kubernetes.io/dockerconfigjson",
-        "data": {".dockerconfigjson": b64(json.dumps({"auths": entries}))},
-    }
+def docker_secret(name: str, auths: Mapping[str, tuple[str, str]]) -> dict[str, Any]:
+    """A dockerconfigjson Secret with one ``(user, password)`` per registry."""
+    return dockerconfig_secret(name, {server: auth_entry(user, password) for server, (user, password) in auths.items()})
 
 
 def pod_body(name: str, image: str, container: str = "app", labels: Mapping[str, str] | None = None) -> dict[str, Any]:
-    metadata: dict[str, Any] = {"name": name}
-    if labels:
-        metadata["labels"] = dict(labels)
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": metadata,
-        "spec": {"containers": [{"name": container, "image": image}]},
-    }
+    """One container named ``container``: doctor names the container in what it reports."""
+    body = builders.pod_body(image, name=name, labels=labels)
+    body["spec"]["containers"][0]["name"] = container
+    return body
 
 
 def doctor(*args: str, kubeconfig: Path) -> tuple[int, str]:
@@ -198,30 +182,6 @@ def simulate_image_pull_backoff(core: Any, namespace: str, pod: str, container: 
     )
 
 
-class Namespaces:
-    def __init__(self, control_plane: ControlPlane, core: Any) -> None:
-        self.control_plane = control_plane
-        self.core = core
-        self.created: list[str] = []
-
-    def make(self, prefix: str, labels: Mapping[str, str] | None = None, *, name: str | None = None) -> str:
-        name = name or f"{prefix}-{uuid.uuid4().hex[:8]}"
-        self.core.create_namespace({"metadata": {"name": name, "labels": dict(labels or {})}})
-        self.created.append(name)
-        self.control_plane.wait_for_default_service_account(name)
-        return name
-
-    def hooked(self, prefix: str = "doc", **labels: str) -> str:
-        return self.make(prefix, {HOOK_LABEL: HOOK, **labels})
-
-    def close(self) -> None:
-        from kubernetes.client.exceptions import ApiException
-
-        for name in self.created:
-            with contextlib.suppress(ApiException):
-                self.core.delete_namespace(name)
-
-
 def wait_gone(core: Any, namespace: str, timeout: float = 60.0) -> None:
     from kubernetes.client.exceptions import ApiException
 
@@ -239,13 +199,6 @@ def wait_gone(core: Any, namespace: str, timeout: float = 60.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def core(api_client: Any) -> Any:
-    from kubernetes import client
-
-    return client.CoreV1Api(api_client)
-
-
-@pytest.fixture(scope="module")
 def kubeconfig(control_plane: ControlPlane) -> Path:
     return Path(control_plane.kubeconfig_path)
 
@@ -253,19 +206,14 @@ def kubeconfig(control_plane: ControlPlane) -> Path:
 @pytest.fixture(scope="module")
 def system(core: Any) -> Iterator[str]:
     """The webhook's namespace: the sources, and the policy ConfigMap labelled like the chart's."""
-    core.create_namespace({"metadata": {"name": SYS}})
-    try:
-        core.create_namespaced_secret(
-            SYS, docker_secret("shop-registry", {"registry.example.com": ("shop", PASSWORDS[0])})
-        )
-        core.create_namespaced_secret(
-            SYS, docker_secret("labelled-credentials", {"labelled.example.com": ("lab", PASSWORDS[1])})
-        )
-        core.create_namespaced_secret(
-            SYS, docker_secret("stale-credentials", {"stale.example.com": ("st", PASSWORDS[2])})
-        )
+    sources = [
+        docker_secret("shop-registry", {"registry.example.com": ("shop", PASSWORDS[0])}),
+        docker_secret("labelled-credentials", {"labelled.example.com": ("lab", PASSWORDS[1])}),
+        docker_secret("stale-credentials", {"stale.example.com": ("st", PASSWORDS[2])}),
+    ]
+    with source_namespace(core, SYS, sources) as name:
         core.create_namespaced_config_map(
-            SYS,
+            name,
             {
                 "metadata": {
                     "name": "pullsecret-injector-policy",
@@ -274,43 +222,20 @@ def system(core: Any) -> Iterator[str]:
                 "data": {"policy.yaml": yaml.safe_dump(POLICY, sort_keys=False)},
             },
         )
-        yield SYS
-    finally:
-        from kubernetes.client.exceptions import ApiException
-
-        with contextlib.suppress(ApiException):
-            core.delete_namespace(SYS)
-
-
-@pytest.fixture
-def namespaces(control_plane: ControlPlane, core: Any) -> Iterator[Namespaces]:
-    factory = Namespaces(control_plane, core)
-    try:
-        yield factory
-    finally:
-        factory.close()
-
-
-def injected_probe(core: Any, namespace: str, image: str, secret: str) -> Callable[[], bool]:
-    def probe() -> bool:
-        pod = core.create_namespaced_pod(namespace, pod_body("probe", image), dry_run="All")
-        return secret in [ref.name for ref in (pod.spec.image_pull_secrets or [])]
-
-    return probe
+        yield name
 
 
 @pytest.fixture(scope="module")
 def doctor_hook(control_plane: ControlPlane, api_client: Any, core: Any, system: str) -> Iterator[WebhookProcess]:
-    hook = WebhookProcess(control_plane=control_plane, name=HOOK, namespace=SYS, policy=POLICY)
-    hook.start()
-    probe_ns = Namespaces(control_plane, core)
-    try:
-        ns = probe_ns.hooked("doc-probe")
-        hook.register(api_client, probe=injected_probe(core, ns, SHOP_IMAGE, "shop-pull"))
+    with registered_webhook(
+        control_plane,
+        api_client,
+        name=HOOK,
+        namespace=system,
+        policy=POLICY,
+        probe=injects(core, SHOP_IMAGE, "shop-pull"),
+    ) as hook:
         yield hook
-    finally:
-        probe_ns.close()
-        hook.cleanup(keep=os.environ.get("PSI_E2E_KEEP") == "1")
 
 
 def common(kubeconfig: Path) -> dict[str, Any]:
@@ -327,7 +252,7 @@ def args(namespace: str, target: str, *extra: str, config: str = HOOK) -> list[s
 def test_a_healthy_pod_exits_0(
     doctor_hook: WebhookProcess, core: Any, namespaces: Namespaces, kubeconfig: Path
 ) -> None:
-    ns = namespaces.hooked()
+    ns = namespaces.one("doc", hook=HOOK)
     core.create_namespaced_pod(ns, pod_body("web", SHOP_IMAGE))
 
     code, report = doctor_json(*args(ns, "web"), kubeconfig=kubeconfig)
@@ -341,7 +266,7 @@ def test_a_healthy_pod_exits_0(
 
 
 def test_no_rule_matched(doctor_hook: WebhookProcess, core: Any, namespaces: Namespaces, kubeconfig: Path) -> None:
-    ns = namespaces.hooked()
+    ns = namespaces.one("doc", hook=HOOK)
     core.create_namespaced_pod(ns, pod_body("tool", "ghcr.io/team/tool:2.0", container="tool"))
     code, report = doctor_json(*args(ns, "tool"), kubeconfig=kubeconfig)
     assert code == 0, "a public image without a rule is no problem by itself"
@@ -358,7 +283,7 @@ def test_no_rule_matched(doctor_hook: WebhookProcess, core: Any, namespaces: Nam
 
 
 def test_excluded_namespace(doctor_hook: WebhookProcess, core: Any, namespaces: Namespaces, kubeconfig: Path) -> None:
-    ns = namespaces.make("doc-excluded", {HOOK_LABEL: HOOK})
+    ns = namespaces.one("doc-excluded", hook=HOOK)
     core.create_namespaced_pod(ns, pod_body("web", SHOP_IMAGE))
     code, report = doctor_json(*args(ns, "web"), kubeconfig=kubeconfig)
     assert code == 1
@@ -369,7 +294,7 @@ def test_excluded_namespace(doctor_hook: WebhookProcess, core: Any, namespaces: 
 
 
 def test_unlabelled_namespace(doctor_hook: WebhookProcess, core: Any, namespaces: Namespaces, kubeconfig: Path) -> None:
-    ns = namespaces.hooked()
+    ns = namespaces.one("doc", hook=HOOK)
     core.create_namespaced_pod(ns, pod_body("lab", "labelled.example.com/team/app:1.0"))
     code, report = doctor_json(*args(ns, "lab"), kubeconfig=kubeconfig)
     assert code == 1
@@ -389,22 +314,12 @@ def test_a_pod_created_before_the_webhook_existed(
     doctor_hook: WebhookProcess, api_client: Any, core: Any, namespaces: Namespaces, kubeconfig: Path
 ) -> None:
     late = f"{HOOK}-late"
-    ns = namespaces.make("doc-late", {HOOK_LABEL: late})
+    ns = namespaces.one("doc-late", hook=late)
     core.create_namespaced_pod(ns, pod_body("old", SHOP_IMAGE))
     time.sleep(1.1)  # creationTimestamps have a resolution of one second
-    try:
-        register_webhook(
-            api_client,
-            late,
-            doctor_hook.url,
-            doctor_hook.ca_pem,
-            namespace_selector={"matchLabels": {HOOK_LABEL: late}},
-            replace=True,
-        )
-        wait_for(injected_probe(core, ns, SHOP_IMAGE, "shop-pull"), "the late webhook to be called", interval=0.2)
+    with doctor_hook.configuration(api_client, late):
+        wait_for(dry_run_probe(core, ns, SHOP_IMAGE, "shop-pull"), "the late webhook to be called", interval=0.2)
         code, report = doctor_json(*args(ns, "old", config=late), kubeconfig=kubeconfig)
-    finally:
-        unregister_webhook(api_client, late)
     assert code == 1
     (listed,) = by_check(report, "listed")
     assert listed["verdict"] == "fail"
@@ -413,7 +328,7 @@ def test_a_pod_created_before_the_webhook_existed(
 
 
 def test_secret_missing(doctor_hook: WebhookProcess, core: Any, namespaces: Namespaces, kubeconfig: Path) -> None:
-    ns = namespaces.hooked()
+    ns = namespaces.one("doc", hook=HOOK)
     core.create_namespaced_pod(ns, pod_body("miss", "missing.example.com/team/app:1.0"))
     core.create_namespaced_pod(ns, pod_body("hand", "handmade.example.com:5000/team/app:1.0"))
 
@@ -437,7 +352,7 @@ def test_secret_missing(doctor_hook: WebhookProcess, core: Any, namespaces: Name
 def test_an_unmanaged_secret_without_a_matching_auths_entry(
     doctor_hook: WebhookProcess, core: Any, namespaces: Namespaces, kubeconfig: Path
 ) -> None:
-    ns = namespaces.hooked()
+    ns = namespaces.one("doc", hook=HOOK)
     # The user made it by hand, for the host without the port: the kubelet never matches it.
     core.create_namespaced_secret(ns, docker_secret("handmade-pull", {"handmade.example.com": ("me", PASSWORDS[4])}))
     core.create_namespaced_pod(ns, pod_body("hand", "handmade.example.com:5000/team/app:1.0"))
@@ -455,7 +370,7 @@ def test_an_unmanaged_secret_without_a_matching_auths_entry(
 
 
 def test_a_stale_copy(doctor_hook: WebhookProcess, core: Any, namespaces: Namespaces, kubeconfig: Path) -> None:
-    ns = namespaces.hooked()
+    ns = namespaces.one("doc", hook=HOOK)
     core.create_namespaced_pod(ns, pod_body("st", "stale.example.com/team/app:1.0"))
     code, report = doctor_json(*args(ns, "st"), kubeconfig=kubeconfig)
     assert code == 0, report
@@ -484,7 +399,7 @@ def test_a_stale_copy(doctor_hook: WebhookProcess, core: Any, namespaces: Namesp
 def test_webhook_configuration_missing(
     doctor_hook: WebhookProcess, core: Any, namespaces: Namespaces, kubeconfig: Path
 ) -> None:
-    ns = namespaces.hooked()
+    ns = namespaces.one("doc", hook=HOOK)
     core.create_namespaced_pod(ns, pod_body("web", SHOP_IMAGE))
     code, report = doctor_json(*args(ns, "web", config="no-such-webhook"), kubeconfig=kubeconfig)
     assert code == 1
@@ -503,17 +418,12 @@ def test_webhook_with_a_wrong_ca_bundle(
 ) -> None:
     bad = f"{HOOK}-badca"
     other_ca = write_local_certs(service="other", namespace="other", out_dir=tmp_path / "other")["ca.crt"].read_bytes()
-    ns = namespaces.make("doc-badca", {HOOK_LABEL: bad})
-    try:
-        register_webhook(
-            api_client, bad, doctor_hook.url, other_ca, namespace_selector={"matchLabels": {HOOK_LABEL: bad}}
-        )
+    ns = namespaces.one("doc-badca", hook=bad)
+    with doctor_hook.configuration(api_client, bad, ca_pem=other_ca):
         # failurePolicy Ignore: the API server's call fails TLS and the Pod is admitted without its secret.
         time.sleep(1.0)
         core.create_namespaced_pod(ns, pod_body("web", SHOP_IMAGE))
         code, report = doctor_json(*args(ns, "web", config=bad), kubeconfig=kubeconfig)
-    finally:
-        unregister_webhook(api_client, bad)
     assert code == 1
     (ca,) = by_check(report, "webhook-ca")
     assert ca["verdict"] == "fail"
@@ -525,7 +435,7 @@ def test_webhook_with_a_wrong_ca_bundle(
 def test_webhook_not_covering_the_namespace(
     doctor_hook: WebhookProcess, core: Any, namespaces: Namespaces, kubeconfig: Path
 ) -> None:
-    ns = namespaces.make("doc-nohook")
+    ns = namespaces.one("doc-nohook")
     core.create_namespaced_pod(ns, pod_body("web", SHOP_IMAGE))
     code, report = doctor_json(*args(ns, "web"), kubeconfig=kubeconfig)
     assert code == 1
@@ -541,7 +451,7 @@ def test_a_workload_template_and_usage_errors(
 ) -> None:
     from kubernetes import client
 
-    ns = namespaces.hooked()
+    ns = namespaces.one("doc", hook=HOOK)
     apps: Any = client.AppsV1Api(api_client)
     apps.create_namespaced_deployment(
         ns,
@@ -587,7 +497,7 @@ def test_the_readme_example_is_what_doctor_prints(
     with contextlib.suppress(Exception):
         core.delete_namespace("shop")
         wait_gone(core, "shop")
-    shop = namespaces.make("shop", {HOOK_LABEL: "pullsecret-injector"}, name="shop")
+    shop = namespaces.one(hook="pullsecret-injector", name="shop")
     body = {
         "metadata": {"name": "pullsecret-injector", "labels": {"app.kubernetes.io/name": "pullsecret-injector"}},
         "webhooks": [
@@ -606,7 +516,7 @@ def test_the_readme_example_is_what_doctor_prints(
         admission.delete_mutating_webhook_configuration("pullsecret-injector")
     admission.create_mutating_webhook_configuration(body)
     try:
-        wait_for(injected_probe(core, shop, SHOP_PORT_IMAGE, "shop-pull"), "the README webhook", interval=0.2)
+        wait_for(dry_run_probe(core, shop, SHOP_PORT_IMAGE, "shop-pull"), "the README webhook", interval=0.2)
         core.create_namespaced_pod(shop, pod_body("web", SHOP_PORT_IMAGE, container="web"))
         simulate_image_pull_backoff(core, shop, "web", "web", SHOP_PORT_IMAGE)
         kubectl = shutil.which("kubectl")
@@ -645,7 +555,7 @@ def kubectl_config_bytes(server: str, username: str, password: str) -> bytes:
 def test_import_apply_fixes_what_doctor_found(
     doctor_hook: WebhookProcess, core: Any, namespaces: Namespaces, kubeconfig: Path, tmp_path: Path
 ) -> None:
-    ns = namespaces.hooked()
+    ns = namespaces.one("doc", hook=HOOK)
     image = "handmade.example.com:5000/team/app:1.0"
     core.create_namespaced_pod(ns, pod_body("hand", image))
     assert doctor(*args(ns, "hand"), kubeconfig=kubeconfig)[0] == 1  # Secret handmade-pull not found
@@ -709,7 +619,7 @@ def test_a_service_webhook_is_checked_through_its_pods_secret(
     """
     from kubernetes import client
 
-    system = namespaces.make("doc-websys")
+    system = namespaces.one("doc-websys")
     certs = write_local_certs(service="psi-webhook", namespace=system, out_dir=tmp_path / "serving")
     other = write_local_certs(service="psi-webhook", namespace=system, out_dir=tmp_path / "other")
     core.create_namespaced_secret(
@@ -752,7 +662,7 @@ def test_a_service_webhook_is_checked_through_its_pods_secret(
         }
     )
     try:
-        ns = namespaces.make("doc-svc", {HOOK_LABEL: name})
+        ns = namespaces.one("doc-svc", hook=name)
         core.create_namespaced_pod(ns, pod_body("web", SHOP_IMAGE))
         code, report = doctor_json(*args(ns, "web", config=name), kubeconfig=kubeconfig)
     finally:

@@ -24,13 +24,11 @@ Reproduce: ``.venv/bin/pytest tests/e2e/test_faults_e2e.py -s``.
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import signal
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,14 +36,16 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.builders import wait_for
+from tests.builders import auth_entry, pod_body, pull_secrets, wait_for
+from tests.prerequisites import unavailable
+from tests.processes import LOOPBACK, free_port, log_size
 from webhook.tls.certs import write_local_certs
 
+from .cluster import HOOK_LABEL, Namespaces, dockerconfig_secret, dry_run_probe, read_secret, secret_password
 from .conftest import require_assets
-from .controlplane import LOOPBACK, free_port, register_webhook, unregister_webhook
-from .faults import BurstResult, FaultyControlPlane, Replica, api_client_for, burst, count_lines, size
+from .controlplane import KEEP, register_webhook, unregister_webhook
+from .faults import BurstResult, FaultyControlPlane, Replica, api_client_for, burst, count_lines
 from .loadbalancer import LoadBalancer, haproxy_binary
-from .webhook import HOOK_LABEL
 
 SYSTEM_NS = "psi-faults-system"
 HOOK = "psi-faults"
@@ -58,7 +58,6 @@ BURST_PODS = 1000
 BURST_NAMESPACES = 10
 BURST_THREADS = 20
 ROTATION_BUDGET_SECONDS = 10.0
-KEEP = os.environ.get("PSI_E2E_KEEP") == "1"
 #: ``PSI_FAULTS_ROUNDS=5``: run each replica fault that many times (a race shows up in some rounds only).
 ROUNDS = [pytest.param(i, id=f"round{i}") for i in range(int(os.environ.get("PSI_FAULTS_ROUNDS", "1")))]
 #: Branch mech's list-watch backoff reset (issue 12, first Faults bullet) arrives with this class.
@@ -79,44 +78,22 @@ POLICY = {
 # --------------------------------------------------------------------------- content
 
 
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
-
-
 def source_body(password: str) -> dict[str, Any]:
-    auth = {"username": "robot", "password": password, "auth": b64(f"robot:{password}")}
-    return {
-        "metadata": {"name": SOURCE},
-        "type": DOCKERCONFIGJSON,
-        "data": {".dockerconfigjson": b64(json.dumps({"auths": {"registry.example.com": auth}}))},
-    }
+    return dockerconfig_secret(SOURCE, {"registry.example.com": auth_entry("robot", password)})
 
 
 def copy_password(core: Any, namespace: str) -> str | None:
     """The registry password in the managed copy of ``namespace`` (None while there is none)."""
-    from kubernetes.client.exceptions import ApiException
-
-    try:
-        secret = core.read_namespaced_secret(SECRET, namespace)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    config = json.loads(base64.b64decode((secret.data or {})[".dockerconfigjson"]))
-    return str(config["auths"]["registry.example.com"]["password"])
+    secret = read_secret(core, namespace, SECRET)
+    return None if secret is None else secret_password(secret, "registry.example.com")
 
 
-def pod_body(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {"containers": [{"name": "app", "image": IMAGE}]},
-    }
+def burst_pod(name: str) -> dict[str, Any]:
+    return pod_body(IMAGE, name=name)
 
 
 def referenced(pod: Any) -> bool:
-    return SECRET in [ref.name for ref in (pod.spec.image_pull_secrets or [])]
+    return SECRET in pull_secrets(pod)
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -137,6 +114,11 @@ class Cluster:
     replicas: list[Replica] = field(default_factory=list)
     password: str = "pass-0"
 
+    @property
+    def namespaces(self) -> Namespaces:
+        """Labelled for the webhook; never deleted (the module's control plane goes with them)."""
+        return Namespaces(self.cp, self.core, hook=HOOK)
+
     def replica(self, slot: int, *extra_args: str, lease: str = LEASE) -> Replica:
         """A replica on backend slot ``slot`` (HAProxy's ``r<slot>``), started and ready."""
         replica = Replica(
@@ -155,16 +137,32 @@ class Cluster:
         replica.wait_ready()
         return replica
 
+    def two_replicas(self, *extra_args: str) -> Replica:
+        """Replicas on slots 0 and 1, both seen UP by HAProxy; the first."""
+        first = self.replica(0, *extra_args)
+        self.replica(1, *extra_args)
+        self.lb.wait_for_states({"r0": "UP", "r1": "UP"})
+        return first
+
     def stop_replicas(self) -> None:
         for replica in self.replicas:
             replica.stop()
         self.replicas.clear()
 
     def namespace(self, prefix: str) -> str:
-        name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-        self.core.create_namespace({"metadata": {"name": name, "labels": {HOOK_LABEL: HOOK}}})
-        self.cp.wait_for_default_service_account(name)
-        return name
+        return self.namespaces.one(prefix)
+
+    def burst(self, pods: list[tuple[str, str]], fault: Callable[[], None]) -> BurstResult:
+        """The module's burst: ``pods`` from ``BURST_THREADS`` threads, ``fault()`` after 30 % of them."""
+        return burst(
+            api_client_for(self.cp, pool=BURST_THREADS),
+            pods,
+            body=burst_pod,
+            referenced=referenced,
+            threads=BURST_THREADS,
+            fault_after=BURST_PODS * 3 // 10,
+            fault=fault,
+        )
 
     def rotate(self) -> str:
         """A new password in the source Secret; returns it."""
@@ -173,16 +171,14 @@ class Cluster:
         return self.password
 
     def create_pod(self, namespace: str) -> Any:
-        return self.core.create_namespaced_pod(namespace, pod_body(f"p-{uuid.uuid4().hex[:8]}"))
+        return self.core.create_namespaced_pod(namespace, burst_pod(f"p-{uuid.uuid4().hex[:8]}"))
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     assets = require_assets()
     if haproxy_binary() is None:
-        if os.environ.get("PSI_REQUIRE_E2E") == "1":
-            pytest.fail("faults e2e needs haproxy (apt-get install -y haproxy) (PSI_REQUIRE_E2E=1)", pytrace=False)
-        pytest.skip("faults e2e needs haproxy: apt-get install -y haproxy")
+        unavailable("faults e2e needs haproxy (apt-get install -y haproxy)")
     from kubernetes import client
 
     workdir = tmp_path_factory.mktemp("faults")
@@ -228,11 +224,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 def wait_registered(cluster: Cluster, namespace: str) -> None:
     """Until a dry-run Pod in ``namespace`` comes back with its reference (the API server calls us)."""
-
-    def mutated() -> bool:
-        pod = cluster.core.create_namespaced_pod(namespace, pod_body(f"probe-{uuid.uuid4().hex[:6]}"), dry_run="All")
-        return referenced(pod)
-
+    mutated = dry_run_probe(cluster.core, namespace, IMAGE, SECRET)
     wait_for(mutated, "the API server to call the webhook through HAProxy", timeout=30, interval=0.2)
 
 
@@ -345,9 +337,7 @@ def offsets(result: BurstResult, since: float | None) -> list[str]:
 @pytest.mark.parametrize("round_", ROUNDS)
 def test_sigkill_of_one_of_two_replicas_mid_burst_counts_the_fail_open_pods(cluster: Cluster, round_: int) -> None:
     try:
-        victim = cluster.replica(0)
-        cluster.replica(1)
-        cluster.lb.wait_for_states({"r0": "UP", "r1": "UP"})
+        victim = cluster.two_replicas()
         pods = burst_pods(cluster, "kill")
         open_connections: list[int] = []
 
@@ -355,16 +345,8 @@ def test_sigkill_of_one_of_two_replicas_mid_burst_counts_the_fail_open_pods(clus
             open_connections.append(int(cluster.lb.stats()["r0"].get("scur") or 0))
             victim.kill(signal.SIGKILL)
 
-        mark = size(cluster.cp.apiserver_log)
-        result = burst(
-            api_client_for(cluster.cp, pool=BURST_THREADS),
-            pods,
-            body=pod_body,
-            referenced=referenced,
-            threads=BURST_THREADS,
-            fault_after=BURST_PODS * 3 // 10,
-            fault=kill,
-        )
+        mark = log_size(cluster.cp.apiserver_log)
+        result = cluster.burst(pods, kill)
         cluster.lb.wait_for_states({"r0": "DOWN", "r1": "UP"})
         ignored = failing_open(cluster, mark)
         causes = failing_open_causes(cluster, mark)
@@ -393,9 +375,7 @@ def test_sigkill_of_one_of_two_replicas_mid_burst_counts_the_fail_open_pods(clus
 @pytest.mark.parametrize("round_", ROUNDS)
 def test_sigterm_of_a_replica_in_a_rolling_update_mid_burst_loses_none(cluster: Cluster, round_: int) -> None:
     try:
-        old = cluster.replica(0, "--shutdown-delay=2")
-        cluster.replica(1, "--shutdown-delay=2")
-        cluster.lb.wait_for_states({"r0": "UP", "r1": "UP"})
+        old = cluster.two_replicas("--shutdown-delay=2")
         pods = burst_pods(cluster, "term")
         terminated: list[float] = []
 
@@ -407,16 +387,8 @@ def test_sigterm_of_a_replica_in_a_rolling_update_mid_burst_loses_none(cluster: 
             terminated.append(time.monotonic())
             old.wait(60)
 
-        mark = size(cluster.cp.apiserver_log)
-        result = burst(
-            api_client_for(cluster.cp, pool=BURST_THREADS),
-            pods,
-            body=pod_body,
-            referenced=referenced,
-            threads=BURST_THREADS,
-            fault_after=BURST_PODS * 3 // 10,
-            fault=roll,
-        )
+        mark = log_size(cluster.cp.apiserver_log)
+        result = cluster.burst(pods, roll)
         ignored = failing_open(cluster, mark)
         causes = failing_open_causes(cluster, mark)
         exit_code = old.returncode
@@ -445,9 +417,7 @@ def test_sigterm_of_a_replica_in_a_rolling_update_mid_burst_loses_none(cluster: 
 
 def test_api_server_killed_mid_burst_every_pod_created_afterwards_is_right(cluster: Cluster) -> None:
     try:
-        cluster.replica(0)
-        cluster.replica(1)
-        cluster.lb.wait_for_states({"r0": "UP", "r1": "UP"})
+        cluster.two_replicas()
         pods = burst_pods(cluster, "apisrv")
         restarted: list[float] = []
 
@@ -457,15 +427,7 @@ def test_api_server_killed_mid_burst_every_pod_created_afterwards_is_right(clust
             cluster.cp.start_apiserver()
             restarted.append(time.monotonic())
 
-        result = burst(
-            api_client_for(cluster.cp, pool=BURST_THREADS),
-            pods,
-            body=pod_body,
-            referenced=referenced,
-            threads=BURST_THREADS,
-            fault_after=BURST_PODS * 3 // 10,
-            fault=outage,
-        )
+        result = cluster.burst(pods, outage)
         assert restarted, "the API server was not restarted"
         assert result.fault_at is not None
         # Nothing can be created while it is down: every Pod created after the kill was created by
@@ -496,9 +458,7 @@ def test_five_api_server_outages_each_followed_by_a_rotation_within_10s(cluster:
     """Outages of ~11 s, 15 s apart, as in the issue; each rotation must reach every copy within 10 s."""
     latencies: list[float] = []
     try:
-        cluster.replica(0)
-        cluster.replica(1)
-        cluster.lb.wait_for_states({"r0": "UP", "r1": "UP"})
+        cluster.two_replicas()
         namespaces = [cluster.namespace("outage") for _ in range(3)]
         wait_registered(cluster, namespaces[0])
         for namespace in namespaces:

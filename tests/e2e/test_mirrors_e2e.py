@@ -12,11 +12,8 @@ the API server stored.
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +21,14 @@ from typing import Any
 
 import pytest
 
-from tests.builders import wait_for
-from tests.mirror_registries import INSTALL_HINT, LoopbackCA, LoopbackRegistry, build_image, missing_tools
+from tests.builders import pod_body, wait_for
+from tests.registries import INSTALL_HINT, BusyboxImages, Registry, missing_tools
 from webhook.admission.patch import INJECTED_ANNOTATION
 from webhook.policy.mirrors import ORIGINAL_IMAGES_ANNOTATION
 
-from .controlplane import ControlPlane, register_webhook, unregister_webhook
-from .webhook import HOOK_LABEL, WebhookProcess
+from .cluster import Namespaces, copy_auths, source_namespace
+from .controlplane import ControlPlane
+from .webhook import WebhookProcess, registered_webhook
 
 SYSTEM_NS = "psi-mirrors-system"
 HOOK = "psi-e2e-mirrors"
@@ -41,7 +39,7 @@ PASSWORD = "mirror-e2e-password"
 
 @dataclass
 class Mirror:
-    registry: LoopbackRegistry
+    registry: Registry
     digest: str
     hook: WebhookProcess
 
@@ -50,58 +48,20 @@ class Mirror:
         return self.registry.host
 
 
-def _core(api_client: Any) -> Any:
-    from kubernetes import client
-
-    return client.CoreV1Api(api_client)
-
-
-def _apps(api_client: Any) -> Any:
-    from kubernetes import client
-
-    return client.AppsV1Api(api_client)
-
-
-def _make_namespace(control_plane: ControlPlane, core: Any, prefix: str) -> str:
-    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"metadata": {"name": name, "labels": {HOOK_LABEL: HOOK}}})
-    control_plane.wait_for_default_service_account(name)
-    return name
-
-
-def _delete_namespace(core: Any, name: str) -> None:
-    from kubernetes.client.exceptions import ApiException
-
-    with contextlib.suppress(ApiException):
-        core.delete_namespace(name)
-
-
-def pod_body(*images: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"generateName": "mirror-e2e-"},
-        "spec": {"containers": [{"name": f"c{i}", "image": image} for i, image in enumerate(images)]},
-    }
+def mirror_pod(*images: str) -> dict[str, Any]:
+    return pod_body(*images, name=None, generate_name="mirror-e2e-")
 
 
 @pytest.fixture(scope="module")
-def mirror(control_plane: ControlPlane, api_client: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirror]:
+def mirror(
+    control_plane: ControlPlane, api_client: Any, core: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Mirror]:
     if missing_tools():
         pytest.fail(f"missing {', '.join(missing_tools())}: {INSTALL_HINT}", pytrace=False)
     root = tmp_path_factory.mktemp("mirror-e2e")
-    ca = LoopbackCA.create()
-    registry = LoopbackRegistry(root / "registry", ca, users={"robot": PASSWORD}).start()
-    core = _core(api_client)
-    created: list[str] = []
-    hook: WebhookProcess | None = None
-    try:
-        digest = registry.push(build_image(root / "oci", "pause", marker="pause 3.6"), REWRITTEN, "3.6")
-        ca_file = root / "mirror-ca.pem"
-        ca_file.write_bytes(ca.ca_pem)
-        core.create_namespace({"metadata": {"name": SYSTEM_NS}})
-        created.append(SYSTEM_NS)
-        core.create_namespaced_secret(SYSTEM_NS, registry.dockerconfig_secret("mirror-creds", SYSTEM_NS))
+    with Registry(users={"robot": PASSWORD}, name="mirror-e2e", workdir=root / "registry") as registry:
+        image = BusyboxImages(root / "oci").image("pause", labels={"psi.image": "pause 3.6"})
+        digest = registry.push(image, REWRITTEN, "3.6").digest
         policy = {
             "mirrors": {
                 "docker.io": {
@@ -121,62 +81,43 @@ def mirror(control_plane: ControlPlane, api_client: Any, tmp_path_factory: pytes
                 }
             ],
         }
-        hook = WebhookProcess(
-            control_plane=control_plane,
-            name=HOOK,
-            namespace=SYSTEM_NS,
-            policy=policy,
-            extra_args=("--mirror-ca-file", str(ca_file)),
-        ).start()
-        probe_ns = _make_namespace(control_plane, core, "mirror-probe")
-        created.append(probe_ns)
         wanted = f"{registry.host}/{REWRITTEN}:3.6"
 
-        def rewritten() -> bool:
-            pod = core.create_namespaced_pod(probe_ns, pod_body("rancher/pause:3.6"), dry_run="All")
+        def rewritten(namespace: str) -> bool:
+            pod = core.create_namespaced_pod(namespace, mirror_pod("rancher/pause:3.6"), dry_run="All")
             return bool(pod.spec.containers[0].image == wanted)
 
-        hook.register(api_client, probe=rewritten)
-        # The same process once more, so every create hands it its own output (reinvocation).
-        register_webhook(
-            api_client,
-            AGAIN,
-            hook.url,
-            hook.ca_pem,
-            namespace_selector={"matchLabels": {HOOK_LABEL: HOOK}},
-            replace=True,
-        )
-        time.sleep(1.0)  # the second configuration reaches the apiserver asynchronously
-        yield Mirror(registry=registry, digest=digest, hook=hook)
-    finally:
-        with contextlib.suppress(Exception):
-            unregister_webhook(api_client, AGAIN)
-        if hook is not None:
-            hook.unregister()
-            hook.cleanup()
-        for name in created:
-            _delete_namespace(core, name)
-        registry.stop()
+        with (
+            source_namespace(core, SYSTEM_NS, [registry.dockerconfig_secret("mirror-creds")]),
+            registered_webhook(
+                control_plane,
+                api_client,
+                name=HOOK,
+                namespace=SYSTEM_NS,
+                policy=policy,
+                probe=rewritten,
+                extra_args=("--mirror-ca-file", str(registry.ca_path)),
+            ) as hook,
+            # The same process once more, so every create hands it its own output (reinvocation).
+            hook.configuration(api_client, AGAIN, selects=HOOK),
+        ):
+            time.sleep(1.0)  # the second configuration reaches the apiserver asynchronously
+            yield Mirror(registry=registry, digest=digest, hook=hook)
 
 
 @pytest.fixture
-def namespace_for_mirror(control_plane: ControlPlane, api_client: Any, mirror: Mirror) -> Iterator[str]:
-    core = _core(api_client)
-    name = _make_namespace(control_plane, core, "mirror-e2e")
+def namespace_for_mirror(mirror: Mirror, namespaces: Namespaces) -> Iterator[str]:
+    name = namespaces.one("mirror-e2e", hook=HOOK)
     mark = mirror.hook.log_mark()
-    try:
-        yield name
-    finally:
-        _delete_namespace(core, name)
-        logs = mirror.hook.logs(mark)
-        assert "Traceback" not in logs, logs
-        assert PASSWORD not in logs
+    yield name
+    logs = mirror.hook.logs(mark)
+    assert "Traceback" not in logs, logs
+    assert PASSWORD not in logs
 
 
 def test_a_deployment_comes_out_on_the_mirror_with_its_pull_secret(
-    api_client: Any, mirror: Mirror, namespace_for_mirror: str
+    core: Any, apps: Any, mirror: Mirror, namespace_for_mirror: str
 ) -> None:
-    core, apps = _core(api_client), _apps(api_client)
     namespace = namespace_for_mirror
     images = ["docker.io/rancher/pause:3.6", f"rancher/pause@{mirror.digest}"]
     deployment = {
@@ -212,18 +153,16 @@ def test_a_deployment_comes_out_on_the_mirror_with_its_pull_secret(
     assert annotations[INJECTED_ANNOTATION] == "mirror-pull"
     # The mirror's pull secret is there, filtered to the mirror's credentials.
     secret = core.read_namespaced_secret("mirror-pull", namespace)
-    config = json.loads(base64.b64decode(secret.data[".dockerconfigjson"]))
-    assert list(config["auths"]) == [mirror.host]
+    assert list(copy_auths(secret)) == [mirror.host]
     # Workload templates are never rewritten (no GitOps drift).
     template = apps.read_namespaced_deployment("pause", namespace).spec.template.spec
     assert [c.image for c in template.containers] == images
     assert not template.image_pull_secrets
 
 
-def test_reinvocation_adds_nothing(api_client: Any, mirror: Mirror, namespace_for_mirror: str) -> None:
-    core = _core(api_client)
+def test_reinvocation_adds_nothing(core: Any, mirror: Mirror, namespace_for_mirror: str) -> None:
     namespace = namespace_for_mirror
-    first = core.create_namespaced_pod(namespace, pod_body("rancher/pause:3.6"))
+    first = core.create_namespaced_pod(namespace, mirror_pod("rancher/pause:3.6"))
     stored = core.read_namespaced_pod(first.metadata.name, namespace)
     # Our own output as input: what the API server sends on reinvocation, or a Pod re-created from it.
     body = {
@@ -242,24 +181,20 @@ def test_reinvocation_adds_nothing(api_client: Any, mirror: Mirror, namespace_fo
     assert {k: again.metadata.annotations[k] for k in ours} == {k: stored.metadata.annotations[k] for k in ours}
 
 
-def test_an_image_the_mirror_lacks_is_kept_as_written(
-    api_client: Any, mirror: Mirror, namespace_for_mirror: str
-) -> None:
-    core = _core(api_client)
-    pod = core.create_namespaced_pod(namespace_for_mirror, pod_body("rancher/not-mirrored:1"))
+def test_an_image_the_mirror_lacks_is_kept_as_written(core: Any, mirror: Mirror, namespace_for_mirror: str) -> None:
+    pod = core.create_namespaced_pod(namespace_for_mirror, mirror_pod("rancher/not-mirrored:1"))
     assert pod.spec.containers[0].image == "rancher/not-mirrored:1"
     assert not pod.spec.image_pull_secrets
     assert ORIGINAL_IMAGES_ANNOTATION not in (pod.metadata.annotations or {})
 
 
 def test_fallback_deny_rejects_the_pod_naming_image_and_endpoint(
-    api_client: Any, mirror: Mirror, namespace_for_mirror: str
+    core: Any, mirror: Mirror, namespace_for_mirror: str
 ) -> None:
     from kubernetes.client.exceptions import ApiException
 
-    core = _core(api_client)
     with pytest.raises(ApiException) as excinfo:
-        core.create_namespaced_pod(namespace_for_mirror, pod_body("quay.io/org/absent:1"))
+        core.create_namespaced_pod(namespace_for_mirror, mirror_pod("quay.io/org/absent:1"))
     assert excinfo.value.status == 403
     body = json.loads(excinfo.value.body or "{}")
     assert "'quay.io/org/absent:1' is on no endpoint of mirror quay.io" in body["message"]

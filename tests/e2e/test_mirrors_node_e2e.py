@@ -15,9 +15,7 @@ No scheduler, no Pod network: Pods set ``nodeName`` and ``hostNetwork: true`` (s
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -29,20 +27,18 @@ from tests.registries import BusyboxImages, PushedImage, Registry
 from webhook.admission.patch import INJECTED_ANNOTATION
 from webhook.policy.mirrors import ORIGINAL_IMAGES_ANNOTATION
 
+from .cluster import Namespaces, copy_auths, dockerconfig_secret, read_secret, source_namespace
 from .conftest import require_node
 from .controlplane import ControlPlane
 from .node import Node
-from .test_node_e2e import _describe, _finishing, finished, node_pod, termination_messages, wait_pod
-from .test_webhook_e2e import Namespaces, _delete_namespace, dockerconfig_secret, read_secret
-from .webhook import WebhookProcess
+from .pods import finishing, run_pod
+from .webhook import WebhookProcess, registered_webhook
 
 HOOK = "psi-e2e-mirrors-node"
 SYSTEM_NS = "psi-e2e-mirrors-node-system"
 REWRITTEN = "mirrorproject/rancher-images/pause"
 ORIGINAL = "docker.io/rancher/pause"
 SECRET = "mirror-a-pull"
-KEEP = os.environ.get("PSI_E2E_KEEP") == "1"
-POD_TIMEOUT = 90.0
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -52,18 +48,11 @@ def _node_prerequisites() -> None:
 
 
 @pytest.fixture(scope="module")
-def core(api_client: Any) -> Any:
-    from kubernetes import client
-
-    return client.CoreV1Api(api_client)
-
-
-@pytest.fixture(scope="module")
 def pause(node_images: BusyboxImages, node_registries: tuple[Registry, Registry]) -> PushedImage:
     """The image only registry ``a`` holds, under the mirror's rewritten name."""
     a, _ = node_registries
     t0 = time.monotonic()
-    image = node_images.image("rancher-pause", entrypoint=_finishing("ran:mirror-pause"))
+    image = node_images.image("rancher-pause", entrypoint=finishing("ran:mirror-pause"))
     pushed = a.push(image, REWRITTEN, "3.6")
     print(
         f"\nmirror image: built and pushed to {a.host}/{REWRITTEN}:3.6 ({pushed.digest}) "
@@ -103,45 +92,25 @@ def mirror_hook(
     """The webhook with the mirror policy, registered for namespaces labelled with ``HOOK``."""
     a, _ = node_registries
     print(f"node {node.name}: Ready {node.startup_seconds:.2f}s after start")
-    core.create_namespace({"metadata": {"name": SYSTEM_NS}})
-    hook: WebhookProcess | None = None
-    probe_ns = Namespaces(control_plane, core)
-    try:
-        core.create_namespaced_secret(
-            SYSTEM_NS, dockerconfig_secret("mirror-a-credentials", {a.host: a.auth_entry("puller-a")})
-        )
-        hook = WebhookProcess(
-            control_plane=control_plane, name=HOOK, namespace=SYSTEM_NS, policy=mirror_policy(a)
-        ).start()
-        probe = probe_ns.one("e2e-mirror-node-probe", hook=HOOK)
-        wanted = f"{a.host}/{REWRITTEN}:3.6"
+    wanted = f"{a.host}/{REWRITTEN}:3.6"
 
-        def rewritten() -> bool:
-            body = {"metadata": {"name": "probe"}, "spec": {"containers": [{"name": "c", "image": f"{ORIGINAL}:3.6"}]}}
-            pod = core.create_namespaced_pod(probe, body, dry_run="All")
-            return bool(pod.spec.containers[0].image == wanted and SECRET in pull_secrets(pod))
+    def rewritten(namespace: str) -> bool:
+        body = {"metadata": {"name": "probe"}, "spec": {"containers": [{"name": "c", "image": f"{ORIGINAL}:3.6"}]}}
+        pod = core.create_namespaced_pod(namespace, body, dry_run="All")
+        return bool(pod.spec.containers[0].image == wanted and SECRET in pull_secrets(pod))
 
-        hook.register(api_client, probe=rewritten)
+    sources = [dockerconfig_secret("mirror-a-credentials", {a.host: a.auth_entry("puller-a")})]
+    with (
+        source_namespace(core, SYSTEM_NS, sources),
+        registered_webhook(
+            control_plane, api_client, name=HOOK, namespace=SYSTEM_NS, policy=mirror_policy(a), probe=rewritten
+        ) as hook,
+    ):
         print(f"webhook: ready {hook.startup_seconds:.2f}s, registered {hook.registration_seconds:.2f}s")
-        probe_ns.close()
         yield hook
-    finally:
-        probe_ns.close()
-        if hook is not None:
-            logs = hook.logs()
-            hook.cleanup(keep=KEEP)
-            assert "Traceback" not in logs, logs
-            assert a.current_users["puller-a"] not in logs, "the password never reaches the log"
-        _delete_namespace(core, SYSTEM_NS)
-
-
-@pytest.fixture
-def namespaces(control_plane: ControlPlane, core: Any) -> Iterator[Namespaces]:
-    factory = Namespaces(control_plane, core)
-    try:
-        yield factory
-    finally:
-        factory.close()
+        logs = hook.logs()
+        assert "Traceback" not in logs, logs
+        assert a.current_users["puller-a"] not in logs, "the password never reaches the log"
 
 
 @pytest.mark.parametrize("by", ["tag", "digest"])
@@ -161,25 +130,21 @@ def test_a_pod_naming_docker_io_rancher_pulls_from_the_mirror_and_runs(
     assert read_secret(core, ns, SECRET) is None
     mark = a.log_mark()
 
-    t0 = time.monotonic()
-    created = core.create_namespaced_pod(ns, node_pod(node, "pause", original))
-    pod, seconds = wait_pod(core, node, ns, "pause", finished, "finished", POD_TIMEOUT)
-    total = time.monotonic() - t0
+    ran = run_pod(core, node, ns, "pause", original, messages={"c0": "ran:mirror-pause"})
+    created = ran.created
 
     assert created.spec.containers[0].image == f"{a.host}/{REWRITTEN}{suffix}", "rewritten, digest kept byte for byte"
     assert pull_secrets(created) == [SECRET]
     annotations = created.metadata.annotations
     assert json.loads(annotations[ORIGINAL_IMAGES_ANNOTATION]) == {"containers/c0": original}
     assert annotations[INJECTED_ANNOTATION] == SECRET
-    assert pod.status.phase == "Succeeded", _describe(core, node, ns, "pause")
-    assert termination_messages(pod) == {"c0": "ran:mirror-pause"}, "the mirror's image itself ran"
-    (status,) = pod.status.container_statuses
+    (status,) = ran.pod.status.container_statuses
     assert status.image_id.endswith(pause.digest), "the kubelet ran the digest pushed to the mirror"
     assert a.manifest_requests(REWRITTEN, since=mark) >= 1, "the mirror served the manifest (authenticated)"
     copy = read_secret(core, ns, SECRET)
     assert copy is not None
-    assert list(json.loads(base64.b64decode(copy.data[".dockerconfigjson"]))["auths"]) == [a.host]
+    assert list(copy_auths(copy)) == [a.host]
     print(
         f"\nmirror-node-{by}: {original} -> {created.spec.containers[0].image}: "
-        f"created -> Succeeded in {total:.2f}s (wait {seconds:.2f}s)"
+        f"created -> Succeeded in {ran.seconds:.2f}s (wait {ran.waited:.2f}s)"
     )

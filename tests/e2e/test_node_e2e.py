@@ -15,13 +15,10 @@ Measurements are printed and listed at the end of the run ("pullsecret-injector 
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import json
-import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,20 +26,38 @@ import pytest
 
 from tests.builders import pull_secrets, wait_for
 from tests.registries import BusyboxImages, PushedImage, Registry
+from webhook.admission.patch import INJECTED_ANNOTATION as INJECTED
 
-from .conftest import require_node
-from .controlplane import ControlPlane, tail
-from .node import CGROUP_ROOT, K8S_NAMESPACE, Node, pid_alive
-from .test_webhook_e2e import (
+from .cluster import (
     DOCKERCONFIGJSON,
-    INJECTED,
     Namespaces,
-    _delete_namespace,
+    copy_auths,
     dockerconfig_secret,
-    dry_run_probe,
+    injects,
     read_secret,
+    secret_password,
+    source_namespace,
 )
-from .webhook import WebhookProcess
+from .conftest import require_node
+from .controlplane import ControlPlane
+from .node import CGROUP_ROOT, K8S_NAMESPACE, Node, pid_alive
+from .pods import (
+    BACKOFF_TIMEOUT,
+    POD_TIMEOUT,
+    assert_pulls_unauthorized,
+    describe,
+    finishing,
+    in_pull_backoff,
+    node_deployment,
+    node_pod,
+    node_pod_spec,
+    pull_failure_messages,
+    run_pod,
+    succeeded,
+    wait_pod,
+)
+from .report import Measurements, Note
+from .webhook import WebhookProcess, registered_webhook
 
 NODE_HOOK = "psi-e2e-node"
 NODE_SYSTEM_NS = "psi-e2e-node-system"
@@ -50,49 +65,15 @@ NODE_SYSTEM_NS = "psi-e2e-node-system"
 NO_HOOK = "none"
 EXCLUDED_PREFIX = "e2e-node-excluded"
 ROTATION_BUDGET_SECONDS = 10.0
-KEEP = os.environ.get("PSI_E2E_KEEP") == "1"
-#: Generous bounds for the node itself (image pull + container start on 2 shared cores).
-POD_TIMEOUT = 90.0
-BACKOFF_TIMEOUT = 90.0
 
 
 # --------------------------------------------------------------------------- reporting
 
 
-class _NodeReport:
-    """Prints this module's measurements after the test summary (its own section, its own plugin name)."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.lines:
-            terminalreporter.write_sep("-", "pullsecret-injector node e2e measurements")
-            for line in self.lines:
-                terminalreporter.write_line(line)
-
-
 @pytest.fixture(scope="module")
-def node_report(request: pytest.FixtureRequest) -> _NodeReport:
-    plugin = _NodeReport()
-    request.config.pluginmanager.register(plugin, "psi-e2e-node-measurements")
-    return plugin
-
-
-Note = Callable[[str, str], None]
-
-
-@pytest.fixture
-def note(
-    node_report: _NodeReport, record_property: Callable[[str, object], None], request: pytest.FixtureRequest
-) -> Note:
-    def add(key: str, text: str) -> None:
-        line = f"{request.node.name}: {key}: {text}"
-        print(line)
-        record_property(key, text)
-        node_report.lines.append(line)
-
-    return add
+def measurements(request: pytest.FixtureRequest) -> Measurements:
+    """Listed at the end of the run; ``note`` (conftest.py) adds to them."""
+    return Measurements.register(request, "pullsecret-injector node e2e measurements", "psi-e2e-node-measurements")
 
 
 # --------------------------------------------------------------------------- images and policy
@@ -112,25 +93,23 @@ class Images:
     """b: the init container, writes ``ran:init`` and exits 0"""
 
 
-def _finishing(message: str) -> list[str]:
-    return ["/bin/sh", "-c", f"printf '{message}' > /dev/termination-log"]
-
-
 @pytest.fixture(scope="module")
-def images(node_images: BusyboxImages, node_registries: tuple[Registry, Registry], node_report: _NodeReport) -> Images:
+def images(
+    node_images: BusyboxImages, node_registries: tuple[Registry, Registry], measurements: Measurements
+) -> Images:
     a, b = node_registries
     t0 = time.monotonic()
     built = Images(
-        app=a.push(node_images.image("app", entrypoint=_finishing("ran:team-app")), "team/app", "1.0"),
+        app=a.push(node_images.image("app", entrypoint=finishing("ran:team-app")), "team/app", "1.0"),
         web=a.push(
             node_images.image("web", entrypoint=["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]),
             "team/web",
             "1.0",
         ),
-        rotate=a.push(node_images.image("rotate", entrypoint=_finishing("ran:rotate")), "rotate/app", "1.0"),
-        init=b.push(node_images.image("init", entrypoint=_finishing("ran:init")), "tools/init", "1.0"),
+        rotate=a.push(node_images.image("rotate", entrypoint=finishing("ran:rotate")), "rotate/app", "1.0"),
+        init=b.push(node_images.image("init", entrypoint=finishing("ran:init")), "tools/init", "1.0"),
     )
-    node_report.lines.append(f"images: 4 built with umoci and pushed with skopeo in {time.monotonic() - t0:.2f}s")
+    measurements.lines.append(f"images: 4 built with umoci and pushed with skopeo in {time.monotonic() - t0:.2f}s")
     return built
 
 
@@ -175,36 +154,19 @@ def _node_prerequisites() -> None:
 
 
 @pytest.fixture(scope="module")
-def core(api_client: Any) -> Any:
-    from kubernetes import client
-
-    return client.CoreV1Api(api_client)
-
-
-@pytest.fixture(scope="module")
-def apps(api_client: Any) -> Any:
-    from kubernetes import client
-
-    return client.AppsV1Api(api_client)
-
-
-@pytest.fixture(scope="module")
 def node_system_namespace(core: Any, node_registries: tuple[Registry, Registry]) -> Iterator[str]:
     """The webhook's namespace with the three source Secrets (the registries' current passwords)."""
     a, b = node_registries
-    core.create_namespace({"metadata": {"name": NODE_SYSTEM_NS}})
-    try:
+    sources = [
+        dockerconfig_secret(name, {registry.host: registry.auth_entry(user)})
         for name, registry, user in (
             ("registry-a-credentials", a, "puller-a"),
             ("registry-b-credentials", b, "puller-b"),
             ("rotate-credentials", a, "rotator"),
-        ):
-            core.create_namespaced_secret(
-                NODE_SYSTEM_NS, dockerconfig_secret(name, {registry.host: registry.auth_entry(user)})
-            )
-        yield NODE_SYSTEM_NS
-    finally:
-        _delete_namespace(core, NODE_SYSTEM_NS)
+        )
+    ]
+    with source_namespace(core, NODE_SYSTEM_NS, sources) as name:
+        yield name
 
 
 @pytest.fixture(scope="module")
@@ -216,44 +178,24 @@ def node_hook(
     node_registries: tuple[Registry, Registry],
     node_system_namespace: str,
     images: Images,
-    node_report: _NodeReport,
+    measurements: Measurements,
 ) -> Iterator[WebhookProcess]:
     """The webhook for this module's namespaces (labelled ``HOOK_LABEL=psi-e2e-node``)."""
-    node_report.lines.append(
+    measurements.lines.append(
         f"node {node.name}: Ready {node.startup_seconds:.2f}s after start "
         f"(containerd + pause image {node.containerd_seconds:.2f}s, kubelet to Ready {node.ready_seconds:.2f}s); "
         f"registries up in {node_registries[0].startup_seconds:.2f}s / {node_registries[1].startup_seconds:.2f}s"
     )
-    hook = WebhookProcess(
-        control_plane=control_plane,
+    with registered_webhook(
+        control_plane,
+        api_client,
         name=NODE_HOOK,
         namespace=node_system_namespace,
         policy=node_policy(*node_registries),
+        probe=injects(core, images.app.reference, "registry-a-pull"),
         extra_args=("--resync-seconds", "30"),
-    )
-    hook.start()
-    probe_ns = Namespaces(control_plane, core)
-    try:
-        probe = probe_ns.one("e2e-node-probe", hook=NODE_HOOK)
-        hook.register(api_client, probe=dry_run_probe(core, probe, images.app.reference, "registry-a-pull"))
-    except BaseException:
-        hook.cleanup(keep=True)
-        raise
-    finally:
-        probe_ns.close()
-    try:
+    ) as hook:
         yield hook
-    finally:
-        hook.cleanup(keep=KEEP)
-
-
-@pytest.fixture
-def namespaces(control_plane: ControlPlane, core: Any) -> Iterator[Namespaces]:
-    factory = Namespaces(control_plane, core)
-    try:
-        yield factory
-    finally:
-        factory.close()
 
 
 @pytest.fixture
@@ -261,105 +203,8 @@ def live_hook(node_hook: WebhookProcess, node: Node) -> Iterator[WebhookProcess]
     """The module's webhook; after the test: still running, no traceback logged, the node still up."""
     mark = node_hook.log_mark()
     yield node_hook
-    assert node_hook.running, f"the webhook died:\n{node_hook.log_tail()}"
-    tracebacks = [line for line in node_hook.logs(mark).splitlines() if "Traceback" in line]
-    assert not tracebacks, f"the webhook logged a traceback:\n{node_hook.logs(mark)}"
+    node_hook.assert_healthy(since=mark)
     assert node.running, "containerd or the kubelet exited"
-
-
-# --------------------------------------------------------------------------- Pods on the node
-
-
-def node_pod_spec(node: Node, *images: str, init: str | None = None, restart_policy: str = "Never") -> dict[str, Any]:
-    """A Pod spec for the node: bound to it (no scheduler), host network (no CNI), every image pulled."""
-    spec: dict[str, Any] = {
-        "nodeName": node.name,
-        "hostNetwork": True,
-        "restartPolicy": restart_policy,
-        "terminationGracePeriodSeconds": 2,
-        "enableServiceLinks": False,
-        "containers": [
-            {"name": f"c{i}", "image": image, "imagePullPolicy": "Always"} for i, image in enumerate(images)
-        ],
-    }
-    if init is not None:
-        spec["initContainers"] = [{"name": "init", "image": init, "imagePullPolicy": "Always"}]
-    return spec
-
-
-def node_pod(node: Node, name: str, *images: str, init: str | None = None) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": node_pod_spec(node, *images, init=init),
-    }
-
-
-def _describe(core: Any, node: Node, namespace: str, name: str) -> str:
-    """The Pod's status, its Events and the kubelet's last lines: what a timeout message needs."""
-    try:
-        pod = core.read_namespaced_pod(name, namespace)
-        status = json.dumps(core.api_client.sanitize_for_serialization(pod.status), indent=1)[:4000]
-        events = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
-        lines = "\n".join(f"  {e.reason}: {e.message}" for e in events)
-    except Exception as err:  # diagnostics only: never hide the original failure
-        return f"(could not read Pod {namespace}/{name}: {err})"
-    return f"Pod {namespace}/{name} status:\n{status}\nEvents:\n{lines}\n--- kubelet:\n{tail(node.log('kubelet'), 15)}"
-
-
-def wait_pod(
-    core: Any, node: Node, namespace: str, name: str, check: Callable[[Any], bool], what: str, timeout: float
-) -> tuple[Any, float]:
-    """Poll the Pod until ``check(pod)``; (the Pod, seconds waited). On timeout, the Pod's story."""
-    t0 = time.monotonic()
-
-    def ready() -> Any:
-        pod = core.read_namespaced_pod(name, namespace)
-        return pod if check(pod) else None
-
-    try:
-        pod = wait_for(ready, f"Pod {namespace}/{name} {what}", timeout=timeout, interval=0.25)
-    except AssertionError as err:
-        raise AssertionError(f"{err}\n{_describe(core, node, namespace, name)}") from None
-    return pod, time.monotonic() - t0
-
-
-def finished(pod: Any) -> bool:
-    return pod.status.phase in ("Succeeded", "Failed")
-
-
-def waiting_reasons(pod: Any) -> dict[str, str]:
-    """container name -> waiting reason (init containers included)."""
-    statuses = (pod.status.init_container_statuses or []) + (pod.status.container_statuses or [])
-    return {s.name: s.state.waiting.reason for s in statuses if s.state and s.state.waiting}
-
-
-def in_pull_backoff(pod: Any) -> bool:
-    return "ImagePullBackOff" in waiting_reasons(pod).values()
-
-
-def termination_messages(pod: Any) -> dict[str, str]:
-    statuses = (pod.status.init_container_statuses or []) + (pod.status.container_statuses or [])
-    return {s.name: s.state.terminated.message for s in statuses if s.state and s.state.terminated}
-
-
-def pull_failure_messages(core: Any, namespace: str, name: str) -> list[str]:
-    """The kubelet's "Failed" Events for the Pod (what the runtime said about the pull)."""
-    events = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
-    return [e.message for e in events if e.reason == "Failed"]
-
-
-def secret_password(secret: Any, host: str) -> str:
-    config = json.loads(base64.b64decode(secret.data[".dockerconfigjson"]))
-    return str(config["auths"][host]["password"])
-
-
-def assert_pulls_unauthorized(core: Any, namespace: str, name: str) -> None:
-    messages = pull_failure_messages(core, namespace, name)
-    assert any("401" in m or "unauthorized" in m.lower() for m in messages), (
-        f"the pull should fail on authentication: {messages}"
-    )
 
 
 # --------------------------------------------------------------------------- scenarios
@@ -379,21 +224,17 @@ def test_first_pod_in_a_new_namespace_pulls_a_private_image_without_a_pull_secre
     assert read_secret(core, ns, "registry-a-pull") is None
     mark = a.log_mark()
 
-    t0 = time.monotonic()
-    created = core.create_namespaced_pod(ns, node_pod(node, "first", images.app.reference))
-    pod, seconds = wait_pod(core, node, ns, "first", finished, "finished", POD_TIMEOUT)
+    ran = run_pod(core, node, ns, "first", images.app.reference, messages={"c0": "ran:team-app"})
 
-    assert pull_secrets(created) == ["registry-a-pull"]
-    assert created.metadata.annotations[INJECTED] == "registry-a-pull"
-    assert pod.status.phase == "Succeeded", _describe(core, node, ns, "first")
-    assert termination_messages(pod) == {"c0": "ran:team-app"}, "the private image itself ran"
-    (status,) = pod.status.container_statuses
+    assert pull_secrets(ran.created) == ["registry-a-pull"]
+    assert ran.created.metadata.annotations[INJECTED] == "registry-a-pull"
+    (status,) = ran.pod.status.container_statuses
     assert status.image_id.endswith(images.app.digest), "the kubelet ran the digest that was pushed"
     copy = read_secret(core, ns, "registry-a-pull")
     assert copy.type == DOCKERCONFIGJSON
     assert secret_password(copy, a.host) == a.current_users["puller-a"]
     assert a.manifest_requests("team/app", since=mark) >= 1, "the registry served the manifest (authenticated)"
-    note("first-pod", f"created -> Succeeded in {time.monotonic() - t0:.2f}s (wait {seconds:.2f}s)")
+    note("first-pod", f"created -> Succeeded in {ran.seconds:.2f}s (wait {ran.waited:.2f}s)")
 
 
 def test_without_the_webhook_the_same_pod_really_ends_in_image_pull_backoff(
@@ -440,43 +281,25 @@ def test_init_and_main_containers_from_two_registries_with_different_users(
     ns = namespaces.one("e2e-node-two", hook=NODE_HOOK)
     marks = (a.log_mark(), b.log_mark())
 
-    created = core.create_namespaced_pod(ns, node_pod(node, "two", images.app.reference, init=images.init.reference))
-    pod, seconds = wait_pod(core, node, ns, "two", finished, "finished", POD_TIMEOUT)
+    messages = {"init": "ran:init", "c0": "ran:team-app"}
+    ran = run_pod(core, node, ns, "two", images.app.reference, init=images.init.reference, messages=messages)
 
-    assert sorted(pull_secrets(created)) == ["registry-a-pull", "registry-b-pull"]
-    assert pod.status.phase == "Succeeded", _describe(core, node, ns, "two")
-    assert termination_messages(pod) == {"init": "ran:init", "c0": "ran:team-app"}
+    assert sorted(pull_secrets(ran.created)) == ["registry-a-pull", "registry-b-pull"]
     assert secret_password(read_secret(core, ns, "registry-a-pull"), a.host) == a.current_users["puller-a"]
     copy_b = read_secret(core, ns, "registry-b-pull")
-    assert list(json.loads(base64.b64decode(copy_b.data[".dockerconfigjson"]))["auths"]) == [b.host]
+    assert list(copy_auths(copy_b)) == [b.host]
     assert secret_password(copy_b, b.host) == b.current_users["puller-b"]
     assert a.manifest_requests("team/app", since=marks[0]) >= 1
     assert b.manifest_requests("tools/init", since=marks[1]) >= 1
-    note("two-registries", f"init (registry b) + main (registry a) Succeeded {seconds:.2f}s after create")
+    note("two-registries", f"init (registry b) + main (registry a) Succeeded {ran.waited:.2f}s after create")
 
 
 def test_a_deployments_pods_run(
     live_hook: WebhookProcess, core: Any, apps: Any, node: Node, images: Images, namespaces: Namespaces, note: Note
 ) -> None:
     ns = namespaces.one("e2e-node-deploy", hook=NODE_HOOK)
-    labels = {"app": "web"}
     t0 = time.monotonic()
-    apps.create_namespaced_deployment(
-        ns,
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "web"},
-            "spec": {
-                "replicas": 2,
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": node_pod_spec(node, images.web.reference, restart_policy="Always"),
-                },
-            },
-        },
-    )
+    apps.create_namespaced_deployment(ns, node_deployment(node, "web", images.web.reference, replicas=2))
 
     def available() -> Any:
         deployment = apps.read_namespaced_deployment("web", ns)
@@ -486,7 +309,7 @@ def test_a_deployments_pods_run(
         wait_for(available, "the Deployment's 2 replicas available", timeout=POD_TIMEOUT, interval=0.25)
     except AssertionError as err:
         names = [p.metadata.name for p in core.list_namespaced_pod(ns).items]
-        stories = "\n".join(_describe(core, node, ns, name) for name in names[:2])
+        stories = "\n".join(describe(core, node, ns, name) for name in names[:2])
         raise AssertionError(f"{err}\n{stories}") from None
     seconds = time.monotonic() - t0
 
@@ -514,9 +337,7 @@ def test_a_rotated_registry_password_reaches_new_pods_within_10s(
 ) -> None:
     a, _ = node_registries
     ns = namespaces.one("e2e-node-rotate", hook=NODE_HOOK)
-    core.create_namespaced_pod(ns, node_pod(node, "before", images.rotate.reference))
-    pod, _ = wait_pod(core, node, ns, "before", finished, "finished", POD_TIMEOUT)
-    assert pod.status.phase == "Succeeded", _describe(core, node, ns, "before")
+    run_pod(core, node, ns, "before", images.rotate.reference)
     old_password = a.current_users["rotator"]
     assert secret_password(read_secret(core, ns, "rotate-pull"), a.host) == old_password
 
@@ -541,23 +362,19 @@ def test_a_rotated_registry_password_reaches_new_pods_within_10s(
     wait_for(copy_rotated, "the copy to carry the new password", timeout=ROTATION_BUDGET_SECONDS, interval=0.05)
     copy_seconds = time.monotonic() - t0
     mark = a.log_mark()
-    core.create_namespaced_pod(ns, node_pod(node, "after", images.rotate.reference))
-    pod, pod_seconds = wait_pod(core, node, ns, "after", finished, "finished", POD_TIMEOUT)
+    after = run_pod(core, node, ns, "after", images.rotate.reference, messages={"c0": "ran:rotate"})
     total = time.monotonic() - t0
 
-    assert pod.status.phase == "Succeeded", _describe(core, node, ns, "after")
-    assert termination_messages(pod) == {"c0": "ran:rotate"}
     assert a.manifest_requests("rotate/app", since=mark) >= 1
     assert pull_failure_messages(core, ns, "after") == [], "the new Pod pulled at the first attempt"
     assert total <= ROTATION_BUDGET_SECONDS, f"source update -> new Pod pulled and ran took {total:.2f}s"
-    racing, _ = wait_pod(core, node, ns, "racing", finished, "finished", POD_TIMEOUT)
+    succeeded(core, node, ns, "racing")
     racing_seconds = time.monotonic() - t0
-    assert racing.status.phase == "Succeeded", _describe(core, node, ns, "racing")
     racing_failures = len(pull_failure_messages(core, ns, "racing"))
     note(
         "rotation",
         f"source updated -> copy in the namespace {copy_seconds:.2f}s; a new Pod created then pulled with the new "
-        f"password and Succeeded {pod_seconds:.2f}s later ({total:.2f}s from the source update, budget "
+        f"password and Succeeded {after.waited:.2f}s later ({total:.2f}s from the source update, budget "
         f"{ROTATION_BUDGET_SECONDS:g}s); a Pod created together with the source update Succeeded after "
         f"{racing_seconds:.2f}s ({racing_failures} failed pull Events before)",
     )
@@ -577,14 +394,7 @@ def test_stopping_a_node_leaves_no_process_mount_or_cgroup_behind(
 
     a, _ = node_registries
     ns = namespaces.one("e2e-node-teardown", hook=NO_HOOK)  # an explicit pull secret; no webhook needed
-    core.create_namespaced_secret(
-        ns,
-        {
-            "metadata": {"name": "pull"},
-            "type": DOCKERCONFIGJSON,
-            "data": {".dockerconfigjson": base64.b64encode(a.dockerconfigjson("puller-a")).decode()},
-        },
-    )
+    core.create_namespaced_secret(ns, a.dockerconfig_secret("pull", user="puller-a"))
     extra = Node(control_plane, node_images, name=f"psi-node-teardown-{uuid.uuid4().hex[:6]}")
     extra.start(node_registries)
     workdir = extra.dir

@@ -23,11 +23,8 @@ chart_support.py for the rest of the harness). In file order:
 
 from __future__ import annotations
 
-import base64
 import copy
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -39,22 +36,26 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.builders import wait_for
+from tests import builders
+from tests.builders import b64, pull_secrets, wait_for
+from tests.processes import free_port
 
 from .chart_support import (
     DeploymentProcess,
     HelmRelease,
-    can_bind,
     chart_copy,
     container_args,
     https_get,
-    loopback_service_range,
+    loopback_control_plane,
+    namespace_body,
     service_account_token,
     service_account_user,
+    webhook_ca_bundle,
     write_token_kubeconfig,
 )
+from .cluster import core_api
 from .conftest import require_assets
-from .controlplane import ControlPlane
+from .controlplane import KEEP, ControlPlane
 from .process import REPO
 
 RELEASE = "psl"
@@ -69,7 +70,6 @@ DOCKERCONFIGJSON = "kubernetes.io/dockerconfigjson"
 STATUS = "pullsecret-injector.io/status"
 VERSION = "pullsecret-injector.io/version"
 MESSAGE = "pullsecret-injector.io/message"
-KEEP = os.environ.get("PSI_E2E_KEEP") == "1"
 
 SOURCE = {"secret": {"namespace": RELEASE_NS, "name": "registry-credentials"}}
 EXCLUDES = ["kube-system", "kube-public", "kube-node-lease"]
@@ -112,37 +112,12 @@ def policy_text(rules: list[dict[str, Any]]) -> str:
     return yaml.safe_dump({"excludeNamespaces": EXCLUDES, "rules": rules}, sort_keys=False)
 
 
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
-
-
 def pod_body(*images: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"generateName": "live-e2e-"},
-        "spec": {"containers": [{"name": f"c{i}", "image": im} for i, im in enumerate(images)]},
-    }
-
-
-def pull_secrets(pod: Any) -> list[str]:
-    return [ref.name for ref in (pod.spec.image_pull_secrets or [])]
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-    return port
+    return builders.pod_body(*images, name=None, generate_name="live-e2e-")
 
 
 def ca_bundle(control_plane: ControlPlane) -> bytes:
-    status, body = control_plane.get(WEBHOOK_CONFIG_PATH)
-    if status != 200:
-        return b""
-    hooks = json.loads(body).get("webhooks") or []
-    encoded = (hooks[0].get("clientConfig") or {}).get("caBundle", "") if hooks else ""
-    return base64.b64decode(encoded) if encoded else b""
+    return webhook_ca_bundle(control_plane, FULLNAME)
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -245,7 +220,7 @@ class Cluster:
 
     def namespace(self) -> str:
         name = f"psl-team-{uuid.uuid4().hex[:6]}"
-        self.core.create_namespace({"metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}}})
+        self.core.create_namespace(namespace_body(name))
         self.control_plane.wait_for_default_service_account(name)
         return name
 
@@ -274,20 +249,16 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    assets = require_assets()
-    problem = can_bind("127.0.0.1", 443) if os.geteuid() != 0 else None
-    if problem is not None:
-        pytest.skip(f"needs to listen on port 443: {problem}")
-    cp = ControlPlane(assets, service_cluster_ip_range=loopback_service_range(), keep_workdir=KEEP)
-    cp.start()
-    from kubernetes import client
+    with loopback_control_plane(require_assets()) as cp, cp.admin_client() as admin:
+        yield from _installed(cp, admin, tmp_path_factory)
 
-    admin = cp.api_client()
-    core: Any = client.CoreV1Api(admin)
+
+def _installed(cp: ControlPlane, admin: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    core = core_api(admin)
     helm: HelmRelease | None = None
     found: Cluster | None = None
     try:
-        core.create_namespace({"metadata": {"name": RELEASE_NS, "labels": {"kubernetes.io/metadata.name": RELEASE_NS}}})
+        core.create_namespace(namespace_body(RELEASE_NS))
         auths = {
             "auths": {
                 f"{n}.example.com": {"auth": b64("robot:pass")} for n in ("example", "late", "denied", "trio", "duo")
@@ -328,13 +299,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 if process.running:
                     print(f"\n--- {process.pod_name} log tail:\n{process.log_tail(15)}")
                 process.cleanup(keep=KEEP)
-        if helm is not None and helm.installed:
-            try:
-                helm.uninstall()
-            except Exception as exc:
-                print(f"helm uninstall at teardown failed: {exc}")
-        admin.close()
-        cp.stop()
+        if helm is not None:
+            helm.uninstall_at_teardown()
 
 
 # --------------------------------------------------------------------------- 1. effective within 2 s
@@ -535,7 +501,7 @@ def test_work_owed_by_a_killed_replica_is_finished_by_the_other(cluster: Cluster
     a = cluster.a
     assert a is not None
     assert a.running
-    b_port, b_metrics = free_port("127.0.0.1"), free_port("127.0.0.1")
+    b_port, b_metrics = free_port(), free_port()
     b = cluster.start(f"{FULLNAME}-b", host="127.0.0.1", port=b_port, **{"--metrics-port": str(b_metrics)})
     ns = cluster.namespace()
     cluster.apply_policy([EXAMPLE, ORPHAN])

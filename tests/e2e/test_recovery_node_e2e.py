@@ -22,11 +22,11 @@ import pytest
 from tests.builders import pull_secrets, wait_for
 from tests.registries import BusyboxImages, Registry
 
+from .cluster import Namespaces, dockerconfig_secret, dry_run_probe, source_namespace
 from .conftest import require_node
 from .controlplane import ControlPlane
 from .node import Node
-from .test_node_e2e import in_pull_backoff, node_pod_spec, wait_pod, waiting_reasons
-from .test_webhook_e2e import Namespaces, _delete_namespace, dockerconfig_secret, dry_run_probe
+from .pods import in_pull_backoff, node_deployment, node_pod, wait_pod, waiting_reasons
 from .webhook import WebhookProcess
 
 HOOK = "psi-e2e-recovery"
@@ -53,37 +53,24 @@ def _events(core: Any, namespace: str, reason: str) -> list[Any]:
 
 
 @pytest.fixture(scope="module")
-def core(api_client: Any) -> Any:
-    from kubernetes import client
-
-    return client.CoreV1Api(api_client)
-
-
-@pytest.fixture(scope="module")
 def system_namespace(core: Any, node_registries: tuple[Registry, Registry]) -> Iterator[str]:
     a, _ = node_registries
-    core.create_namespace({"metadata": {"name": SYSTEM_NS}})
-    try:
-        core.create_namespaced_secret(
-            SYSTEM_NS, dockerconfig_secret("recovery-credentials", {a.host: a.auth_entry("puller-a")})
-        )
-        yield SYSTEM_NS
-    finally:
-        _delete_namespace(core, SYSTEM_NS)
+    sources = [dockerconfig_secret("recovery-credentials", {a.host: a.auth_entry("puller-a")})]
+    with source_namespace(core, SYSTEM_NS, sources) as name:
+        yield name
 
 
 def test_a_deployment_pod_admitted_while_the_webhook_was_down_ends_running(
     control_plane: ControlPlane,
     api_client: Any,
     core: Any,
+    apps: Any,
     node: Node,
     node_images: BusyboxImages,
     node_registries: tuple[Registry, Registry],
     system_namespace: str,
+    namespaces: Namespaces,
 ) -> None:
-    from kubernetes import client
-
-    apps: Any = client.AppsV1Api(api_client)
     a, _ = node_registries
     image = _web_image(node_images, a)
     policy = {
@@ -109,39 +96,14 @@ def test_a_deployment_pod_admitted_while_the_webhook_was_down_ends_running(
             "--recovery-interval=1",
         ),
     )
-    namespaces = Namespaces(control_plane, core)
     try:
         hook.start()
         ns = namespaces.one("e2e-recovery", hook=HOOK)
         hook.register(api_client, probe=dry_run_probe(core, ns, image, SECRET))  # failurePolicy Ignore
         # The webhook goes down; its configuration stays: the API server fails open.
         hook.stop()
-        labels = {"app": "web"}
-        apps.create_namespaced_deployment(
-            ns,
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": "web"},
-                "spec": {
-                    "replicas": 1,
-                    "selector": {"matchLabels": labels},
-                    "template": {
-                        "metadata": {"labels": labels},
-                        "spec": node_pod_spec(node, image, restart_policy="Always"),
-                    },
-                },
-            },
-        )
-        core.create_namespaced_pod(
-            ns,
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": "bare"},
-                "spec": node_pod_spec(node, image, restart_policy="Always"),
-            },
-        )
+        apps.create_namespaced_deployment(ns, node_deployment(node, "web", image, replicas=1))
+        core.create_namespaced_pod(ns, node_pod(node, "bare", image, restart_policy="Always"))
 
         def first_pod() -> Any:
             pods = core.list_namespaced_pod(ns, label_selector="app=web").items
@@ -189,4 +151,3 @@ def test_a_deployment_pod_admitted_while_the_webhook_was_down_ends_running(
         )
     finally:
         hook.cleanup()
-        namespaces.close()

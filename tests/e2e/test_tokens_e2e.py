@@ -16,60 +16,36 @@ tokens that live 60 s. The tests run in order, on one webhook process:
 from __future__ import annotations
 
 import base64
-import contextlib
-import json
-import os
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from tests.builders import auth_entry, pod_body, pull_secrets, wait_for
+from tests.builders import pod_body, pull_secrets, wait_for
 from tests.tokens.google_servers import GoogleServers
 
+from .cluster import Namespaces, copy_auths, read_secret
 from .controlplane import ControlPlane, free_port
-from .test_webhook_e2e import (
-    Namespaces,
-    dockerconfig_secret,
-    read_secret,
-)
+from .report import Measurements, Note
+from .tokens_support import token_webhook
 from .webhook import WebhookProcess
 
 TOKEN_NS = "psi-e2e-tokens"
 TOKEN_HOOK = "psi-e2e-tokens"
 GAR_IMAGE = "europe-docker.pkg.dev/my-project/team/app:1.0"
-PROBE_IMAGE = "probe.example.com/team/app:1.0"
 LIFETIME = 60
 MINTED_AT = "pullsecret-injector.io/minted-at"
 EXPIRES_AT = "pullsecret-injector.io/expires-at"
 
-POLICY: dict[str, Any] = {
-    "rules": [
-        {
-            "name": "gar-token",
-            "registries": ["europe-docker.pkg.dev"],
-            "secret": "gar-token-pull",
-            "source": {"token": {"provider": "gcp", "registry": "europe-docker.pkg.dev"}},
-        },
-        # a static source for the registration probe: the token minter stays cold until test 1
-        {
-            "name": "probe",
-            "registries": ["probe.example.com"],
-            "secret": "probe-pull",
-            "source": {"secret": {"namespace": TOKEN_NS, "name": "probe-credentials"}},
-        },
-    ]
+RULE: dict[str, Any] = {
+    "name": "gar-token",
+    "registries": ["europe-docker.pkg.dev"],
+    "secret": "gar-token-pull",
+    "source": {"token": {"provider": "gcp", "registry": "europe-docker.pkg.dev"}},
 }
-
-
-@pytest.fixture(scope="module")
-def core(api_client: Any) -> Any:
-    from kubernetes import client
-
-    return client.CoreV1Api(api_client)
 
 
 @pytest.fixture(scope="module")
@@ -89,59 +65,25 @@ def token_hook(
     google: GoogleServers,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[WebhookProcess]:
-    from kubernetes.client.exceptions import ApiException
-
-    core.create_namespace({"metadata": {"name": TOKEN_NS}})
-    core.create_namespaced_secret(
-        TOKEN_NS, dockerconfig_secret("probe-credentials", {"probe.example.com": auth_entry("probe", "pw")})
-    )
-    probes = Namespaces(control_plane, core)
-    metrics_port = free_port()
-    env = {
-        "GCE_METADATA_HOST": google.host,
-        "GCE_METADATA_IP": google.host,
-        "CLOUDSDK_CONFIG": str(tmp_path_factory.mktemp("gcloud")),
-        "GOOGLE_APPLICATION_CREDENTIALS": "",
-    }
-    saved = {key: os.environ.get(key) for key in env}
-    hook = WebhookProcess(
-        control_plane=control_plane,
+    with token_webhook(
+        control_plane,
+        api_client,
+        core,
+        google,
         name=TOKEN_HOOK,
         namespace=TOKEN_NS,
-        policy=POLICY,
-        extra_args=("--log-level", "DEBUG", "--resync-seconds", "30", "--metrics-port", str(metrics_port)),
-    )
-    hook.metrics_port = metrics_port  # type: ignore[attr-defined]
-    try:
-        os.environ.update(env)  # the subprocess inherits them, as a container's env
-        del os.environ["GOOGLE_APPLICATION_CREDENTIALS"]
-        (probe,) = probes.make("e2e-tok-probe", hook=TOKEN_HOOK)
-        hook.start()
-        hook.register(api_client, probe=_probe(core, probe))
+        rules=[RULE],  # the probe's static rule keeps the token minter cold until test 1
+        gcloud_config=tmp_path_factory.mktemp("gcloud"),
+        extra_args=("--log-level", "DEBUG", "--resync-seconds", "30"),
+        metrics_port=free_port(),
+    ) as hook:
         yield hook
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        probes.close()
-        hook.cleanup(keep=os.environ.get("PSI_E2E_KEEP") == "1")
-        with contextlib.suppress(ApiException):
-            core.delete_namespace(TOKEN_NS)
-
-
-def _probe(core: Any, namespace: str) -> Any:
-    def probe() -> bool:
-        pod = core.create_namespaced_pod(namespace, pod_body(PROBE_IMAGE, name="probe"), dry_run="All")
-        return "probe-pull" in pull_secrets(pod)
-
-    return probe
 
 
 @pytest.fixture(scope="module")
 def token_namespaces(control_plane: ControlPlane, core: Any) -> Iterator[Namespaces]:
-    factory = Namespaces(control_plane, core)
+    """Namespaces shared by the tests of this module (they run in order on the same copies)."""
+    factory = Namespaces(control_plane, core, hook=TOKEN_HOOK)
     try:
         yield factory
     finally:
@@ -149,9 +91,9 @@ def token_namespaces(control_plane: ControlPlane, core: Any) -> Iterator[Namespa
 
 
 def copy_token(secret: Any) -> tuple[str, str]:
-    config = json.loads(base64.b64decode(secret.data[".dockerconfigjson"]))
-    assert list(config["auths"]) == ["europe-docker.pkg.dev"], "the registry, and nothing else"
-    entry = config["auths"]["europe-docker.pkg.dev"]
+    auths = copy_auths(secret)
+    assert list(auths) == ["europe-docker.pkg.dev"], "the registry, and nothing else"
+    entry = auths["europe-docker.pkg.dev"]
     assert base64.b64decode(entry["auth"]).decode() == f"{entry['username']}:{entry['password']}"
     return entry["username"], entry["password"]
 
@@ -164,32 +106,35 @@ def token_copies(core: Any, names: list[str]) -> dict[str, Any]:
     return {ns: read_secret(core, ns, "gar-token-pull") for ns in names}
 
 
+def tokens(copies: dict[str, Any]) -> set[str]:
+    """The tokens the copies hold (one, when every copy is current)."""
+    return {copy_token(s)[1] for s in copies.values()}
+
+
+def expiry(copies: dict[str, Any]) -> float:
+    """When the token of (the first of) the copies expires, as its annotation says."""
+    return stamp(next(iter(copies.values())).metadata.annotations[EXPIRES_AT])
+
+
 def scrape(hook: WebhookProcess) -> str:
-    port = hook.metrics_port  # type: ignore[attr-defined]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+    with urllib.request.urlopen(f"http://127.0.0.1:{hook.metrics_port}/metrics", timeout=5) as answer:
         return str(answer.read().decode())
 
 
 STATE: dict[str, Any] = {}
-Note = Callable[[str, str], None]
 
 
-@pytest.fixture
-def note(record_property: Callable[[str, object], None], request: pytest.FixtureRequest) -> Note:
-    """``note(key, text)``: print a measurement and record it as a property of the test."""
-
-    def add(key: str, text: str) -> None:
-        print(f"{request.node.name}: {key}: {text}")
-        record_property(key, text)
-
-    return add
+@pytest.fixture(scope="module")
+def measurements(request: pytest.FixtureRequest) -> Measurements:
+    """Listed at the end of the run; ``note`` (conftest.py) adds to them."""
+    return Measurements.register(request, "pullsecret-injector token e2e measurements", "psi-e2e-token-measurements")
 
 
 def test_first_pod_in_a_new_namespace_gets_a_freshly_minted_token(
     token_hook: WebhookProcess, core: Any, token_namespaces: Namespaces, google: GoogleServers, note: Note
 ) -> None:
     assert not [s for s in google.seen if "/token" in s.path], "the minter is cold"
-    (ns,) = token_namespaces.make("e2e-tok", hook=TOKEN_HOOK)
+    ns = token_namespaces.one("e2e-tok")
     t0 = time.monotonic()
     pod = core.create_namespaced_pod(ns, pod_body(GAR_IMAGE, name="first"))
     seconds = time.monotonic() - t0
@@ -203,11 +148,11 @@ def test_first_pod_in_a_new_namespace_gets_a_freshly_minted_token(
     assert stamp(annotations[EXPIRES_AT]) - stamp(annotations[MINTED_AT]) == pytest.approx(LIFETIME, abs=2)
     assert annotations["pullsecret-injector.io/source"] == "token:gcp/europe-docker.pkg.dev"
     note("cold-mint-admission", f"Pod create with a cold minter took {seconds:.2f} s (mint included)")
-    more = token_namespaces.make("e2e-tok", count=4, hook=TOKEN_HOOK)
+    more = token_namespaces.make("e2e-tok", count=4)
     for other in more:
         core.create_namespaced_pod(other, pod_body(GAR_IMAGE, name="first"))
     copies = token_copies(core, [ns, *more])
-    assert {copy_token(s)[1] for s in copies.values()} == {password}, "one minter, one token, every namespace"
+    assert tokens(copies) == {password}, "one minter, one token, every namespace"
     assert len([s for s in google.seen if "/token" in s.path]) == 1, "minted once for five namespaces"
     STATE["namespaces"] = [ns, *more]
 
@@ -217,9 +162,9 @@ def test_every_copy_gets_a_new_token_before_the_old_one_expires(
 ) -> None:
     names: list[str] = STATE["namespaces"]
     before = token_copies(core, names)
-    old = {copy_token(s)[1] for s in before.values()}
+    old = tokens(before)
     assert len(old) == 1
-    expires = stamp(next(iter(before.values())).metadata.annotations[EXPIRES_AT])
+    expires = expiry(before)
     uids = {ns: s.metadata.uid for ns, s in before.items()}
 
     def all_refreshed() -> dict[str, Any] | None:
@@ -232,7 +177,7 @@ def test_every_copy_gets_a_new_token_before_the_old_one_expires(
     reached = time.time()
     assert reached < expires, "the refresh reached every copy before the old token expired"
     assert {ns: s.metadata.uid for ns, s in after.items()} == uids, "patched in place: same uid"
-    new = {copy_token(s)[1] for s in after.values()}
+    new = tokens(after)
     assert len(new) == 1
     assert new.pop() in google.issued
     note("refresh", f"{len(names)} copies refreshed {expires - reached:.1f} s before the old token expired")
@@ -243,8 +188,8 @@ def test_a_failed_mint_keeps_the_last_good_token_and_says_so(
 ) -> None:
     names: list[str] = STATE["namespaces"]
     before = token_copies(core, names)
-    current = {copy_token(s)[1] for s in before.values()}
-    expires = stamp(next(iter(before.values())).metadata.annotations[EXPIRES_AT])
+    current = tokens(before)
+    expires = expiry(before)
     google.fail = True
     try:
 
@@ -256,8 +201,7 @@ def test_a_failed_mint_keeps_the_last_good_token_and_says_so(
         assert "token from gcp for europe-docker.pkg.dev" in event.message
         assert "the last good token stays in the copies" in event.message
         assert not any(t in event.message for t in google.issued)
-        kept = token_copies(core, names)
-        assert {copy_token(s)[1] for s in kept.values()} == current, "the last good token is kept"
+        assert tokens(token_copies(core, names)) == current, "the last good token is kept"
         text = scrape(token_hook)
         assert 'pullsecret_injector_token_mints_total{provider="gcp",result="error"}' in text
         assert "pullsecret_injector_token_expiry_timestamp_seconds" in text

@@ -20,8 +20,6 @@ Every container has ``imagePullPolicy: Always``: each start authenticates at the
 from __future__ import annotations
 
 import base64
-import json
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -34,40 +32,28 @@ from tests.builders import pull_secrets, wait_for
 from tests.registries import BusyboxImages, PushedImage, Registry
 from tests.tokens.google_servers import GoogleServers
 
-from .conftest import require_node
-from .controlplane import ControlPlane
-from .node import Node
-from .test_node_e2e import (
-    POD_TIMEOUT,
-    _describe,
-    finished,
-    node_pod,
-    pull_failure_messages,
-    termination_messages,
-    wait_pod,
+from .cluster import (
+    Namespaces,
+    copy_auths,
+    read_secret,
 )
-from .test_webhook_e2e import Namespaces, _delete_namespace, dockerconfig_secret, read_secret
+from .conftest import require_node
+from .controlplane import KEEP, ControlPlane
+from .node import Node
+from .pods import finishing, node_pod, pull_failure_messages, run_pod, succeeded
+from .tokens_support import token_webhook
 from .webhook import WebhookProcess
 
 HOOK = "psi-e2e-tokens-node"
 SYSTEM_NS = "psi-e2e-tokens-node-system"
 USER = "oauth2accesstoken"
 SECRET = "gcp-token-pull"
-PROBE_IMAGE = "probe.example.com/team/app:1.0"
 LIFETIME = 60
-KEEP = os.environ.get("PSI_E2E_KEEP") == "1"
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _node_prerequisites() -> None:
     require_node()
-
-
-@pytest.fixture(scope="module")
-def core(api_client: Any) -> Any:
-    from kubernetes import client
-
-    return client.CoreV1Api(api_client)
 
 
 @dataclass
@@ -121,27 +107,16 @@ def google(registry: Registry) -> Iterator[TokenIssuingServers]:
 
 @pytest.fixture(scope="module")
 def image(registry: Registry, node_images: BusyboxImages) -> PushedImage:
-    built = node_images.image("gcp-app", entrypoint=["/bin/sh", "-c", "printf 'ran:gcp-app' > /dev/termination-log"])
+    built = node_images.image("gcp-app", entrypoint=finishing("ran:gcp-app"))
     return registry.push(built, "team/gcp-app", "1.0")  # with the placeholder, before any token
 
 
-def _policy(host: str) -> dict[str, Any]:
+def _rule(host: str) -> dict[str, Any]:
     return {
-        "rules": [
-            {
-                "name": "gcp-token",
-                "registries": [host],
-                "secret": SECRET,
-                "source": {"token": {"provider": "gcp", "registry": host}},
-            },
-            # a static source for the registration probe: no mint before the first Pod
-            {
-                "name": "probe",
-                "registries": ["probe.example.com"],
-                "secret": "probe-pull",
-                "source": {"secret": {"namespace": SYSTEM_NS, "name": "probe-credentials"}},
-            },
-        ]
+        "name": "gcp-token",
+        "registries": [host],
+        "secret": SECRET,
+        "source": {"token": {"provider": "gcp", "registry": host}},
     }
 
 
@@ -155,62 +130,24 @@ def token_hook(
     image: PushedImage,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[WebhookProcess]:
-    from tests.builders import auth_entry, pod_body
-
-    core.create_namespace({"metadata": {"name": SYSTEM_NS}})
-    core.create_namespaced_secret(
-        SYSTEM_NS, dockerconfig_secret("probe-credentials", {"probe.example.com": auth_entry("probe", "pw")})
-    )
-    env = {
-        "GCE_METADATA_HOST": google.host,
-        "GCE_METADATA_IP": google.host,
-        "CLOUDSDK_CONFIG": str(tmp_path_factory.mktemp("gcloud")),
-    }
-    saved = {key: os.environ.get(key) for key in (*env, "GOOGLE_APPLICATION_CREDENTIALS")}
-    hook = WebhookProcess(
-        control_plane=control_plane,
+    with token_webhook(
+        control_plane,
+        api_client,
+        core,
+        google,
         name=HOOK,
         namespace=SYSTEM_NS,
-        policy=_policy(registry.host),
+        rules=[_rule(registry.host)],  # the probe's static rule: no mint before the first Pod
+        gcloud_config=tmp_path_factory.mktemp("gcloud"),
         extra_args=("--resync-seconds", "30"),
-    )
-    probes = Namespaces(control_plane, core)
-    try:
-        os.environ.update(env)  # the subprocess inherits them, as a container's env
-        os.environ.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
-        probe_ns = probes.one("e2e-tokn-probe", hook=HOOK)
-        hook.start()
-
-        def probe() -> bool:
-            pod = core.create_namespaced_pod(probe_ns, pod_body(PROBE_IMAGE, name="probe"), dry_run="All")
-            return "probe-pull" in pull_secrets(pod)
-
-        hook.register(api_client, probe=probe)
+    ) as hook:
         yield hook
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        probes.close()
-        hook.cleanup(keep=KEEP)
-        _delete_namespace(core, SYSTEM_NS)
-
-
-@pytest.fixture
-def namespaces(control_plane: ControlPlane, core: Any) -> Iterator[Namespaces]:
-    factory = Namespaces(control_plane, core)
-    try:
-        yield factory
-    finally:
-        factory.close()
 
 
 def copy_token(secret: Any, host: str) -> str:
-    config = json.loads(base64.b64decode(secret.data[".dockerconfigjson"]))
-    assert list(config["auths"]) == [host], "the registry, and nothing else"
-    entry = config["auths"][host]
+    auths = copy_auths(secret)
+    assert list(auths) == [host], "the registry, and nothing else"
+    entry = auths[host]
     assert entry["username"] == USER
     assert base64.b64decode(entry["auth"]).decode() == f"{USER}:{entry['password']}"
     return str(entry["password"])
@@ -241,9 +178,7 @@ def test_a_pod_pulls_with_the_first_token_and_a_pod_after_the_refresh_with_the_n
     uid = copy.metadata.uid
     mint_seconds = time.monotonic() - t0
     assert google.accepts_only(first), "the registry takes the first token, and only it"
-    pod, first_seconds = wait_pod(core, node, ns, "first", finished, "finished", POD_TIMEOUT)
-    assert pod.status.phase == "Succeeded", _describe(core, node, ns, "first")
-    assert termination_messages(pod) == {"c0": "ran:gcp-app"}, "the private image itself ran"
+    pod, first_seconds = succeeded(core, node, ns, "first", messages={"c0": "ran:gcp-app"})
     assert pull_failure_messages(core, ns, "first") == [], "pulled at the first attempt"
     (status,) = pod.status.container_statuses
     assert status.image_id.endswith(image.digest)
@@ -270,11 +205,9 @@ def test_a_pod_pulls_with_the_first_token_and_a_pod_after_the_refresh_with_the_n
     # Pod 2, created after the refresh: pulls with the next token.
     mark = registry.log_mark()
     t2 = time.monotonic()
-    created = core.create_namespaced_pod(ns, node_pod(node, "second", image.reference))
-    assert pull_secrets(created) == [SECRET]
-    pod, second_seconds = wait_pod(core, node, ns, "second", finished, "finished", POD_TIMEOUT)
-    assert pod.status.phase == "Succeeded", _describe(core, node, ns, "second")
-    assert termination_messages(pod) == {"c0": "ran:gcp-app"}
+    second_pod = run_pod(core, node, ns, "second", image.reference, messages={"c0": "ran:gcp-app"})
+    assert pull_secrets(second_pod.created) == [SECRET]
+    second_seconds = second_pod.waited
     assert pull_failure_messages(core, ns, "second") == [], "pulled at the first attempt"
     assert registry.manifest_requests("team/gcp-app", since=mark) >= 1, "authenticated manifest request"
     final = read_secret(core, ns, SECRET)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -26,8 +25,18 @@ import pytest
 
 from tests.builders import auth_entry, b64, deployment_body, pod_body, pull_secrets, wait_for
 
-from .controlplane import ControlPlane, register_webhook, unregister_webhook
-from .webhook import HOOK_LABEL, WebhookProcess
+from .cluster import (
+    DOCKERCONFIGJSON,
+    Namespaces,
+    dockerconfig_secret,
+    dry_run_probe,
+    injects,
+    read_secret,
+    source_namespace,
+)
+from .controlplane import ControlPlane
+from .report import Measurements, Note
+from .webhook import WebhookProcess, registered_webhook
 
 SYSTEM_NS = "psi-e2e-system"
 MAIN_HOOK = "psi-e2e-main"
@@ -47,11 +56,8 @@ OPT_IN_LABEL = "e2e.pullsecret-injector.io/pull-secrets"
 MANAGED_BY = "app.kubernetes.io/managed-by"
 INJECTED = "pullsecret-injector.io/injected"
 SKIP_LABEL = "pullsecret-injector.io/skip"
-DOCKERCONFIGJSON = "kubernetes.io/dockerconfigjson"
 
 ROTATION_BUDGET_SECONDS = 10.0
-#: As for the control plane: keep the webhooks' temp dirs (logs, policy, certs) for a post-mortem.
-KEEP = os.environ.get("PSI_E2E_KEEP") == "1"
 
 
 # --------------------------------------------------------------------------- content
@@ -102,16 +108,6 @@ def kubectl_docker_registry_json(server: str, username: str, password: str) -> b
         f'{{"auths":{{{go_json_string(server)}:{{"username":{go_json_string(username)},'
         f'"password":{go_json_string(password)},"auth":"{auth}"}}}}}}'
     ).encode()
-
-
-def dockerconfig_secret(name: str, auths: Mapping[str, Any], **metadata: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, **metadata},
-        "type": DOCKERCONFIGJSON,
-        "data": {".dockerconfigjson": b64(json.dumps({"auths": dict(auths)}))},
-    }
 
 
 def base_policy(
@@ -178,16 +174,30 @@ def base_policy(
 # --------------------------------------------------------------------------- API helpers
 
 
-def read_secret(core: Any, namespace: str, name: str) -> Any:
-    """The Secret (a ``V1Secret``), or None when there is none."""
-    from kubernetes.client.exceptions import ApiException
+@contextlib.contextmanager
+def extra_rule(hook: WebhookProcess, core: Any, name: str, *, auths: Mapping[str, Any] | None = None) -> Iterator[str]:
+    """The shared policy plus a rule ``name`` (``<name>.example.com`` -> Secret ``<name>-pull``) for the block.
 
+    Its source is a Secret ``<name>-<random>`` in the system namespace: created first from ``auths``
+    when given, else left to the test (a source that appears later). Yields the source's name;
+    afterwards the base policy is back and the source deleted.
+    """
+    source = f"{name}-{uuid.uuid4().hex[:6]}"
+    if auths is not None:
+        core.create_namespaced_secret(SYSTEM_NS, dockerconfig_secret(source, auths))
+    rule = {
+        "name": name,
+        "registries": [f"{name}.example.com"],
+        "secret": f"{name}-pull",
+        "source": {"secret": {"namespace": SYSTEM_NS, "name": source}},
+    }
     try:
-        return core.read_namespaced_secret(name, namespace)
-    except ApiException as err:
-        if err.status == 404:
-            return None
-        raise
+        hook.reload_policy(base_policy(extra_rules=[rule]))
+        yield source
+    finally:
+        hook.reload_policy(base_policy())
+        with contextlib.suppress(Exception):
+            core.delete_namespaced_secret(source, SYSTEM_NS)
 
 
 def config_bytes(secret: Any) -> bytes:
@@ -224,191 +234,61 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 # --------------------------------------------------------------------------- reporting
 
 
-class _Report:
-    """A pytest plugin registered at run time: prints the measurements after the test summary."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.lines:
-            terminalreporter.write_sep("-", "pullsecret-injector e2e measurements")
-            for line in self.lines:
-                terminalreporter.write_line(line)
-
-
-@pytest.fixture(scope="session")
-def report(request: pytest.FixtureRequest) -> _Report:
-    plugin = _Report()
-    request.config.pluginmanager.register(plugin, "psi-e2e-measurements")
-    return plugin
-
-
-Note = Callable[[str, str], None]
-
-
-@pytest.fixture
-def note(report: _Report, record_property: Callable[[str, object], None], request: pytest.FixtureRequest) -> Note:
-    """``note(key, text)``: print it, record it as a property, list it in the end-of-run summary."""
-
-    def add(key: str, text: str) -> None:
-        line = f"{request.node.name}: {key}: {text}"
-        print(line)
-        record_property(key, text)
-        report.lines.append(line)
-
-    return add
+@pytest.fixture(scope="module")
+def measurements(request: pytest.FixtureRequest) -> Measurements:
+    """Listed at the end of the run; ``note`` (conftest.py) adds to them."""
+    return Measurements.register(request, "pullsecret-injector e2e measurements", "psi-e2e-measurements")
 
 
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def core(api_client: Any) -> Any:
-    from kubernetes import client
-
-    return client.CoreV1Api(api_client)
-
-
-@pytest.fixture(scope="module")
-def apps(api_client: Any) -> Any:
-    from kubernetes import client
-
-    return client.AppsV1Api(api_client)
-
-
-def _delete_namespace(core: Any, name: str) -> None:
-    from kubernetes.client.exceptions import ApiException
-
-    with contextlib.suppress(ApiException):
-        core.delete_namespace(name)
-
-
-class Namespaces:
-    """Creates labelled namespaces ready for Pods; ``close()`` deletes them (asynchronously)."""
-
-    def __init__(self, control_plane: ControlPlane, core: Any) -> None:
-        self._control_plane = control_plane
-        self._core = core
-        self.created: list[str] = []
-
-    def make(
-        self,
-        prefix: str = "e2e-ws",
-        *,
-        count: int = 1,
-        hook: str = MAIN_HOOK,
-        labels: Mapping[str, str] | None = None,
-    ) -> list[str]:
-        names = [f"{prefix}-{uuid.uuid4().hex[:8]}" for _ in range(count)]
-        for name in names:
-            metadata = {"name": name, "labels": {HOOK_LABEL: hook, **(labels or {})}}
-            self._core.create_namespace({"metadata": metadata})
-            self.created.append(name)
-        for name in names:  # the token controller works on all of them meanwhile
-            self._control_plane.wait_for_default_service_account(name)
-        return names
-
-    def one(self, prefix: str = "e2e-ws", *, hook: str = MAIN_HOOK, labels: Mapping[str, str] | None = None) -> str:
-        return self.make(prefix, hook=hook, labels=labels)[0]
-
-    def close(self) -> None:
-        for name in self.created:
-            _delete_namespace(self._core, name)
-        self.created.clear()
-
-
 @pytest.fixture
-def namespaces(control_plane: ControlPlane, core: Any) -> Iterator[Namespaces]:
-    factory = Namespaces(control_plane, core)
-    try:
-        yield factory
-    finally:
-        factory.close()
+def namespaces(namespaces: Namespaces) -> Namespaces:
+    """The test's namespaces (conftest.py), labelled for the shared webhook unless a test names another."""
+    return namespaces.for_hook(MAIN_HOOK)
 
 
 @pytest.fixture(scope="module")
 def system_namespace(core: Any) -> Iterator[str]:
-    """The webhook's own namespace with the three source Secrets."""
-    core.create_namespace({"metadata": {"name": SYSTEM_NS}})
-    try:
-        core.create_namespaced_secret(SYSTEM_NS, dockerconfig_secret("example-credentials", example_auths()))
-        core.create_namespaced_secret(
-            SYSTEM_NS, dockerconfig_secret("rotate-credentials", {"rotate.example.com": auth_entry("rot", "v1")})
-        )
-        core.create_namespaced_secret(
-            SYSTEM_NS,
-            {"metadata": {"name": "gar-key"}, "type": "Opaque", "data": {"key.json": b64(GAR_KEY_JSON)}},
-        )
-        core.create_namespaced_secret(
-            SYSTEM_NS, dockerconfig_secret("labelled-credentials", {"labelled.example.com": auth_entry("lab", "pw")})
-        )
-        yield SYSTEM_NS
-    finally:
-        _delete_namespace(core, SYSTEM_NS)
+    """The webhook's own namespace with the source Secrets."""
+    sources = [
+        dockerconfig_secret("example-credentials", example_auths()),
+        dockerconfig_secret("rotate-credentials", {"rotate.example.com": auth_entry("rot", "v1")}),
+        {"metadata": {"name": "gar-key"}, "type": "Opaque", "data": {"key.json": b64(GAR_KEY_JSON)}},
+        dockerconfig_secret("labelled-credentials", {"labelled.example.com": auth_entry("lab", "pw")}),
+    ]
+    with source_namespace(core, SYSTEM_NS, sources) as name:
+        yield name
 
 
-def dry_run_probe(core: Any, namespace: str, image: str, secret: str) -> Callable[[], bool]:
-    """True once a dry-run Pod create in ``namespace`` comes back with ``secret`` injected."""
-
-    def probe() -> bool:
-        pod = core.create_namespaced_pod(namespace, pod_body(image, name="probe"), dry_run="All")
-        return secret in pull_secrets(pod)
-
-    return probe
-
-
-def start_hook(
-    control_plane: ControlPlane,
-    api_client: Any,
-    core: Any,
-    *,
-    name: str,
-    policy: Mapping[str, Any],
-    probe_namespace: str,
-    extra_args: Sequence[str] = (),
-) -> WebhookProcess:
-    """Start a webhook process, register it and wait until the apiserver calls it."""
-    hook = WebhookProcess(
-        control_plane=control_plane, name=name, namespace=SYSTEM_NS, policy=policy, extra_args=extra_args
+def base_webhook(
+    control_plane: ControlPlane, api_client: Any, core: Any, name: str, **options: Any
+) -> contextlib.AbstractContextManager[WebhookProcess]:
+    """A webhook ``name`` with the shared policy (:func:`base_policy`), registered; ``options``: its fields."""
+    return registered_webhook(
+        control_plane,
+        api_client,
+        name=name,
+        namespace=SYSTEM_NS,
+        policy=base_policy(),
+        probe=injects(core, EXAMPLE_IMAGE, "example-pull"),
+        **options,
     )
-    hook.start()
-    try:
-        hook.register(api_client, probe=dry_run_probe(core, probe_namespace, EXAMPLE_IMAGE, "example-pull"))
-    except BaseException:
-        hook.cleanup(keep=True)
-        raise
-    return hook
 
 
 @pytest.fixture(scope="module")
 def hook(
-    control_plane: ControlPlane, api_client: Any, core: Any, system_namespace: str, report: _Report
+    control_plane: ControlPlane, api_client: Any, core: Any, system_namespace: str, measurements: Measurements
 ) -> Iterator[WebhookProcess]:
     """The shared webhook process, registered for namespaces labelled ``HOOK_LABEL=psi-e2e-main``."""
-    probe_ns = Namespaces(control_plane, core)
-    try:
-        (probe,) = probe_ns.make("e2e-probe")
-        hook = start_hook(
-            control_plane,
-            api_client,
-            core,
-            name=MAIN_HOOK,
-            policy=base_policy(),
-            probe_namespace=probe,
-            # a short full resync, as a safety net; watch events are what the tests measure
-            extra_args=("--resync-seconds", "30"),
+    # a short full resync, as a safety net; watch events are what the tests measure
+    with base_webhook(control_plane, api_client, core, MAIN_HOOK, extra_args=("--resync-seconds", "30")) as shared:
+        measurements.lines.append(
+            f"shared webhook: ready {shared.startup_seconds:.2f}s after spawn; "
+            f"apiserver calling it {shared.registration_seconds:.2f}s after registration"
         )
-    finally:
-        probe_ns.close()
-    report.lines.append(
-        f"shared webhook: ready {hook.startup_seconds:.2f}s after spawn; "
-        f"apiserver calling it {hook.registration_seconds:.2f}s after registration"
-    )
-    try:
-        yield hook
-    finally:
-        hook.cleanup(keep=KEEP)
+        yield shared
 
 
 @pytest.fixture
@@ -416,9 +296,7 @@ def live_hook(hook: WebhookProcess) -> Iterator[WebhookProcess]:
     """The shared hook, checked to be alive (and its log shown) after the test."""
     mark = hook.log_mark()
     yield hook
-    assert hook.running, f"the shared webhook died:\n{hook.log_tail()}"
-    tracebacks = [line for line in hook.logs(mark).splitlines() if "Traceback" in line]
-    assert not tracebacks, f"the webhook logged a traceback:\n{hook.logs(mark)}"
+    hook.assert_healthy(since=mark)
 
 
 # --------------------------------------------------------------------------- 1-4: injection
@@ -739,15 +617,7 @@ def test_a_copy_appears_once_its_missing_source_is_created(
     a copy that exists (rotation) or was deleted (drift).
     """
     ns = namespaces.one()
-    source = f"late-{uuid.uuid4().hex[:6]}"
-    rule = {
-        "name": "late",
-        "registries": ["late.example.com"],
-        "secret": "late-pull",
-        "source": {"secret": {"namespace": SYSTEM_NS, "name": source}},
-    }
-    try:
-        live_hook.reload_policy(base_policy(extra_rules=[rule]))
+    with extra_rule(live_hook, core, "late") as source:
         pod = core.create_namespaced_pod(ns, pod_body("late.example.com/team/app:1.0", name="early"))
         assert pull_secrets(pod) == ["late-pull"]
         assert read_secret(core, ns, "late-pull") is None
@@ -762,10 +632,6 @@ def test_a_copy_appears_once_its_missing_source_is_created(
         )
         note("late-source", f"copy created {time.monotonic() - t0:.2f} s after the source appeared")
         assert config_json(copy) == {"auths": {"late.example.com": auth_entry("late", "pw")}}
-    finally:
-        live_hook.reload_policy(base_policy())
-        with contextlib.suppress(Exception):
-            core.delete_namespaced_secret(source, SYSTEM_NS)
 
 
 @pytest.mark.parametrize("version", ["v1beta1", "v1"])
@@ -775,23 +641,12 @@ def test_both_admission_review_versions_are_answered(
     """A second configuration for the same process, sending only ``version`` reviews."""
     name = f"psi-e2e-{version}"
     ns = namespaces.one(hook=name)
-    register_webhook(
-        api_client,
-        name,
-        live_hook.url,
-        live_hook.ca_pem,
-        namespace_selector={"matchLabels": {HOOK_LABEL: name}},
-        admission_review_versions=[version],
-        replace=True,
-    )
-    try:
+    with live_hook.configuration(api_client, name, admission_review_versions=[version]):
         wait_for(dry_run_probe(core, ns, EXAMPLE_IMAGE, "example-pull"), f"the {version} webhook", timeout=30)
         pod = core.create_namespaced_pod(ns, pod_body(EXAMPLE_IMAGE, QUAY_IMAGE, name="app"))
         assert pull_secrets(pod) == ["example-pull", "quay-pull"]
         assert pod.metadata.annotations[INJECTED] == "example-pull,quay-pull"
         assert_example_copy(read_secret(core, ns, "example-pull"))
-    finally:
-        unregister_webhook(api_client, name)
 
 
 # --------------------------------------------------------------------------- 6: rotation
@@ -876,16 +731,7 @@ def test_copies_of_a_removed_rule_are_deleted(
     live_hook: WebhookProcess, core: Any, namespaces: Namespaces, note: Note
 ) -> None:
     ns = namespaces.one()
-    source = f"temp-{uuid.uuid4().hex[:6]}"
-    core.create_namespaced_secret(SYSTEM_NS, dockerconfig_secret(source, {"temp.example.com": auth_entry("t", "pw")}))
-    rule = {
-        "name": "temp",
-        "registries": ["temp.example.com"],
-        "secret": "temp-pull",
-        "source": {"secret": {"namespace": SYSTEM_NS, "name": source}},
-    }
-    try:
-        live_hook.reload_policy(base_policy(extra_rules=[rule]))
+    with extra_rule(live_hook, core, "temp", auths={"temp.example.com": auth_entry("t", "pw")}) as source:
         pod = core.create_namespaced_pod(ns, pod_body("temp.example.com/team/app:1.0", EXAMPLE_IMAGE, name="app"))
         assert pull_secrets(pod) == ["temp-pull", "example-pull"]
         assert_managed_copy(read_secret(core, ns, "temp-pull"), rule="temp", source=f"secret:{SYSTEM_NS}/{source}")
@@ -902,10 +748,6 @@ def test_copies_of_a_removed_rule_are_deleted(
         )
         after = read_secret(core, ns, "example-pull")
         assert after.metadata.resource_version == example.metadata.resource_version, "other copies stay"
-    finally:
-        live_hook.reload_policy(base_policy())
-        with contextlib.suppress(Exception):
-            core.delete_namespaced_secret(source, SYSTEM_NS)
 
 
 def test_a_policy_change_updates_existing_copies(
@@ -983,8 +825,7 @@ def test_pods_are_still_created_when_the_webhook_is_down(
 
     name = "psi-e2e-failopen"
     ns = namespaces.one(hook=name)
-    hook = start_hook(control_plane, api_client, core, name=name, policy=base_policy(), probe_namespace=ns)
-    try:
+    with base_webhook(control_plane, api_client, core, name) as hook:
         pod = core.create_namespaced_pod(ns, pod_body(EXAMPLE_IMAGE, name="before"))
         assert pull_secrets(pod) == ["example-pull"], "the webhook is in the path before it is stopped"
 
@@ -1005,5 +846,3 @@ def test_pods_are_still_created_when_the_webhook_is_down(
             f"was still created in {seconds * 1000:.0f} ms, without imagePullSecrets (failurePolicy Ignore)",
         )
         note("failopen-webhook-startup", f"ready {hook.startup_seconds:.2f} s after spawn")
-    finally:
-        hook.cleanup(keep=KEEP)

@@ -16,6 +16,12 @@ stdout/stderr goes to ``log_path`` (``logs()``, ``wait_for_log()``).
 only namespaces labelled ``HOOK_LABEL=<name>``, so concurrent hooks and the rest of the
 session do not see each other) and polls dry-run Pod creates until the webhook is seen
 to act: the 1.20 apiserver picks new configurations up asynchronously.
+``configuration()`` adds another configuration calling the same process, for as long as a
+``with`` block runs.
+
+:func:`registered_webhook` is the whole set-up a module's webhook fixture needs: started,
+registered, seen to be called (in a throwaway namespace), and stopped by its PID,
+unregistered and its directory removed afterwards.
 """
 
 from __future__ import annotations
@@ -23,34 +29,23 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import ssl
-import subprocess
-import sys
+import signal
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import yaml
 
 from tests.builders import wait_for
+from tests.processes import LOOPBACK, Spawned, free_port
 from webhook.tls.certs import write_local_certs
 
-from .controlplane import (
-    LOOPBACK,
-    ControlPlane,
-    free_port,
-    register_webhook,
-    unregister_webhook,
-)
-from .process import ServeProcess, serve_env
-
-#: Namespaces carrying ``HOOK_LABEL: <webhook name>`` are the ones that webhook's configuration selects.
-HOOK_LABEL = "e2e.pullsecret-injector.io/hook"
+from .cluster import HOOK_LABEL, Namespaces, core_api
+from .controlplane import KEEP, ControlPlane, register_webhook, unregister_webhook
+from .process import ServeProcess, loopback_get, readyz, serve_argv, serve_env
 
 
 class WebhookError(RuntimeError):
@@ -73,6 +68,10 @@ class WebhookProcess(ServeProcess):
     policy: Mapping[str, Any] | str
     extra_args: Sequence[str] = ()
     workdir: Path | None = None
+    env: Mapping[str, str | None] = field(default_factory=dict)
+    """More environment for the process (``None``: not set), as a container's spec would give it."""
+    metrics_port: int = 0
+    """``--metrics-port`` (0: no metrics listener)."""
 
     port: int = field(default=0, init=False)
     startup_seconds: float = field(default=0.0, init=False)
@@ -81,8 +80,7 @@ class WebhookProcess(ServeProcess):
     """From creating the MutatingWebhookConfiguration to the first mutated dry-run Pod."""
     stop_seconds: float = field(default=0.0, init=False)
     returncode: int | None = field(default=None, init=False)
-    _popen: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
-    _log_file: IO[bytes] | None = field(default=None, init=False, repr=False)
+    _proc: Spawned | None = field(default=None, init=False, repr=False)
     _dir: Path | None = field(default=None, init=False, repr=False)
     _certs: dict[str, Path] = field(default_factory=dict, init=False, repr=False)
     _api_client: Any = field(default=None, init=False, repr=False)  # set by register()
@@ -111,17 +109,14 @@ class WebhookProcess(ServeProcess):
     def url(self) -> str:
         return f"https://{LOOPBACK}:{self.port}/mutate"
 
-    @property
-    def pid(self) -> int | None:
-        return None if self._popen is None else self._popen.pid
-
     # ----------------------------------------------------------------- lifecycle
 
     def start(self, timeout: float = 60.0) -> WebhookProcess:
         """Spawn the process and wait for ``/readyz``; a port lost to a race is retried with another."""
-        if self._popen is not None:
+        if self._proc is not None:
             raise WebhookError("already started")
-        self._dir = self.workdir or Path(tempfile.mkdtemp(prefix=f"psi-{self.name}-"))
+        # started again (a webhook coming back): the same directory, so cleanup() removes the one it made
+        self._dir = self.workdir or self._dir or Path(tempfile.mkdtemp(prefix=f"psi-{self.name}-"))
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "policy").mkdir(exist_ok=True)
         self.write_policy(self.policy)
@@ -142,78 +137,38 @@ class WebhookProcess(ServeProcess):
         raise last
 
     def _argv(self) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "webhook",
-            "serve",
-            "--policy",
-            str(self.policy_path),
-            "--cert-mode",
-            "files",
-            "--tls-cert",
-            str(self._certs["tls.crt"]),
-            "--tls-key",
-            str(self._certs["tls.key"]),
-            "--kubeconfig",
-            str(self.control_plane.kubeconfig_path),
-            "--host",
-            LOOPBACK,
-            "--port",
-            str(self.port),
-            "--metrics-port",
-            "0",
-            "--namespace",
-            self.namespace,
-            "--leader-election-lease",
-            f"{self.name}-leader",
-            "--log-format",
-            "text",
-            *self.extra_args,
-        ]
+        return serve_argv(
+            policy=self.policy_path,
+            certs=self._certs,
+            kubeconfig=self.control_plane.kubeconfig_path,
+            port=self.port,
+            namespace=self.namespace,
+            lease=f"{self.name}-leader",
+            metrics_port=self.metrics_port,
+            extra_args=self.extra_args,
+        )
 
     def _spawn_and_wait(self, timeout: float) -> None:
         self.port = free_port()
-        env = serve_env(POD_NAME=f"{self.name}-{os.getpid()}")  # the Lease identity
+        env = serve_env(self.env, POD_NAME=f"{self.name}-{os.getpid()}")  # the Lease identity
         t0 = time.monotonic()
-        popen = self._spawn(self._argv(), env)
-        deadline = t0 + timeout
-        while not self.ready():
-            code = popen.poll()
-            if code is not None:
-                self._reap()
-                raise WebhookError(f"webhook {self.name} exited with code {code}:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise WebhookError(f"webhook {self.name} not ready after {timeout:g}s:\n{self.log_tail()}")
-            time.sleep(0.05)
+        self._spawn(self._argv(), env, name=f"webhook {self.name}")
+        self._wait_ready(self.ready, f"webhook {self.name} ready", timeout, WebhookError)
         self.startup_seconds = time.monotonic() - t0
-
-    def ssl_context(self) -> ssl.SSLContext:
-        """Trusts only the webhook's CA; the certificate must carry the IP SAN 127.0.0.1."""
-        return ssl.create_default_context(cafile=str(self._certs["ca.crt"]))
 
     def get(self, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
         """GET ``path`` on the webhook over verified TLS; (status, body), never raises on HTTP errors."""
-        url = f"https://{LOOPBACK}:{self.port}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout, context=self.ssl_context()) as resp:
-                return int(resp.status), bytes(resp.read())
-        except urllib.error.HTTPError as err:
-            return int(err.code), bytes(err.read())
+        return loopback_get(self.port, path, self._certs["ca.crt"], timeout)
 
     def ready(self) -> bool:
-        try:
-            status, _ = self.get("/readyz")
-        except (OSError, urllib.error.URLError):
-            return False
-        return status == 200
+        return readyz(self.port, self._certs["ca.crt"])
 
-    def stop(self, timeout: float = 15.0) -> int | None:
+    def stop(self, timeout: float = 15.0, sig: int = signal.SIGTERM) -> int | None:
         """:meth:`ServeProcess.stop`, timed (``stop_seconds``)."""
-        if self._popen is None:
+        if self._proc is None:
             return self.returncode
         t0 = time.monotonic()
-        code = super().stop(timeout)
+        code = super().stop(timeout, sig)
         self.stop_seconds = time.monotonic() - t0
         return code
 
@@ -250,13 +205,6 @@ class WebhookProcess(ServeProcess):
 
     # ----------------------------------------------------------------- logs
 
-    def log_mark(self) -> int:
-        """The log's current size: pass it as ``since`` to look only at what comes next."""
-        try:
-            return self.log_path.stat().st_size
-        except OSError:
-            return 0
-
     def wait_for_log(self, pattern: str, *, since: int = 0, timeout: float = 15.0) -> str:
         """Wait until a log line (after offset ``since``) matches the regex ``pattern``; returns the line."""
         regex = re.compile(pattern)
@@ -271,6 +219,12 @@ class WebhookProcess(ServeProcess):
             return wait_for(find, f"log line /{pattern}/ from webhook {self.name}", timeout=timeout)
         except AssertionError as err:
             raise AssertionError(f"{err}\n--- webhook log tail:\n{self.log_tail()}") from None
+
+    def assert_healthy(self, *, since: int = 0) -> None:
+        """Still running, and no traceback in the log after offset ``since`` (a test's own stretch)."""
+        assert self.running, f"webhook {self.name} died:\n{self.log_tail()}"
+        tracebacks = [line for line in self.logs(since).splitlines() if "Traceback" in line]
+        assert not tracebacks, f"webhook {self.name} logged a traceback:\n{self.logs(since)}"
 
     # ----------------------------------------------------------------- registration
 
@@ -294,6 +248,29 @@ class WebhookProcess(ServeProcess):
         wait_for(probe, f"the apiserver to call webhook {self.name}", timeout=timeout, interval=0.2)
         self.registration_seconds = time.monotonic() - t0
 
+    @contextlib.contextmanager
+    def configuration(
+        self, api_client: Any, name: str, *, selects: str | None = None, ca_pem: bytes | None = None, **options: Any
+    ) -> Iterator[None]:
+        """One more MutatingWebhookConfiguration ``name`` calling this process, deleted when the block ends.
+
+        It selects the namespaces labelled ``HOOK_LABEL=<selects>`` (default: ``name``) and trusts
+        ``ca_pem`` (default: this process's CA); ``options`` as for ``register_webhook``.
+        """
+        register_webhook(
+            api_client,
+            name,
+            self.url,
+            self.ca_pem if ca_pem is None else ca_pem,
+            namespace_selector={"matchLabels": {HOOK_LABEL: selects or name}},
+            replace=True,
+            **options,
+        )
+        try:
+            yield
+        finally:
+            unregister_webhook(api_client, name)
+
     def unregister(self) -> None:
         """Delete the MutatingWebhookConfiguration made by ``register`` (if any)."""
         if self._api_client is not None:
@@ -301,4 +278,40 @@ class WebhookProcess(ServeProcess):
             self._api_client = None
 
 
-__all__ = ["HOOK_LABEL", "WebhookError", "WebhookProcess", "policy_text"]
+@contextlib.contextmanager
+def registered_webhook(
+    control_plane: ControlPlane,
+    api_client: Any,
+    *,
+    name: str,
+    namespace: str,
+    policy: Mapping[str, Any] | str,
+    probe: Callable[[str], bool],
+    keep: bool = KEEP,
+    **options: Any,
+) -> Iterator[WebhookProcess]:
+    """A :class:`WebhookProcess` ``name`` (``options``: its other fields), started and registered.
+
+    It yields once the API server is seen calling it: ``probe(ns)`` is polled with a namespace
+    labelled ``HOOK_LABEL=<name>`` (made for this, deleted once registered) until True. Afterwards,
+    or when starting fails, the process is stopped by its PID, its configuration deleted and its
+    temp dir removed (kept with ``keep``, and always after a failed start, for a post-mortem).
+    """
+    hook = WebhookProcess(control_plane=control_plane, name=name, namespace=namespace, policy=policy, **options)
+    probes = Namespaces(control_plane, core_api(api_client), hook=name)
+    try:
+        probe_ns = probes.one(f"{name}-probe")
+        hook.start()
+        hook.register(api_client, probe=lambda: probe(probe_ns))
+    except BaseException:
+        hook.cleanup(keep=True)
+        raise
+    finally:
+        probes.close()
+    try:
+        yield hook
+    finally:
+        hook.cleanup(keep=keep)
+
+
+__all__ = ["HOOK_LABEL", "WebhookError", "WebhookProcess", "policy_text", "registered_webhook"]
