@@ -288,7 +288,7 @@ def _self_managed_tls(
 
     from webhook.kube.client import KubeApi, build_api_client, load_configuration
     from webhook.kube.errors import ApiError
-    from webhook.tls.certs import CertBundle
+    from webhook.tls.pki import CertBundle
     from webhook.tls.selfcert import CertState, SelfCertManager, keep_current
 
     if not _cluster_configured(kube):

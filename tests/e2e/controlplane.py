@@ -49,7 +49,7 @@ from tests.processes import LOOPBACK as LOOPBACK
 from tests.processes import Spawned, stop_all, wait_until
 from tests.processes import free_port as free_port
 from tests.processes import tail as tail
-from webhook.tls.certs import build_ca, build_serving_cert
+from webhook.tls.pki import build_ca, build_serving_cert
 
 DEFAULT_ASSETS_DIR = Path.home() / ".cache" / "pullsecret-injector" / "kube-assets"
 ASSETS_ENV = "KUBE_ASSETS"

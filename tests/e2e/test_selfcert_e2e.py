@@ -19,7 +19,7 @@ import pytest
 from kubernetes import client
 
 from webhook.kube.client import KubeApi, build_api_client, load_configuration
-from webhook.tls.certs import load_certificates, verify_chain
+from webhook.tls.pki import load_certificates, verify_chain
 from webhook.tls.selfcert import CertState, SelfCertManager
 
 from .controlplane import ControlPlane

@@ -4,11 +4,6 @@ Building and checking certificates is pure and lives in :mod:`webhook.tls.pki`; 
 module is the file I/O around it, kept apart so that the pure half needs no disk to be
 tested and the one way certificate files are written (atomically, with their mode from
 the first byte) is in one place.
-
-A few names of :mod:`webhook.tls.pki` are re-exported here, for the importers that predate
-the split and are not moved with it (``webhook/server.py``: ``CertBundle``; the e2e
-support: ``build_ca``, ``build_serving_cert``, ``load_certificates``, ``verify_chain``).
-Drop them when those import from :mod:`webhook.tls.pki`; new code imports from there.
 """
 
 from __future__ import annotations
@@ -25,22 +20,10 @@ from webhook.tls.pki import (
     DEFAULT_CERT_VALIDITY,
     TLS_CERT_FILE,
     TLS_KEY_FILE,
-    CertBundle,
     build_bundle,
-    build_ca,
-    build_serving_cert,
-    load_certificates,
-    verify_chain,
 )
 
 __all__ = [
-    # re-exported, see above
-    "CertBundle",
-    "build_ca",
-    "build_serving_cert",
-    "load_certificates",
-    "verify_chain",
-    # this module's own
     "write_file_atomic",
     "write_local_certs",
 ]
