@@ -63,7 +63,6 @@ async def test_a_rotated_source_reaches_every_copy_within_seconds(
     runtime = await leader_with_copies(make_runtime, cluster, namespaces)
     rotated = {**SHARED_CONFIG, "auths": {**SHARED_CONFIG["auths"], "quay.io": {"auth": "cm90YXRlZDpuZXc="}}}
 
-    started = time.monotonic()
     await cluster.update_secret("ops", "shared", {".dockerconfigjson": json.dumps(rotated)})
     expected = b'{"auths":{"quay.io":{"auth":"cm90YXRlZDpuZXc="}}}'
     await eventually(
@@ -73,9 +72,9 @@ async def test_a_rotated_source_reaches_every_copy_within_seconds(
         ),
         timeout=10,
     )
-    assert time.monotonic() - started < 10
     assert runtime.stats.reconcile_lag_seconds is not None
-    assert runtime.stats.last_sync_timestamp is not None
+    # The pass that wrote the copies records its clean finish just after the last write.
+    await eventually(lambda: runtime.stats.last_sync_timestamp is not None, timeout=10)
 
 
 async def test_a_deleted_copy_is_recreated(

@@ -19,7 +19,7 @@ from webhook.policy.matching import CompiledPolicy
 from webhook.policy.model import Rule
 from webhook.secrets.dockerconfig import SourceError
 from webhook.secrets.grants import PolicyFn
-from webhook.secrets.sync import SecretSync, _Deadline
+from webhook.secrets.sync import CopyWorker, SecretSync, _Deadline
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- admission
 
 
-class Ensurer:
+class Ensurer(CopyWorker):
     """The handler's ``SecretEnsurer``: copies exist and are current before the Pod is answered."""
 
     def __init__(
@@ -41,11 +41,7 @@ class Ensurer:
         handoff: Callable[[Key], None],
         persist: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
-        self._sync = sync
-        self._policy = policy
-        self._settings = settings
-        self._stats = stats
-        self._events = events
+        super().__init__(sync=sync, policy=policy, settings=settings, stats=stats, events=events)
         self._handoff = handoff
         #: Makes handed-off work durable (the ownership ledger) before the Pod is answered,
         #: so a replica killed right after the answer leaves its debt for another to finish.

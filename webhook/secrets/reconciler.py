@@ -18,7 +18,7 @@ from webhook.policy.matching import CompiledPolicy
 from webhook.secrets.desired import is_managed
 from webhook.secrets.dockerconfig import SourceError
 from webhook.secrets.grants import PolicyFn
-from webhook.secrets.sync import SecretSync, _Deadline
+from webhook.secrets.sync import CopyWorker, SecretSync, _Deadline
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- the background
 
 
-class Reconciler:
+class Reconciler(CopyWorker):
     """Keeps every copy right: on the leader all of them, elsewhere the handed-off ones.
 
     ``tracked`` holds every managed copy seen (by the watch or written by us) until it is
@@ -46,11 +46,7 @@ class Reconciler:
         retired: Callable[[], set[str]],
         pending: MutableSet[Key] | None = None,
     ) -> None:
-        self._sync = sync
-        self._policy = policy
-        self._settings = settings
-        self._stats = stats
-        self._events = events
+        super().__init__(sync=sync, policy=policy, settings=settings, stats=stats, events=events)
         self._is_leader = is_leader
         self._retired = retired
         self.tracked: set[Key] = set()

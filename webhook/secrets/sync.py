@@ -20,13 +20,15 @@ from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 from webhook.bounded import BoundedCache
-from webhook.config import CacheLimits
+from webhook.config import CacheLimits, KubeSettings
 from webhook.kube.caches import NamespaceCache, SecretCache
 from webhook.kube.client import KubeApi
 from webhook.kube.errors import ApiConflict, ApiError, ApiForbidden, ApiNotFound, ApiTimeout
+from webhook.kube.events import EventRecorder
 from webhook.kube.objects import Key, KubeObject
 from webhook.kube.runner import Runner
 from webhook.observability.stats import Stats
+from webhook.policy.matching import CompiledPolicy
 from webhook.policy.model import Source
 from webhook.secrets.desired import DesiredCopy, build_copy, is_current, is_managed, needs_recreate, update_patch
 from webhook.secrets.dockerconfig import SourceError
@@ -265,3 +267,25 @@ class SecretSync:
         log.info("deleted Secret %s/%s", namespace, name)
 
 
+class CopyWorker:
+    """What the ensurer (at admission) and the reconciler (in the background) both work with.
+
+    Both converge copies through one :class:`SecretSync`, decide by a policy, are bounded by
+    the same settings and report through the same stats and Events; only what each does
+    with a copy that cannot be made differs.
+    """
+
+    def __init__(
+        self,
+        *,
+        sync: SecretSync,
+        policy: Callable[[], CompiledPolicy],
+        settings: KubeSettings,
+        stats: Stats,
+        events: EventRecorder,
+    ) -> None:
+        self._sync = sync
+        self._policy = policy
+        self._settings = settings
+        self._stats = stats
+        self._events = events
