@@ -19,6 +19,7 @@ from webhook.secrets.desired import is_managed
 from webhook.secrets.dockerconfig import SourceError
 from webhook.secrets.grants import PolicyFn
 from webhook.secrets.sync import SecretSync, _Deadline
+from webhook.waits import wait_for
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class Reconciler:
             if self.pending:
                 timeout = min(timeout, self._retry_in)
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+                await wait_for(self._wake.wait(), timeout=timeout)
             except TimeoutError:
                 if self._dirty_since is None:
                     self._dirty_since = time.monotonic()
