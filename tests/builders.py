@@ -165,7 +165,12 @@ def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 30.0, inter
         time.sleep(interval)
 
 
-async def eventually(condition: Callable[[], Any], *, timeout: float = 10.0, interval: float = 0.02) -> None:
+#: How long :func:`eventually` waits by default: generous, a bound on a wait for an event (a
+#: loaded machine makes a test slower, never failing), not a measurement of how fast it came.
+EVENTUALLY = 60.0
+
+
+async def eventually(condition: Callable[[], Any], *, timeout: float = EVENTUALLY, interval: float = 0.02) -> None:
     """Wait on the loop until ``condition()`` is truthy; fail with its last value after ``timeout`` s."""
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout

@@ -88,12 +88,12 @@ async def copies_of(runtime: KubeRuntime, cluster: Cluster, namespaces: list[str
 
 
 async def admitted_without_source(
-    cluster: Cluster, make_runtime: RuntimeFactory
+    cluster: Cluster, make_runtime: RuntimeFactory, **settings: Any
 ) -> tuple[KubeRuntime, AdmissionReviewResponse]:
     """``ops`` exists but not ``ops/shared``; a replica that does not lead admits a quay.io Pod in team-a."""
     await cluster.namespace("ops")
     await cluster.namespace("team-a")
-    runtime = await make_runtime(POLICY, elect=False)
+    runtime = await make_runtime(POLICY, elect=False, **settings)
     response = await handler_for(runtime).handle(review("team-a", "quay.io/acme/web:1"))
     return runtime, response
 

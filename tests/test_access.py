@@ -141,9 +141,7 @@ def test_cleanup_shortfall_warns_but_does_not_reject() -> None:
     [
         pytest.param(ApiUnavailable(action="create SelfSubjectAccessReview"), "unknown", id="api-down"),
         pytest.param(ApiTimeout(action="create SelfSubjectAccessReview"), "unknown", id="timeout"),
-        pytest.param(
-            ApiForbidden(action="create SelfSubjectAccessReview", status=403), "unverified", id="403"
-        ),
+        pytest.param(ApiForbidden(action="create SelfSubjectAccessReview", status=403), "unverified", id="403"),
     ],
 )
 def test_when_the_authorizer_cannot_be_asked(error: ApiError, outcome: str) -> None:

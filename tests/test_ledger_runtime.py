@@ -140,14 +140,14 @@ async def test_copies_made_are_recorded_and_cleaned_up_after_a_restart_without_t
         result = await leader.ensurer.ensure(namespace=ns, secrets={"quay-pull": rule}, dry_run=False)
         assert result.failed == []
     keys = {(ns, "quay-pull") for ns in ("team-a", "team-b", "team-c")}
-    await eventually(when(apiserver, lambda led: keys <= led.copies), timeout=10)
+    await eventually(when(apiserver, lambda led: keys <= led.copies))
     assert "quay-pull" in ledger_of(apiserver).names  # what the chart's lookup reads
     await replicas.stop(leader)
 
     restarted = await replicas.start(WITHOUT_RULE, elect=True, identity="replica-2")  # the rule went meanwhile
-    await eventually(lambda: not apiserver.secrets_named("quay-pull"), timeout=10)
-    await eventually(when(apiserver, lambda led: "quay-pull" not in led.names), timeout=10)
-    await eventually(lambda: not any(name == "quay-pull" for _, name in restarted.secrets.targets()), timeout=10)
+    await eventually(lambda: not apiserver.secrets_named("quay-pull"))
+    await eventually(when(apiserver, lambda led: "quay-pull" not in led.names))
+    await eventually(lambda: not any(name == "quay-pull" for _, name in restarted.secrets.targets()))
 
 
 async def test_a_debt_owed_by_a_stopped_replica_is_finished_by_another(
@@ -165,5 +165,5 @@ async def test_a_debt_owed_by_a_stopped_replica_is_finished_by_another(
     second = await replicas.start(WITH_RULE, elect=False, identity="replica-2")  # never the leader
     assert ("team-a", "quay-pull") in second.reconciler.pending
     await source(cluster)
-    await eventually(lambda: apiserver.secret("team-a", "quay-pull") is not None, timeout=10)
-    await eventually(when(apiserver, lambda led: not led.pending), timeout=10)
+    await eventually(lambda: apiserver.secret("team-a", "quay-pull") is not None)
+    await eventually(when(apiserver, lambda led: not led.pending))

@@ -160,7 +160,7 @@ async def test_the_policy_comes_from_the_configmap_and_edits_are_served_at_once(
         def rejected() -> bool:
             return (configmap(authz)["metadata"].get("annotations") or {}).get(st.STATUS) == "Rejected"
 
-        await eventually(rejected, timeout=10)
+        await eventually(rejected)
         annotations = configmap(authz)["metadata"]["annotations"]
         assert "denied-pull" in annotations[st.MESSAGE]
         assert "rbac.extraSecretNames" in annotations[st.MESSAGE]
@@ -171,7 +171,7 @@ async def test_the_policy_comes_from_the_configmap_and_edits_are_served_at_once(
 
         # the grant arrives (helm upgrade): the webhook re-checks on its own, no second edit
         authz.denied = set()
-        await eventually(lambda: components.holder.version == st.digest(denied), timeout=15)
+        await eventually(lambda: components.holder.version == st.digest(denied))
     finally:
         await stop(tasks)
 
