@@ -21,6 +21,8 @@ import pytest
 from kubernetes import client as k8s
 
 from tests.builders import eventually
+from tests.conftest import RuntimeFactory
+from tests.scenario import POLICY
 from webhook.config import KubeSettings
 from webhook.kube.client import build_api_client
 from webhook.kube.control import ControlApi, ControlSettings
@@ -145,3 +147,21 @@ async def test_the_live_policy_loop_ends_when_stopped_as_it_is_woken() -> None:
     task.cancel()
     assert await ended_cancelled(task)
     assert live.watch._watch.stopped, "the loop's own cleanup ran: its watch is stopped"
+
+
+async def test_a_change_that_arrives_after_the_stop_starts_no_watch(make_runtime: RuntimeFactory) -> None:
+    """A watch thread's last event hops onto the loop after ``close()``: it must not re-target the watches.
+
+    (It did: ``sync_targets`` started every wanted watch again, nobody stopped them, and their
+    open streams held up the emulator's shutdown for a minute.)
+    """
+    runtime = await make_runtime(POLICY)
+    assert runtime.secrets.targets(), "watching the policy's names"
+    await make_runtime.stop(runtime)
+    assert runtime.secrets.targets() == set()
+
+    runtime.policy_changed(True, [])  # what a late policy reload or ledger event does: re-target, on the loop
+    runtime.refresh_targets()  # and the same, called directly
+    await asyncio.sleep(0.1)
+
+    assert runtime.secrets.targets() == set(), "no watch started after the stop"
