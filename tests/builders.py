@@ -17,13 +17,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import json
+import os
+import shutil
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from webhook.admission.wire import AdmissionReview
+import pytest
+
+from webhook.admission.handler import Handler
+from webhook.admission.wire import AdmissionReview, parse_review
 
 T = TypeVar("T")
 #: One folder per recorded AdmissionReview: ``request.json``, ``response.json``, optional ``policy.yaml``.
@@ -49,6 +57,45 @@ def api_secret(secret_type: str | None, data: dict[str, str], **metadata: Any) -
     if secret_type is not None:
         obj["type"] = secret_type
     return obj
+
+
+def require_program(program: str, install: str) -> str:
+    """The path of ``program``; else the test is skipped (failed under ``PSI_REQUIRE_E2E=1``, as in CI)."""
+    path = shutil.which(program)
+    if path is None:
+        message = f"{program} not installed ({install})"
+        if os.environ.get("PSI_REQUIRE_E2E") == "1":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return path
+
+
+def kubectl_secret(name: str, namespace: str, server: str, username: str, password: str, *, output: str) -> str:
+    """What the real ``kubectl create secret docker-registry --dry-run=client -o <output>`` prints (no cluster)."""
+    kubectl = require_program("kubectl", "apt-get install kubectl")
+    result = subprocess.run(
+        [
+            kubectl,
+            "create",
+            "secret",
+            "docker-registry",
+            name,
+            "--namespace",
+            namespace,
+            f"--docker-server={server}",
+            f"--docker-username={username}",
+            f"--docker-password={password}",
+            "--dry-run=client",
+            "-o",
+            output,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={"PATH": os.environ["PATH"], "HOME": tempfile.gettempdir(), "KUBECONFIG": os.devnull},
+    )
+    return result.stdout
 
 
 def pod_body(
@@ -127,6 +174,45 @@ def golden_review(name: str) -> AdmissionReview:
     """The recorded ``tests/golden/<name>/request.json``, parsed afresh on every call."""
     loaded: AdmissionReview = json.loads((GOLDEN / name / "request.json").read_text())
     return loaded
+
+
+def golden_cases(*, mirrors: bool) -> list[str]:
+    """The recorded reviews: the ``mirror-*`` ones (images rewritten too) or all the others."""
+    return sorted(
+        p.name for p in GOLDEN.iterdir() if (p / "request.json").is_file() and p.name.startswith("mirror-") is mirrors
+    )
+
+
+def readable(response: Mapping[str, Any]) -> dict[str, Any]:
+    """An AdmissionReview answer as the golden files hold it: its patch decoded (a JSON list, base64 on the wire)."""
+    result = copy.deepcopy(dict(response))
+    inner = result["response"]
+    if "patch" in inner:
+        inner["patch"] = json.loads(base64.b64decode(inner["patch"]))
+    return result
+
+
+async def golden_answer(name: str, handler: Handler) -> tuple[AdmissionReview, dict[str, Any]]:
+    """``tests/golden/<name>``'s review and ``handler``'s answer to it (readable), which must be its ``response.json``.
+
+    With ``UPDATE_GOLDEN=1`` the answer is written there first: review the diff by eye.
+    """
+    case = GOLDEN / name
+    review = parse_review((case / "request.json").read_bytes())
+    actual = readable(await handler.handle(review))
+    expected_file = case / "response.json"
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        expected_file.write_text(json.dumps(actual, indent=2) + "\n")
+    assert actual == json.loads(expected_file.read_text())
+    assert actual["response"]["uid"] == review["request"]["uid"], "the answer is about this request"
+    return review, actual
+
+
+def reinvocation(review: AdmissionReview, patched: Mapping[str, Any]) -> AdmissionReview:
+    """``review`` again with our own patched Pod as its object (``reinvocationPolicy: IfNeeded``)."""
+    again: AdmissionReview = copy.deepcopy(review)
+    again["request"]["object"] = dict(patched)
+    return again
 
 
 def injected(response: Mapping[str, Any]) -> list[str]:
