@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import yaml
 
 from webhook.admission.handler import Handler
 from webhook.admission.wire import AdmissionReview, parse_review
@@ -57,6 +58,59 @@ def api_secret(secret_type: str | None, data: dict[str, str], **metadata: Any) -
     if secret_type is not None:
         obj["type"] = secret_type
     return obj
+
+
+def rule(
+    name: str, registries: str | list[str], secret: str, *, source: str | dict[str, Any] | None = None, **fields: Any
+) -> dict[str, Any]:
+    """One policy rule; ``source="ns/name"`` copies that Secret (a dict: the source as written); ``fields``
+    as the policy spells them.
+
+    (``namespaces=...``, ``repositories=[...]``, ``failurePolicy="Fail"``, ...: the keys are the
+    policy's own, so a rule reads as the YAML an operator writes.)
+    """
+    built: dict[str, Any] = {
+        "name": name,
+        "registries": [registries] if isinstance(registries, str) else list(registries),
+        **fields,
+        "secret": secret,
+    }
+    if isinstance(source, str):
+        namespace, _, source_name = source.partition("/")
+        built["source"] = {"secret": {"namespace": namespace, "name": source_name}}
+    elif source is not None:
+        built["source"] = source
+    return built
+
+
+def policy_yaml(*rules: dict[str, Any], exclude: list[str] | None = None, **fields: Any) -> str:
+    """A ``policy.yaml`` of ``rules`` (``exclude``: its ``excludeNamespaces``; ``fields``: other top-level keys)."""
+    document: dict[str, Any] = {**({"excludeNamespaces": exclude} if exclude is not None else {}), **fields}
+    document["rules"] = list(rules)
+    return yaml.safe_dump(document, sort_keys=False)
+
+
+#: The namespaces a rule admits by label, as the README's examples write it.
+PULL_SECRETS_ENABLED = {"selector": {"matchLabels": {"pull-secrets": "enabled"}}}
+#: The smallest policy with a copy: quay.io Pods get ``quay-pull``, copied from ``ops/shared``.
+QUAY_POLICY = policy_yaml(rule("quay", "quay.io", "quay-pull", source="ops/shared"))
+
+
+def kubeconfig(path: Path, server: str) -> Path:
+    """A kubeconfig at ``path`` for ``server`` with a bearer token nobody checks (the emulator, a closed port)."""
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "emulator", "cluster": {"server": server}}],
+                "users": [{"name": "webhook", "user": {"token": "not-checked"}}],
+                "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "webhook"}}],
+                "current-context": "emulator",
+            }
+        )
+    )
+    return path
 
 
 def require_program(program: str, install: str) -> str:

@@ -17,11 +17,10 @@ import aiohttp.web
 import attrs
 import kmock
 import pytest
-import yaml
 
-from tests.builders import eventually, injected, review
+from tests import builders
+from tests.builders import eventually, injected, kubeconfig, review
 from tests.kube_fixtures import EVENTS, LEASES, NAMESPACES, SECRETS, Apiserver, Cluster
-from tests.test_server import kubeconfig
 from webhook.cli import build_parser, settings_from_args
 from webhook.policy import status as st
 from webhook.server import Components, build_components
@@ -33,16 +32,11 @@ AUTH = '{"auths":{"quay.io":{"auth":"cTpw"},"ghcr.io":{"auth":"cTpw"}}}'
 
 
 def rule(name: str, registry: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "registries": [registry],
-        "secret": f"{name}-pull",
-        "source": {"secret": {"namespace": "ops", "name": "shared"}},
-    }
+    return builders.rule(name, registry, f"{name}-pull", source="ops/shared")
 
 
 def policy(*rules: dict[str, Any]) -> str:
-    return yaml.safe_dump({"rules": list(rules)})
+    return builders.policy_yaml(*rules)
 
 
 @attrs.define(kw_only=True)

@@ -12,13 +12,14 @@ from typing import Any
 
 import pytest
 
-from tests.builders import eventually, injected, review, warnings
+from tests.builders import eventually, injected, policy_yaml, review, warnings
 from tests.conftest import RuntimeFactory
 from tests.kube_fixtures import Apiserver, Cluster, Fault, decoded
 from tests.scenario import (
+    EXCLUDED,
     POLICY,
-    POLICY_TEXT,
     QUAY_ONLY,
+    QUAY_RULE,
     SHARED_CONFIG,
     admitted_without_source,
     copies_of,
@@ -143,7 +144,7 @@ async def test_copies_no_rule_allows_any_more_are_cleaned_up(
         await cluster.label_namespace("lab", internal="no")
         gone = ["lab"]
     else:
-        holder.replace(load_policy(POLICY_TEXT.split("  - name: internal")[0]))
+        holder.replace(load_policy(policy_yaml(QUAY_RULE, exclude=EXCLUDED)))  # internal and fail-closed gone
         holder._notify(True, [])  # what PolicyHolder.check() does after taking a new policy
         gone = ["lab", "lab-2"]
 
