@@ -33,6 +33,8 @@ import yaml
 
 from webhook.admission.handler import Handler
 from webhook.admission.wire import AdmissionReview, parse_review
+from webhook.policy.model import SecretRef, Source
+from webhook.secrets.desired import DesiredCopy, build_copy
 
 T = TypeVar("T")
 #: One folder per recorded AdmissionReview: ``request.json``, ``response.json``, optional ``policy.yaml``.
@@ -94,6 +96,29 @@ def policy_yaml(*rules: dict[str, Any], exclude: list[str] | None = None, **fiel
 PULL_SECRETS_ENABLED = {"selector": {"matchLabels": {"pull-secrets": "enabled"}}}
 #: The smallest policy with a copy: quay.io Pods get ``quay-pull``, copied from ``ops/shared``.
 QUAY_POLICY = policy_yaml(rule("quay", "quay.io", "quay-pull", source="ops/shared"))
+
+
+def copy_of(
+    source_secret: Mapping[str, Any] | None,
+    *,
+    source: Source | str,
+    registries: list[str],
+    name: str = "pull",
+    namespace: str = "team",
+    rules: tuple[str, ...] = ("r",),
+) -> DesiredCopy:
+    """The copy ``build_copy`` makes of ``source_secret`` (``source``: the rule's, or ``"ns/name"`` of a Secret)."""
+    if isinstance(source, str):
+        source_namespace, _, source_name = source.partition("/")
+        source = Source(secret=SecretRef(namespace=source_namespace, name=source_name))
+    return build_copy(
+        name=name,
+        namespace=namespace,
+        source=source,
+        rules=list(rules),
+        registries=registries,
+        source_secret=dict(source_secret) if source_secret is not None else None,
+    )
 
 
 def kubeconfig(path: Path, server: str) -> Path:

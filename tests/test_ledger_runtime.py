@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 import kmock
 import pytest
 
-from tests.builders import eventually
+from tests.builders import eventually, policy_yaml, rule
 from tests.conftest import FAST_SETTINGS
 from tests.kube_fixtures import Apiserver, Cluster, client_configuration
 from webhook.config import KubeSettings
@@ -34,28 +34,10 @@ NAMESPACE = "pullsecret-system"
 LEDGER = "psi-ledger"
 AUTH = {"auths": {"quay.io": {"auth": "cTpw"}}}
 
-WITH_RULE = load_policy(
-    """
-rules:
-  - name: quay
-    registries: [quay.io]
-    secret: quay-pull
-    source: {secret: {namespace: ops, name: shared}}
-  - name: other
-    registries: [ghcr.io]
-    secret: ghcr-pull
-    source: {secret: {namespace: ops, name: shared}}
-"""
-)
-WITHOUT_RULE = load_policy(
-    """
-rules:
-  - name: other
-    registries: [ghcr.io]
-    secret: ghcr-pull
-    source: {secret: {namespace: ops, name: shared}}
-"""
-)
+QUAY = rule("quay", "quay.io", "quay-pull", source="ops/shared")
+OTHER = rule("other", "ghcr.io", "ghcr-pull", source="ops/shared")
+WITH_RULE = load_policy(policy_yaml(QUAY, OTHER))
+WITHOUT_RULE = load_policy(policy_yaml(OTHER))  # quay retired: its copies are the ledger's to clean up
 
 
 class Replicas:
