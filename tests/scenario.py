@@ -76,6 +76,15 @@ async def shared_source(cluster: Cluster, config: dict[str, Any] = SHARED_CONFIG
     )
 
 
+async def tenants(cluster: Cluster, count: int, **labels: str) -> list[str]:
+    """The shared source, and namespaces ``team-0`` .. ``team-<count-1>`` (each with ``labels``)."""
+    await shared_source(cluster)
+    names = [f"team-{i}" for i in range(count)]
+    for name in names:
+        await cluster.namespace(name, **labels)
+    return names
+
+
 async def copies_of(runtime: KubeRuntime, cluster: Cluster, namespaces: list[str], image: str) -> Handler:
     """Create each namespace and admit one Pod there, so that each holds its copy."""
     handler = handler_for(runtime)

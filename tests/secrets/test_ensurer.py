@@ -15,7 +15,7 @@ import pytest
 from tests.builders import eventually, injected, review, warnings
 from tests.conftest import RuntimeFactory
 from tests.kube_fixtures import Apiserver, Cluster, Fault, closed_port, decoded
-from tests.scenario import HUB, POLICY, QUAY_ONLY, admitted_without_source, handler_for, shared_source
+from tests.scenario import HUB, POLICY, QUAY_ONLY, admitted_without_source, handler_for, shared_source, tenants
 from webhook.admission.handler import Handler
 from webhook.runtime import KubeRuntime
 from webhook.secrets.dockerconfig import (
@@ -251,10 +251,7 @@ async def test_a_hung_api_with_every_worker_busy_still_answers_within_the_budget
     apiserver: Apiserver, cluster: Cluster, make_runtime: RuntimeFactory
 ) -> None:
     """Calls queued behind hung ones are bounded too, not only those on a socket."""
-    await shared_source(cluster)
-    namespaces = [f"team-{i}" for i in range(6)]
-    for namespace in namespaces:
-        await cluster.namespace(namespace)
+    namespaces = await tenants(cluster, 6)
     runtime = await make_runtime(POLICY, elect=False, ensure_timeout=0.4, workers=1)
     apiserver.faults.append(Fault(delay=HUNG))
     handler = handler_for(runtime)
