@@ -1,16 +1,23 @@
 """What tests build and wait with, written once: AdmissionReviews, Pods, patches read back, polling.
 
 * :func:`review` builds a Pod CREATE review from images (the unit tests, the emulator tests,
-  the hygiene suite); :func:`golden_review` reads one of the recorded reviews in ``tests/golden``.
+  the hygiene suite); :func:`golden_review` reads one of the recorded reviews in ``tests/golden``,
+  :func:`golden_answer` checks a handler's answer against its ``response.json`` (:func:`readable`:
+  the patch decoded) and :func:`reinvocation` feeds our own output back.
+* :func:`rule` and :func:`policy_yaml` write a policy as an operator would (``QUAY_POLICY``: the
+  smallest one with a copy); :func:`copy_of` is the copy ``build_copy`` makes of a source.
+* :func:`kubeconfig` points a client at a test API; :func:`kubectl_secret` is what the real
+  kubectl makes of a registry credential; :func:`require_program` skips (or, in CI, fails) without a tool.
 * :func:`pod_body` is the one Pod factory and :func:`deployment_body` the one Deployment (unit
   tests, ``check`` manifests and the e2e suite).
 * :func:`injected` and :func:`warnings` read an answer back; :func:`pull_secrets` a created Pod.
 * :func:`b64`, :func:`auth_entry` and :func:`api_secret` build Secret data.
 * :func:`wait_for` polls from a thread (the e2e suite, live servers); :func:`eventually` polls
-  on the event loop without blocking it.
+  on the event loop without blocking it. Both wait generously: a bound on a wait for an event,
+  never a measurement of how fast it came (no test asserts a duration).
 
-Nothing here talks to a cluster or starts a server: that is ``kube_fixtures``, ``servers`` and
-``e2e/``.
+Nothing here talks to a cluster or starts a server: that is ``kube_fixtures``, ``scenario``,
+``servers`` and ``e2e/``.
 """
 
 from __future__ import annotations
