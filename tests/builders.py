@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import http.server
 import json
 import os
 import shutil
@@ -143,6 +144,28 @@ def kubeconfig(path: Path, server: str) -> Path:
         )
     )
     return path
+
+
+class JsonHandler(http.server.BaseHTTPRequestHandler):
+    """The handler of a quiet stand-in HTTP server that answers JSON (the fake APIs of the chart and token tests)."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        del format, args
+
+    def send_json(self, status: int, payload: object, *, headers: Mapping[str, str] | None = None) -> None:
+        """Answer ``payload`` (JSON-encoded unless already bytes) with its length, and ``headers`` besides."""
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
 
 
 def require_program(program: str, install: str) -> str:

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import http.server
-import json
 import socket
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import uvicorn
 
@@ -20,28 +17,6 @@ from webhook.admission.handler import Handler
 from webhook.app import Readiness, create_app
 from webhook.tls.certs import write_local_certs
 from webhook.tls.context import ReloadingSSLContext, install_into_uvicorn
-
-
-class JsonHandler(http.server.BaseHTTPRequestHandler):
-    """The handler of a quiet stand-in HTTP server that answers JSON (the fake APIs of the chart and token tests)."""
-
-    def log_message(self, format: str, *args: Any) -> None:
-        del format, args
-
-    def send_json(self, status: int, payload: object, *, headers: Mapping[str, str] | None = None) -> None:
-        """Answer ``payload`` (JSON-encoded unless already bytes) with its length, and ``headers`` besides."""
-        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def read_body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
 
 
 def free_port() -> int:

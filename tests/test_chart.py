@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.servers import JsonHandler
+from tests.builders import JsonHandler
 from webhook.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import ThreadingHTTPServer
 
-from tests.servers import JsonHandler
+from tests.builders import JsonHandler
 
 SA_EMAIL = "puller@example-project.iam.gserviceaccount.com"
 TOKEN_PATH = "/computeMetadata/v1/instance/service-accounts/default/token"

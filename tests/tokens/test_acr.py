@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.servers import JsonHandler
+from tests.builders import JsonHandler
 from webhook.observability.logs import redact
 from webhook.tls.certs import build_ca, build_serving_cert
 from webhook.tokens.acr import USERNAME, AcrProvider
