@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable, MutableSet
 
+from webhook import waits
 from webhook.backoff import Backoff
 from webhook.bounded import BoundedCache
 from webhook.config import KubeSettings
@@ -19,7 +20,6 @@ from webhook.secrets.desired import is_managed
 from webhook.secrets.dockerconfig import SourceError
 from webhook.secrets.grants import PolicyFn
 from webhook.secrets.sync import SecretSync, _Deadline
-from webhook.waits import wait_for
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class Reconciler:
             if self.pending:
                 timeout = min(timeout, self._retry_in)
             try:
-                await wait_for(self._wake.wait(), timeout=timeout)
+                await waits.wait_for(self._wake.wait(), timeout=timeout)
             except TimeoutError:
                 if self._dirty_since is None:
                     self._dirty_since = time.monotonic()
