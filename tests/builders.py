@@ -1,29 +1,48 @@
 """What tests build and wait with, written once: AdmissionReviews, Pods, patches read back, polling.
 
 * :func:`review` builds a Pod CREATE review from images (the unit tests, the emulator tests,
-  the hygiene suite); :func:`golden_review` reads one of the recorded reviews in ``tests/golden``.
+  the hygiene suite); :func:`golden_review` reads one of the recorded reviews in ``tests/golden``,
+  :func:`golden_answer` checks a handler's answer against its ``response.json`` (:func:`readable`:
+  the patch decoded) and :func:`reinvocation` feeds our own output back.
+* :func:`rule` and :func:`policy_yaml` write a policy as an operator would (``QUAY_POLICY``: the
+  smallest one with a copy); :func:`copy_of` is the copy ``build_copy`` makes of a source.
+* :func:`kubeconfig` points a client at a test API; :func:`kubectl_secret` is what the real
+  kubectl makes of a registry credential; :func:`require_program` skips (or, in CI, fails) without a tool.
 * :func:`pod_body` is the one Pod factory and :func:`deployment_body` the one Deployment (unit
   tests, ``check`` manifests and the e2e suite).
 * :func:`injected` and :func:`warnings` read an answer back; :func:`pull_secrets` a created Pod.
 * :func:`b64`, :func:`auth_entry` and :func:`api_secret` build Secret data.
 * :func:`wait_for` polls from a thread (the e2e suite, live servers); :func:`eventually` polls
-  on the event loop without blocking it.
+  on the event loop without blocking it. Both wait generously: a bound on a wait for an event,
+  never a measurement of how fast it came (no test asserts a duration).
 
-Nothing here talks to a cluster or starts a server: that is ``kube_fixtures``, ``servers`` and
-``e2e/``.
+Nothing here talks to a cluster or starts a server: that is ``kube_fixtures``, ``scenario``,
+``servers`` and ``e2e/``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import copy
+import http.server
 import json
+import os
+import shutil
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from webhook.admission.wire import AdmissionReview
+import pytest
+import yaml
+
+from webhook.admission.handler import Handler
+from webhook.admission.wire import AdmissionReview, parse_review
+from webhook.policy.model import SecretRef, Source
+from webhook.secrets.desired import DesiredCopy, build_copy
 
 T = TypeVar("T")
 #: One folder per recorded AdmissionReview: ``request.json``, ``response.json``, optional ``policy.yaml``.
@@ -49,6 +68,143 @@ def api_secret(secret_type: str | None, data: dict[str, str], **metadata: Any) -
     if secret_type is not None:
         obj["type"] = secret_type
     return obj
+
+
+def rule(
+    name: str, registries: str | list[str], secret: str, *, source: str | dict[str, Any] | None = None, **fields: Any
+) -> dict[str, Any]:
+    """One policy rule; ``source="ns/name"`` copies that Secret (a dict: the source as written); ``fields``
+    as the policy spells them.
+
+    (``namespaces=...``, ``repositories=[...]``, ``failurePolicy="Fail"``, ...: the keys are the
+    policy's own, so a rule reads as the YAML an operator writes.)
+    """
+    built: dict[str, Any] = {
+        "name": name,
+        "registries": [registries] if isinstance(registries, str) else list(registries),
+        **fields,
+        "secret": secret,
+    }
+    if isinstance(source, str):
+        namespace, _, source_name = source.partition("/")
+        built["source"] = {"secret": {"namespace": namespace, "name": source_name}}
+    elif source is not None:
+        built["source"] = source
+    return built
+
+
+def policy_yaml(*rules: dict[str, Any], exclude: list[str] | None = None, **fields: Any) -> str:
+    """A ``policy.yaml`` of ``rules`` (``exclude``: its ``excludeNamespaces``; ``fields``: other top-level keys)."""
+    document: dict[str, Any] = {**({"excludeNamespaces": exclude} if exclude is not None else {}), **fields}
+    document["rules"] = list(rules)
+    return yaml.safe_dump(document, sort_keys=False)
+
+
+#: The namespaces a rule admits by label, as the README's examples write it.
+PULL_SECRETS_ENABLED = {"selector": {"matchLabels": {"pull-secrets": "enabled"}}}
+#: The smallest policy with a copy: quay.io Pods get ``quay-pull``, copied from ``ops/shared``.
+QUAY_POLICY = policy_yaml(rule("quay", "quay.io", "quay-pull", source="ops/shared"))
+
+
+def copy_of(
+    source_secret: Mapping[str, Any] | None,
+    *,
+    source: Source | str,
+    registries: list[str],
+    name: str = "pull",
+    namespace: str = "team",
+    rules: tuple[str, ...] = ("r",),
+) -> DesiredCopy:
+    """The copy ``build_copy`` makes of ``source_secret`` (``source``: the rule's, or ``"ns/name"`` of a Secret)."""
+    if isinstance(source, str):
+        source_namespace, _, source_name = source.partition("/")
+        source = Source(secret=SecretRef(namespace=source_namespace, name=source_name))
+    return build_copy(
+        name=name,
+        namespace=namespace,
+        source=source,
+        rules=list(rules),
+        registries=registries,
+        source_secret=dict(source_secret) if source_secret is not None else None,
+    )
+
+
+def kubeconfig(path: Path, server: str) -> Path:
+    """A kubeconfig at ``path`` for ``server`` with a bearer token nobody checks (the emulator, a closed port)."""
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "emulator", "cluster": {"server": server}}],
+                "users": [{"name": "webhook", "user": {"token": "not-checked"}}],
+                "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "webhook"}}],
+                "current-context": "emulator",
+            }
+        )
+    )
+    return path
+
+
+class JsonHandler(http.server.BaseHTTPRequestHandler):
+    """The handler of a quiet stand-in HTTP server that answers JSON (the fake APIs of the chart and token tests)."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        del format, args
+
+    def send_json(self, status: int, payload: object, *, headers: Mapping[str, str] | None = None) -> None:
+        """Answer ``payload`` (JSON-encoded unless already bytes) with its length, and ``headers`` besides."""
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+
+def require_program(program: str, install: str) -> str:
+    """The path of ``program``; else the test is skipped (failed under ``PSI_REQUIRE_E2E=1``, as in CI)."""
+    path = shutil.which(program)
+    if path is None:
+        message = f"{program} not installed ({install})"
+        if os.environ.get("PSI_REQUIRE_E2E") == "1":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return path
+
+
+def kubectl_secret(name: str, namespace: str, server: str, username: str, password: str, *, output: str) -> str:
+    """What the real ``kubectl create secret docker-registry --dry-run=client -o <output>`` prints (no cluster)."""
+    kubectl = require_program("kubectl", "apt-get install kubectl")
+    result = subprocess.run(
+        [
+            kubectl,
+            "create",
+            "secret",
+            "docker-registry",
+            name,
+            "--namespace",
+            namespace,
+            f"--docker-server={server}",
+            f"--docker-username={username}",
+            f"--docker-password={password}",
+            "--dry-run=client",
+            "-o",
+            output,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={"PATH": os.environ["PATH"], "HOME": tempfile.gettempdir(), "KUBECONFIG": os.devnull},
+    )
+    return result.stdout
 
 
 def pod_body(
@@ -129,6 +285,45 @@ def golden_review(name: str) -> AdmissionReview:
     return loaded
 
 
+def golden_cases(*, mirrors: bool) -> list[str]:
+    """The recorded reviews: the ``mirror-*`` ones (images rewritten too) or all the others."""
+    return sorted(
+        p.name for p in GOLDEN.iterdir() if (p / "request.json").is_file() and p.name.startswith("mirror-") is mirrors
+    )
+
+
+def readable(response: Mapping[str, Any]) -> dict[str, Any]:
+    """An AdmissionReview answer as the golden files hold it: its patch decoded (a JSON list, base64 on the wire)."""
+    result = copy.deepcopy(dict(response))
+    inner = result["response"]
+    if "patch" in inner:
+        inner["patch"] = json.loads(base64.b64decode(inner["patch"]))
+    return result
+
+
+async def golden_answer(name: str, handler: Handler) -> tuple[AdmissionReview, dict[str, Any]]:
+    """``tests/golden/<name>``'s review and ``handler``'s answer to it (readable), which must be its ``response.json``.
+
+    With ``UPDATE_GOLDEN=1`` the answer is written there first: review the diff by eye.
+    """
+    case = GOLDEN / name
+    review = parse_review((case / "request.json").read_bytes())
+    actual = readable(await handler.handle(review))
+    expected_file = case / "response.json"
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        expected_file.write_text(json.dumps(actual, indent=2) + "\n")
+    assert actual == json.loads(expected_file.read_text())
+    assert actual["response"]["uid"] == review["request"]["uid"], "the answer is about this request"
+    return review, actual
+
+
+def reinvocation(review: AdmissionReview, patched: Mapping[str, Any]) -> AdmissionReview:
+    """``review`` again with our own patched Pod as its object (``reinvocationPolicy: IfNeeded``)."""
+    again: AdmissionReview = copy.deepcopy(review)
+    again["request"]["object"] = dict(patched)
+    return again
+
+
 def injected(response: Mapping[str, Any]) -> list[str]:
     """The Secret names the review response's patch adds to imagePullSecrets (``[]`` without a patch).
 
@@ -165,7 +360,12 @@ def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 30.0, inter
         time.sleep(interval)
 
 
-async def eventually(condition: Callable[[], Any], *, timeout: float = 10.0, interval: float = 0.02) -> None:
+#: How long :func:`eventually` waits by default: generous, a bound on a wait for an event (a
+#: loaded machine makes a test slower, never failing), not a measurement of how fast it came.
+EVENTUALLY = 60.0
+
+
+async def eventually(condition: Callable[[], Any], *, timeout: float = EVENTUALLY, interval: float = 0.02) -> None:
     """Wait on the loop until ``condition()`` is truthy; fail with its last value after ``timeout`` s."""
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout

@@ -87,7 +87,10 @@ async def apiserver() -> AsyncIterator[Apiserver]:
         # declare the ones we use, as a real API server serves them all from the start.
         for resource in (SECRETS, NAMESPACES, EVENTS, LEASES):
             api.resources[resource] = kmock.ResourceInfo()
-        yield api
+        try:
+            yield api
+        finally:
+            api.release_faults()  # a hung request must not hold up the server's shutdown
 
 
 @pytest.fixture
@@ -101,8 +104,9 @@ def cluster(apiserver: Apiserver) -> Cluster:
 
 
 @pytest.fixture
-async def make_runtime(api_host: str) -> AsyncIterator[RuntimeFactory]:
-    """Runtimes against the emulator, all stopped at teardown."""
+async def make_runtime(apiserver: Apiserver, api_host: str) -> AsyncIterator[RuntimeFactory]:
+    """Runtimes against the emulator, all stopped at teardown (a hung request released first)."""
     factory = RuntimeFactory(api_host)
     yield factory
+    apiserver.release_faults()
     await factory.stop_all()

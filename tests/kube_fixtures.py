@@ -20,7 +20,9 @@ the client or of our code is patched. What this module adds to kmock 0.8, and wh
   as a real API server answers once the token's snapshot is compacted away.
 * **Faults.** :class:`Fault` delays and/or fails matching requests *before* kmock stores
   anything (kmock's own reactions run after its bookkeeping, so a "500" there would
-  still create the object, unlike a failing API server).
+  still create the object, unlike a failing API server). A delay ends early when the
+  fixture releases the faults at teardown (:meth:`Apiserver.release_faults`), so an API
+  that hangs "forever" (a delay no test waits out) does not hold up the shutdown below.
 
 Other differences worth knowing: kmock has no resourceVersion, uid or generateName; a
 create answers 200, not 201; PUT is not supported (we only patch); patches are recursive
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import re
 import socket
 from collections.abc import Mapping
@@ -79,6 +82,8 @@ class Apiserver(kmock.KubernetesEmulator):
     """kmock's Kubernetes emulator plus Namespaces, name field selectors and faults."""
 
     faults: list[Fault] = attrs.field(factory=list)
+    #: Set at teardown: every delay still running ends at once (see :meth:`release_faults`).
+    released: asyncio.Event = attrs.field(factory=asyncio.Event)
     #: Answer this many of the next lists carrying a ``continue`` token with 410 Expired.
     expire_continues: int = 0
     #: Lists served with a ``limit`` (pages), and how many of them carried a ``continue`` token.
@@ -94,13 +99,18 @@ class Apiserver(kmock.KubernetesEmulator):
         response: aiohttp.web.StreamResponse = await super().__call__(raw_request)
         return response
 
+    def release_faults(self) -> None:
+        """End every fault's delay now (and those to come): the test is over, nobody waits for them."""
+        self.released.set()
+
     async def _handle(self, request: Any) -> aiohttp.web.StreamResponse:
         path, method = request.url.path, str(request.method.value).upper()
         for fault in self.faults:
             if fault.matches(method, path):
                 fault.hits += 1
                 if fault.delay:
-                    await asyncio.sleep(fault.delay)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.released.wait(), fault.delay)
                 if fault.status is not None:
                     raise kmock.KubernetesError(status=fault.status, reason="Injected", message="injected fault")
                 break

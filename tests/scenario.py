@@ -18,7 +18,7 @@ import base64
 import json
 from typing import Any
 
-from tests.builders import b64, review, warnings
+from tests.builders import b64, policy_yaml, review, rule, warnings
 from tests.conftest import RuntimeFactory
 from tests.kube_fixtures import Cluster
 from webhook.admission.handler import Handler
@@ -40,25 +40,24 @@ SHARED_CONFIG = {
 }
 QUAY_ONLY = b'{"auths":{"quay.io":{"auth":"' + QUAY.encode() + b'"}}}'
 
-POLICY_TEXT = """
-excludeNamespaces: [kube-system, ops]
-rules:
-  - name: quay
-    registries: [quay.io]
-    namespaces: {include: ["team-*"], exclude: [team-private]}
-    secret: quay-pull
-    source: {secret: {namespace: ops, name: shared}}
-  - name: internal
-    registries: ["registry.example.com:5000"]
-    namespaces: {selector: {matchLabels: {internal: "yes"}}}
-    secret: internal-pull
-    source: {secret: {namespace: ops, name: shared}}
-  - name: fail-closed
-    registries: [ghcr.io]
-    secret: ghcr-pull
-    failurePolicy: Fail
-    source: {secret: {namespace: ops, name: shared}}
-"""
+EXCLUDED = ["kube-system", "ops"]
+QUAY_RULE = rule(
+    "quay",
+    "quay.io",
+    "quay-pull",
+    source="ops/shared",
+    namespaces={"include": ["team-*"], "exclude": ["team-private"]},
+)
+INTERNAL_RULE = rule(
+    "internal",
+    "registry.example.com:5000",
+    "internal-pull",
+    source="ops/shared",
+    namespaces={"selector": {"matchLabels": {"internal": "yes"}}},
+)
+FAIL_CLOSED_RULE = rule("fail-closed", "ghcr.io", "ghcr-pull", source="ops/shared", failurePolicy="Fail")
+RULES = (QUAY_RULE, INTERNAL_RULE, FAIL_CLOSED_RULE)
+POLICY_TEXT = policy_yaml(*RULES, exclude=EXCLUDED)
 POLICY = load_policy(POLICY_TEXT)
 
 
@@ -77,6 +76,15 @@ async def shared_source(cluster: Cluster, config: dict[str, Any] = SHARED_CONFIG
     )
 
 
+async def tenants(cluster: Cluster, count: int, **labels: str) -> list[str]:
+    """The shared source, and namespaces ``team-0`` .. ``team-<count-1>`` (each with ``labels``)."""
+    await shared_source(cluster)
+    names = [f"team-{i}" for i in range(count)]
+    for name in names:
+        await cluster.namespace(name, **labels)
+    return names
+
+
 async def copies_of(runtime: KubeRuntime, cluster: Cluster, namespaces: list[str], image: str) -> Handler:
     """Create each namespace and admit one Pod there, so that each holds its copy."""
     handler = handler_for(runtime)
@@ -88,12 +96,12 @@ async def copies_of(runtime: KubeRuntime, cluster: Cluster, namespaces: list[str
 
 
 async def admitted_without_source(
-    cluster: Cluster, make_runtime: RuntimeFactory
+    cluster: Cluster, make_runtime: RuntimeFactory, **settings: Any
 ) -> tuple[KubeRuntime, AdmissionReviewResponse]:
     """``ops`` exists but not ``ops/shared``; a replica that does not lead admits a quay.io Pod in team-a."""
     await cluster.namespace("ops")
     await cluster.namespace("team-a")
-    runtime = await make_runtime(POLICY, elect=False)
+    runtime = await make_runtime(POLICY, elect=False, **settings)
     response = await handler_for(runtime).handle(review("team-a", "quay.io/acme/web:1"))
     return runtime, response
 
@@ -103,24 +111,21 @@ async def admitted_without_source(
 CANARY = "Canary-pa55w0rd-never-log-me-4b1d"
 ROTATED = "Canary-rotated-pa55w0rd-also-secret-77e0"
 
-CANARY_POLICY = load_policy("""
-excludeNamespaces: [ops]
-rules:
-  - name: quay
-    registries: [quay.io]
-    namespaces: {selector: {matchLabels: {pull: "yes"}}}
-    secret: quay-pull
-    source: {secret: {namespace: ops, name: shared}}
-  - name: gar
-    registries: ["*-docker.pkg.dev"]
-    namespaces: {selector: {matchLabels: {pull: "yes"}}}
-    secret: gar-pull
-    source:
-      credentials:
-        registry: europe-docker.pkg.dev
-        username: _json_key
-        passwordFrom: {namespace: ops, name: gar-key, key: key.json}
-""")
+PULL_YES = {"selector": {"matchLabels": {"pull": "yes"}}}
+GAR_KEY_SOURCE = {
+    "credentials": {
+        "registry": "europe-docker.pkg.dev",
+        "username": "_json_key",
+        "passwordFrom": {"namespace": "ops", "name": "gar-key", "key": "key.json"},
+    }
+}
+CANARY_POLICY = load_policy(
+    policy_yaml(
+        rule("quay", "quay.io", "quay-pull", source="ops/shared", namespaces=PULL_YES),
+        rule("gar", "*-docker.pkg.dev", "gar-pull", source=GAR_KEY_SOURCE, namespaces=PULL_YES),
+        exclude=["ops"],
+    )
+)
 
 
 def forms(secret: str) -> set[str]:

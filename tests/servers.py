@@ -61,7 +61,7 @@ def serve_in_thread(
     server = uvicorn.Server(config)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
     thread.start()
-    wait_for(lambda: server.started, "the server to start", timeout=5, interval=0.01)
+    wait_for(lambda: server.started, "the server to start", interval=0.01)
     try:
         yield RunningServer(
             url=f"https://127.0.0.1:{port}", ca_file=files["ca.crt"], readiness=readiness, server=server

@@ -7,6 +7,8 @@ table of what the chart's RBAC would allow, standing in for the API server's aut
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from webhook.kube.access import (
@@ -78,48 +80,61 @@ CHART = [
 ]
 
 
+def missing(what: str, rules: str, fix: str) -> str:
+    """The problem ``check_policy`` reports for a permission the chart's RBAC lacks, and how to grant it."""
+    return f"missing permission to {what} (rule {rules}): {fix}"
+
+
+#: How the chart grants a name it does not cover by default (either way).
+EXTRA_NAME = "to the chart value rbac.extraSecretNames (or set rbac.secretAccess: clusterWide)"
+EXTRA_SOURCE = "to the chart value rbac.extraSourceSecrets (or set rbac.secretAccess: clusterWide)"
+
+
 @pytest.mark.parametrize(
-    ("granted", "problems"),
+    ("missing_grant", "problems"),
     [
-        pytest.param(CHART, [], id="all-granted"),
+        pytest.param(lambda g: False, [], id="all-granted"),
         pytest.param(
-            [g for g in CHART if g[2] != "harbor-pull"],
+            lambda g: g[2] == "harbor-pull",
             [
-                "missing permission to get, list, watch, patch, delete Secrets named 'harbor-pull' cluster-wide "
-                "(rule harbor): add harbor-pull to the chart value rbac.extraSecretNames "
-                "(or set rbac.secretAccess: clusterWide)"
+                missing(
+                    "get, list, watch, patch, delete Secrets named 'harbor-pull' cluster-wide",
+                    "harbor",
+                    f"add harbor-pull {EXTRA_NAME}",
+                )
             ],
             id="copy-name-not-covered",
         ),
         pytest.param(
-            [g for g in CHART if g != ("watch", "", "gar-pull")],
-            [
-                "missing permission to watch Secrets named 'gar-pull' cluster-wide (rule gar, gar-eu): "
-                "add gar-pull to the chart value rbac.extraSecretNames (or set rbac.secretAccess: clusterWide)"
-            ],
+            lambda g: g == ("watch", "", "gar-pull"),
+            [missing("watch Secrets named 'gar-pull' cluster-wide", "gar, gar-eu", f"add gar-pull {EXTRA_NAME}")],
             id="one-verb",
         ),
         pytest.param(
-            [g for g in CHART if g[1] != "ci"],
+            lambda g: g[1] == "ci",
             [
-                "missing permission to get, list, watch the source Secret ci/robot (rule harbor): add "
-                "{namespace: ci, name: robot} to the chart value rbac.extraSourceSecrets "
-                "(or set rbac.secretAccess: clusterWide)"
+                missing(
+                    "get, list, watch the source Secret ci/robot",
+                    "harbor",
+                    f"add {{namespace: ci, name: robot}} {EXTRA_SOURCE}",
+                )
             ],
             id="source-not-covered",
         ),
         pytest.param(
-            [g for g in CHART if g[0] != "create"],
+            lambda g: g[0] == "create",
             [
-                "missing permission to create Secrets (rule gar, gar-eu, harbor): the chart grants it with "
-                "rbac.create and any copy name"
+                missing(
+                    "create Secrets", "gar, gar-eu, harbor", "the chart grants it with rbac.create and any copy name"
+                )
             ],
             id="no-create",
         ),
     ],
 )
-def test_review(granted: list[tuple[str, str, str]], problems: list[str]) -> None:
-    report = check_policy(POLICY, allow(*granted))
+def test_review(missing_grant: Callable[[tuple[str, str, str]], bool], problems: list[str]) -> None:
+    """The chart's grants (``CHART``) but those ``missing_grant`` picks: each gap is one problem, said exactly."""
+    report = check_policy(POLICY, allow(*[g for g in CHART if not missing_grant(g)]))
     assert report.problems() == problems
     assert report.ok is (not problems)
 
@@ -141,9 +156,7 @@ def test_cleanup_shortfall_warns_but_does_not_reject() -> None:
     [
         pytest.param(ApiUnavailable(action="create SelfSubjectAccessReview"), "unknown", id="api-down"),
         pytest.param(ApiTimeout(action="create SelfSubjectAccessReview"), "unknown", id="timeout"),
-        pytest.param(
-            ApiForbidden(action="create SelfSubjectAccessReview", status=403), "unverified", id="403"
-        ),
+        pytest.param(ApiForbidden(action="create SelfSubjectAccessReview", status=403), "unverified", id="403"),
     ],
 )
 def test_when_the_authorizer_cannot_be_asked(error: ApiError, outcome: str) -> None:

@@ -37,6 +37,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.builders import JsonHandler
 from webhook.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
@@ -196,35 +197,22 @@ class FakeApiServer:
     def _handler_class(self) -> type[http.server.BaseHTTPRequestHandler]:
         server = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             protocol_version = "HTTP/1.1"
 
-            def log_message(self, format: str, *args: Any) -> None:
-                """Keep test output quiet."""
-
-            def _send(self, code: int, payload: Obj) -> None:
-                body = json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
             def _not_found(self) -> None:
-                self._send(
+                self.send_json(
                     404,
                     {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404},
                 )
 
             def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
                 url = urllib.parse.urlparse(self.path)
-                reply = server.respond(self.command, url.path, urllib.parse.parse_qs(url.query), body)
+                reply = server.respond(self.command, url.path, urllib.parse.parse_qs(url.query), self.read_body())
                 if reply is None:
                     self._not_found()
                 else:
-                    self._send(*reply)
+                    self.send_json(*reply)
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 

@@ -11,29 +11,24 @@ Regenerate after an intended change: ``UPDATE_GOLDEN=1 pytest tests/test_golden_
 
 from __future__ import annotations
 
-import base64
 import copy
-import json
-import os
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import jsonpatch
 import pytest
 
+from tests.builders import GOLDEN, golden_answer, golden_cases, reinvocation
 from webhook.admission.handler import Handler
 from webhook.admission.mirroring import MirrorChecker
 from webhook.admission.patch import INJECTED_ANNOTATION
 from webhook.admission.rewrite import iter_pod_images, recorded_originals
-from webhook.admission.wire import AdmissionReview, parse_review
 from webhook.policy.images import parse_image
 from webhook.policy.matching import load_policy
 from webhook.policy.mirrors import ORIGINAL_IMAGES_ANNOTATION
 from webhook.registry.probe import ManifestProbe
 
-GOLDEN = Path(__file__).parent / "golden"
-CASES = sorted(p.name for p in GOLDEN.iterdir() if p.name.startswith("mirror-") and (p / "request.json").is_file())
+CASES = golden_cases(mirrors=True)
 
 
 @pytest.fixture
@@ -43,14 +38,6 @@ async def probe() -> AsyncIterator[ManifestProbe]:
         yield probe
     finally:
         await probe.aclose()
-
-
-def _readable(response: dict[str, Any]) -> dict[str, Any]:
-    result = copy.deepcopy(response)
-    inner = result["response"]
-    if "patch" in inner:
-        inner["patch"] = json.loads(base64.b64decode(inner["patch"]))
-    return result
 
 
 def _images(pod: dict[str, Any]) -> dict[str, object]:
@@ -63,16 +50,9 @@ def test_there_are_mirror_cases() -> None:
 
 @pytest.mark.parametrize("name", CASES)
 async def test_golden_mirror_case(name: str, probe: ManifestProbe) -> None:
-    case = GOLDEN / name
-    review = parse_review((case / "request.json").read_bytes())
-    policy = load_policy((case / "policy.yaml").read_text())
+    policy = load_policy((GOLDEN / name / "policy.yaml").read_text())
     handler = Handler(policy=lambda: policy, mirror_checker=MirrorChecker(probe=probe, budget=1.0))
-    actual = _readable(dict(await handler.handle(review)))
-    expected_file = case / "response.json"
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        expected_file.write_text(json.dumps(actual, indent=2) + "\n")
-    assert actual == json.loads(expected_file.read_text())
-    assert actual["response"]["uid"] == review["request"]["uid"]
+    review, actual = await golden_answer(name, handler)
 
     pod = review["request"].get("object")
     assert isinstance(pod, dict)
@@ -124,8 +104,7 @@ async def test_golden_mirror_case(name: str, probe: ManifestProbe) -> None:
     assert untouched == expected_rest
 
     # Reinvocation: our own output changes nothing.
-    again: AdmissionReview = copy.deepcopy(review)
-    again["request"]["object"] = patched
+    again = reinvocation(review, patched)
     if subresource is not None:
         again["request"]["oldObject"] = copy.deepcopy(patched)
     second = await handler.handle(again)

@@ -11,15 +11,13 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests import builders
 from webhook.cli import main
 from webhook.ops.k3s import K3sImportError, import_registries, object_name
 
@@ -35,34 +33,9 @@ def run_cli(*argv: str) -> tuple[int, str]:
 
 
 def kubectl_secret(name: str, server: str, username: str, password: str) -> dict[str, Any]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        if os.environ.get("PSI_REQUIRE_E2E") == "1":
-            pytest.fail("kubectl is needed to compare with kubectl create secret docker-registry")
-        pytest.skip("no kubectl")
-    result = subprocess.run(
-        [
-            kubectl,
-            "create",
-            "secret",
-            "docker-registry",
-            name,
-            "--namespace",
-            NAMESPACE,
-            f"--docker-server={server}",
-            f"--docker-username={username}",
-            f"--docker-password={password}",
-            "--dry-run=client",
-            "-o",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-        env={**os.environ, "KUBECONFIG": "/dev/null"},
+    secret: dict[str, Any] = json.loads(
+        builders.kubectl_secret(name, NAMESPACE, server, username, password, output="json")
     )
-    secret: dict[str, Any] = json.loads(result.stdout)
     return secret
 
 

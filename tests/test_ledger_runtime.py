@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 import kmock
 import pytest
 
-from tests.builders import eventually
+from tests.builders import eventually, policy_yaml, rule
 from tests.conftest import FAST_SETTINGS
 from tests.kube_fixtures import Apiserver, Cluster, client_configuration
 from webhook.config import KubeSettings
@@ -34,28 +34,10 @@ NAMESPACE = "pullsecret-system"
 LEDGER = "psi-ledger"
 AUTH = {"auths": {"quay.io": {"auth": "cTpw"}}}
 
-WITH_RULE = load_policy(
-    """
-rules:
-  - name: quay
-    registries: [quay.io]
-    secret: quay-pull
-    source: {secret: {namespace: ops, name: shared}}
-  - name: other
-    registries: [ghcr.io]
-    secret: ghcr-pull
-    source: {secret: {namespace: ops, name: shared}}
-"""
-)
-WITHOUT_RULE = load_policy(
-    """
-rules:
-  - name: other
-    registries: [ghcr.io]
-    secret: ghcr-pull
-    source: {secret: {namespace: ops, name: shared}}
-"""
-)
+QUAY = rule("quay", "quay.io", "quay-pull", source="ops/shared")
+OTHER = rule("other", "ghcr.io", "ghcr-pull", source="ops/shared")
+WITH_RULE = load_policy(policy_yaml(QUAY, OTHER))
+WITHOUT_RULE = load_policy(policy_yaml(OTHER))  # quay retired: its copies are the ledger's to clean up
 
 
 class Replicas:
@@ -140,14 +122,14 @@ async def test_copies_made_are_recorded_and_cleaned_up_after_a_restart_without_t
         result = await leader.ensurer.ensure(namespace=ns, secrets={"quay-pull": rule}, dry_run=False)
         assert result.failed == []
     keys = {(ns, "quay-pull") for ns in ("team-a", "team-b", "team-c")}
-    await eventually(when(apiserver, lambda led: keys <= led.copies), timeout=10)
+    await eventually(when(apiserver, lambda led: keys <= led.copies))
     assert "quay-pull" in ledger_of(apiserver).names  # what the chart's lookup reads
     await replicas.stop(leader)
 
     restarted = await replicas.start(WITHOUT_RULE, elect=True, identity="replica-2")  # the rule went meanwhile
-    await eventually(lambda: not apiserver.secrets_named("quay-pull"), timeout=10)
-    await eventually(when(apiserver, lambda led: "quay-pull" not in led.names), timeout=10)
-    await eventually(lambda: not any(name == "quay-pull" for _, name in restarted.secrets.targets()), timeout=10)
+    await eventually(lambda: not apiserver.secrets_named("quay-pull"))
+    await eventually(when(apiserver, lambda led: "quay-pull" not in led.names))
+    await eventually(lambda: not any(name == "quay-pull" for _, name in restarted.secrets.targets()))
 
 
 async def test_a_debt_owed_by_a_stopped_replica_is_finished_by_another(
@@ -165,5 +147,5 @@ async def test_a_debt_owed_by_a_stopped_replica_is_finished_by_another(
     second = await replicas.start(WITH_RULE, elect=False, identity="replica-2")  # never the leader
     assert ("team-a", "quay-pull") in second.reconciler.pending
     await source(cluster)
-    await eventually(lambda: apiserver.secret("team-a", "quay-pull") is not None, timeout=10)
-    await eventually(when(apiserver, lambda led: not led.pending), timeout=10)
+    await eventually(lambda: apiserver.secret("team-a", "quay-pull") is not None)
+    await eventually(when(apiserver, lambda led: not led.pending))

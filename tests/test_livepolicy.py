@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 from kubernetes import client as k8s
 
+from tests.builders import QUAY_POLICY
 from webhook.config import KubeSettings
 from webhook.kube.client import build_api_client
 from webhook.kube.control import ControlApi, ControlSettings
@@ -17,13 +18,7 @@ from webhook.kube.livepolicy import LivePolicy
 from webhook.observability.stats import Stats
 from webhook.policy import status as st
 
-GOOD = """
-rules:
-  - name: quay
-    registries: [quay.io]
-    secret: quay-pull
-    source: {secret: {namespace: ops, name: shared}}
-"""
+GOOD = QUAY_POLICY
 
 
 def live(allowed: bool) -> LivePolicy:

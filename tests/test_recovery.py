@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.builders import PULL_SECRETS_ENABLED, policy_yaml, rule
 from tests.test_chart import render
 from webhook.cli import build_parser, settings_from_args
 from webhook.config import KubeSettings, RecoverySettings, SettingsError
@@ -22,19 +23,17 @@ from webhook.policy.matching import load_policy
 from webhook.recovery.decide import Decision, Owner, controller_of, decide
 
 POLICY = load_policy(
-    """
-excludeNamespaces: [kube-system, "excluded-*"]
-rules:
-  - name: example
-    registries: [registry.example.com]
-    secret: example-pull
-    source: {secret: {namespace: psi-system, name: example-credentials}}
-  - name: labelled
-    registries: [labelled.example.com]
-    namespaces: {selector: {matchLabels: {pull-secrets: enabled}}}
-    secret: labelled-pull
-    source: {secret: {namespace: psi-system, name: labelled-credentials}}
-"""
+    policy_yaml(
+        rule("example", "registry.example.com", "example-pull", source="psi-system/example-credentials"),
+        rule(
+            "labelled",
+            "labelled.example.com",
+            "labelled-pull",
+            source="psi-system/labelled-credentials",
+            namespaces=PULL_SECRETS_ENABLED,
+        ),
+        exclude=["kube-system", "excluded-*"],
+    )
 )
 SETTINGS = RecoverySettings(enabled=True, grace_seconds=60, max_per_owner=3, window_seconds=3600)
 NOW = 10_000.0

@@ -11,20 +11,15 @@ import os
 import socket
 from pathlib import Path
 
-from tests.builders import eventually, injected, review
+from tests.builders import eventually, injected, policy_yaml, review, rule
 from tests.conftest import RuntimeFactory
 from tests.kube_fixtures import Apiserver, Cluster
-from tests.scenario import POLICY, POLICY_TEXT, handler_for, shared_source
+from tests.scenario import EXCLUDED, POLICY, POLICY_TEXT, RULES, handler_for, shared_source
 from webhook.config import default_identity
 from webhook.policy.holder import PolicyHolder
 from webhook.policy.matching import load_policy
 
-EXTRA_RULE = """
-  - name: gar
-    registries: ["*-docker.pkg.dev"]
-    secret: gar-pull
-    source: {secret: {namespace: ops, name: gar-source}}
-"""
+WITH_GAR = policy_yaml(*RULES, rule("gar", "*-docker.pkg.dev", "gar-pull", source="ops/gar-source"), exclude=EXCLUDED)
 
 
 async def test_an_accepted_policy_re_points_the_watches(make_runtime: RuntimeFactory) -> None:
@@ -33,7 +28,7 @@ async def test_an_accepted_policy_re_points_the_watches(make_runtime: RuntimeFac
     holder.listeners.append(runtime.policy_changed)
     assert (None, "gar-pull") not in runtime.secrets.targets()
 
-    holder.replace(load_policy(POLICY_TEXT + EXTRA_RULE))
+    holder.replace(load_policy(WITH_GAR))
     runtime.policy_changed(False, ["rejected"])  # a rejected policy changes nothing
     await asyncio.sleep(0.05)
     assert (None, "gar-pull") not in runtime.secrets.targets()
@@ -58,7 +53,7 @@ async def test_a_new_policy_takes_effect_for_admission_at_once(
     handler = handler_for(runtime)
     assert injected(await handler.handle(review("team-a", "europe-docker.pkg.dev/p/app:1"))) == []
 
-    path.write_text(POLICY_TEXT + EXTRA_RULE)
+    path.write_text(WITH_GAR)
     assert holder.check() is True
     new = holder.current()
 

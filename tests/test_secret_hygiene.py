@@ -60,6 +60,16 @@ def everything_said(caplog: pytest.LogCaptureFixture, apiserver: Apiserver, resp
     return texts
 
 
+#: Budgets no loaded machine runs out of: every path these tests walk is chosen by the API's
+#: answers (and the faults), never by a timer expiring first. (The lease too: the leader stays one.)
+UNHURRIED: dict[str, Any] = {
+    "ensure_timeout": 30.0,
+    "request_timeout": 30.0,
+    "lease_duration": 60.0,
+    "renew_deadline": 45.0,
+}
+
+
 def handler(runtime: KubeRuntime) -> Handler:
     return handler_for(runtime, POLICY)
 
@@ -70,8 +80,8 @@ async def test_every_sync_path_keeps_the_password_out_of_logs(
     await cluster.namespace("ops")
     await cluster.secret("ops", "shared", {".dockerconfigjson": config(CANARY)})
     await cluster.secret("ops", "gar-key", {"key.json": gar_key(CANARY)}, type="Opaque")
-    leader = await make_runtime(POLICY)
-    follower = await make_runtime(POLICY, elect=False)
+    leader = await make_runtime(POLICY, **UNHURRIED)
+    follower = await make_runtime(POLICY, elect=False, **UNHURRIED)
     await eventually(lambda: leader.stats.leader)
     responses: list[Any] = []
     for namespace in ("team-a", "team-b", "team-c"):
@@ -93,12 +103,17 @@ async def test_every_sync_path_keeps_the_password_out_of_logs(
     # rotation (update), deletion (recreate), relabel (cleanup)
     await cluster.update_secret("ops", "shared", {".dockerconfigjson": config(ROTATED)})
     no_copy = {"data": {".dockerconfigjson": ""}}
-    await eventually(lambda: ROTATED.encode() in decoded(apiserver.secret("team-a", "quay-pull") or no_copy))
+
+    def rotated() -> bool:
+        return ROTATED.encode() in decoded(apiserver.secret("team-a", "quay-pull") or no_copy)
+
+    await eventually(rotated)
     await cluster.delete_secret("team-a", "quay-pull")
     await eventually(lambda: apiserver.secret("team-a", "quay-pull") is not None)
     await cluster.label_namespace("team-a", pull=None)
     await eventually(lambda: apiserver.secret("team-a", "quay-pull") is None)
-    await asyncio.sleep(0.1)
+    # the leader has counted (and logged) the cleanup, not only sent it
+    await eventually(lambda: leader.stats.secret_writes[("delete", "ok")] >= 1)
 
     assert leader.stats.secret_writes[("update", "ok")] >= 1
     assert_clean(everything_said(debug_logs, apiserver, responses), CANARY, ROTATED)
@@ -143,7 +158,7 @@ async def test_malformed_sources_keep_the_password_out_of_logs(
     await cluster.namespace("ops")
     await cluster.secret("ops", "shared", data, type=secret_type)
     await cluster.secret("ops", "gar-key", {"other.json": gar_key(CANARY)}, type="Opaque")  # passwordFrom key missing
-    runtime = await make_runtime(POLICY)
+    runtime = await make_runtime(POLICY, **UNHURRIED)
     await eventually(lambda: runtime.stats.leader)
     await cluster.namespace("team-a", pull="yes")
 
@@ -188,13 +203,19 @@ async def test_api_failures_keep_the_password_out_of_logs(
         {".dockerconfigjson": "{}"},
         labels={"app.kubernetes.io/managed-by": "pullsecret-injector"},
     )
-    runtime = await make_runtime(POLICY, elect=False, ensure_timeout=0.5)
+    # A slow API: the admission stops waiting at 0.5 s for an answer delayed 1.5 s. A failing
+    # one: the admission waits for the failure, whatever the load.
+    ensure_timeout = 0.5 if fault.delay else UNHURRIED["ensure_timeout"]
+    runtime = await make_runtime(POLICY, elect=False, ensure_timeout=ensure_timeout, request_timeout=30.0)
+    await eventually(lambda: runtime.reconciler.passes >= 1)  # its first pass, before the faults
+    passes = runtime.reconciler.passes
     apiserver.faults.append(fault)
 
     responses = [
         await handler(runtime).handle(review("team-a", "quay.io/x/y")),
         await handler(runtime).handle(review("team-a", "europe-docker.pkg.dev/p/x:1")),
     ]
-    await asyncio.sleep(0.3)
+    # the work handed off has been taken up by the background too (and said what it said)
+    await eventually(lambda: runtime.reconciler.passes > passes)
 
     assert_clean(everything_said(debug_logs, apiserver, responses), CANARY)

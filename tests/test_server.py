@@ -11,9 +11,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.builders import eventually, injected, review
+from tests.builders import eventually, injected, kubeconfig, review
 from tests.conftest import RuntimeFactory
 from tests.kube_fixtures import LEASES, Apiserver, Cluster, closed_port
 from tests.scenario import POLICY_TEXT, shared_source
@@ -61,22 +60,6 @@ def test_the_flag_exists() -> None:
     args = build_parser().parse_args(["serve", "--policy-configmap", "psi-policy"])
     assert isinstance(args, argparse.Namespace)
     assert args.policy_configmap == "psi-policy"
-
-
-def kubeconfig(path: Path, host: str) -> Path:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "emulator", "cluster": {"server": host}}],
-                "users": [{"name": "webhook", "user": {"token": "not-checked"}}],
-                "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "webhook"}}],
-                "current-context": "emulator",
-            }
-        )
-    )
-    return path
 
 
 def serve_args(tmp_path: Path, *extra: str) -> Settings:

@@ -9,35 +9,11 @@ import io
 from pathlib import Path
 
 import pytest
-import yaml
 
+from tests.builders import QUAY_POLICY, kubeconfig
 from tests.kube_fixtures import closed_port
 from webhook.cli import main
 from webhook.kube.clustercheck import groups_of
-
-POLICY = """
-rules:
-  - name: quay
-    registries: [quay.io]
-    secret: quay-pull
-    source: {secret: {namespace: ops, name: shared}}
-"""
-
-
-def kubeconfig(path: Path, server: str) -> Path:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": {"server": server}}],
-                "users": [{"name": "u", "user": {"token": "t"}}],
-                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-                "current-context": "c",
-            }
-        )
-    )
-    return path
 
 
 @pytest.mark.parametrize(
@@ -51,7 +27,7 @@ def test_validate_cluster_errors_are_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], config: str, message: str
 ) -> None:
     policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
+    policy.write_text(QUAY_POLICY)
     path = (
         tmp_path / "absent" if config == "missing" else kubeconfig(tmp_path / "kc", f"http://127.0.0.1:{closed_port()}")
     )

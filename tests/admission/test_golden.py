@@ -12,24 +12,19 @@ then review the diff of the files by eye.
 
 from __future__ import annotations
 
-import base64
 import copy
-import json
-import os
 from pathlib import Path
-from typing import Any
 
 import jsonpatch
 import pytest
 
-from tests.builders import GOLDEN
+from tests.builders import GOLDEN, golden_answer, golden_cases, reinvocation
 from webhook.admission.handler import Handler
 from webhook.admission.patch import INJECTED_ANNOTATION
-from webhook.admission.wire import AdmissionReview, parse_review
 from webhook.policy.matching import load_policy
 
 # The mirror-* cases rewrite images as well; tests/test_golden_mirrors.py runs them with checks of their own.
-CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "request.json").is_file() and not p.name.startswith("mirror-"))
+CASES = golden_cases(mirrors=False)
 
 
 def _handler_for(case: Path) -> Handler:
@@ -38,33 +33,15 @@ def _handler_for(case: Path) -> Handler:
     return Handler(policy=lambda: policy)
 
 
-def _readable(response: dict[str, Any]) -> dict[str, Any]:
-    result = copy.deepcopy(response)
-    inner = result["response"]
-    if "patch" in inner:
-        inner["patch"] = json.loads(base64.b64decode(inner["patch"]))
-    return result
-
-
 def test_there_are_at_least_15_cases() -> None:
     assert len(CASES) >= 15
 
 
 @pytest.mark.parametrize("name", CASES)
 async def test_golden_case(name: str) -> None:
-    case = GOLDEN / name
-    review = parse_review((case / "request.json").read_bytes())
-    handler = _handler_for(case)
-    actual = _readable(dict(await handler.handle(review)))
-    expected_file = case / "response.json"
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        expected_file.write_text(json.dumps(actual, indent=2) + "\n")
-    expected = json.loads(expected_file.read_text())
-    assert actual == expected
-
-    # The answer is about this request, in its own apiVersion.
-    assert actual["apiVersion"] == review["apiVersion"]
-    assert actual["response"]["uid"] == review["request"]["uid"]
+    handler = _handler_for(GOLDEN / name)
+    review, actual = await golden_answer(name, handler)
+    assert actual["apiVersion"] == review["apiVersion"], "in the request's own apiVersion"
 
     pod = review["request"].get("object")
     ops = actual["response"].get("patch", [])
@@ -88,7 +65,5 @@ async def test_golden_case(name: str) -> None:
     assert untouched == pod
 
     # Applying our own output again changes nothing (reinvocationPolicy: IfNeeded).
-    again: AdmissionReview = copy.deepcopy(review)
-    again["request"]["object"] = patched
-    second = await handler.handle(again)
+    second = await handler.handle(reinvocation(review, patched))
     assert "patch" not in second["response"]

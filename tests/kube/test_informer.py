@@ -9,16 +9,14 @@ import kmock
 
 from tests.conftest import RuntimeFactory
 from tests.kube_fixtures import SECRETS, Apiserver, Cluster
-from tests.scenario import POLICY, QUAY_ONLY, shared_source
+from tests.scenario import POLICY, QUAY_ONLY, tenants
 
 
 async def test_watches_list_in_pages_and_fill_the_whole_cache(
     apiserver: Apiserver, cluster: Cluster, make_runtime: RuntimeFactory
 ) -> None:
-    await shared_source(cluster)
-    teams = [f"team-{i}" for i in range(7)]
+    teams = await tenants(cluster, 7, internal="yes")
     for team in teams:
-        await cluster.namespace(team, internal="yes")
         await cluster.secret(team, "quay-pull", {".dockerconfigjson": QUAY_ONLY}, type="kubernetes.io/dockerconfigjson")
 
     runtime = await make_runtime(POLICY, elect=False, list_page_size=2)
@@ -37,10 +35,7 @@ async def test_watches_list_in_pages_and_fill_the_whole_cache(
 async def test_an_expired_continue_token_lists_again_from_the_start(
     apiserver: Apiserver, cluster: Cluster, make_runtime: RuntimeFactory
 ) -> None:
-    await shared_source(cluster)
-    teams = [f"team-{i}" for i in range(5)]
-    for team in teams:
-        await cluster.namespace(team)
+    teams = await tenants(cluster, 5)
     apiserver.expire_continues = 1
 
     runtime = await make_runtime(POLICY, elect=False, list_page_size=2)
@@ -54,9 +49,7 @@ async def test_an_expired_continue_token_lists_again_from_the_start(
 async def test_continue_tokens_that_keep_expiring_end_in_one_full_list(
     apiserver: Apiserver, cluster: Cluster, make_runtime: RuntimeFactory
 ) -> None:
-    await shared_source(cluster)
-    for i in range(5):
-        await cluster.namespace(f"team-{i}")
+    await tenants(cluster, 5)
     apiserver.expire_continues = 1000  # every continued page expires
 
     runtime = await make_runtime(POLICY, elect=False, list_page_size=2)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.builders import PULL_SECRETS_ENABLED, policy_yaml, rule
 from webhook.ops.findings import diagnose, exit_code, render_json, render_text
 from webhook.ops.snapshot import Finding, Snapshot, Unreadable, WebhookProbe, selector_fix
 from webhook.policy.matching import load_policy
@@ -20,25 +21,13 @@ from webhook.secrets.desired import build_copy
 NOW = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
 NS = "shop"
 POLICY = load_policy(
-    """
-excludeNamespaces: [kube-system, "ex-*"]
-rules:
-  - name: shop
-    registries: [registry.example.com]
-    secret: shop-pull
-    source: {secret: {namespace: sys, name: shop-src}}
-  - name: labelled
-    registries: [labelled.example.com]
-    namespaces: {selector: {matchLabels: {pull-secrets: enabled}}}
-    secret: lab-pull
-  - name: only-prod
-    registries: [prod.example.com]
-    namespaces: {include: ["prod-*"]}
-    secret: prod-pull
-  - name: hand
-    registries: [hand.example.com]
-    secret: hand-pull
-"""
+    policy_yaml(
+        rule("shop", "registry.example.com", "shop-pull", source="sys/shop-src"),
+        rule("labelled", "labelled.example.com", "lab-pull", namespaces=PULL_SECRETS_ENABLED),
+        rule("only-prod", "prod.example.com", "prod-pull", namespaces={"include": ["prod-*"]}),
+        rule("hand", "hand.example.com", "hand-pull"),
+        exclude=["kube-system", "ex-*"],
+    )
 )
 SECRET_VALUE = "findings-pass-31f0"
 

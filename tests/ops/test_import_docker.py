@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import builders
+from tests.builders import b64, require_program
 from webhook.ops.credhelpers import CredentialHelperError, HelperCredential
 from webhook.ops.import_docker import NoCredential, podman_auth_paths, resolve, resolve_all
 
@@ -35,45 +37,12 @@ ALL_SECRETS = (PASS_PASSWORD, INLINE_PASSWORD, PODMAN_PASSWORD, TOKEN)
 
 
 def _require(program: str) -> str:
-    path = shutil.which(program)
-    if path is None:
-        message = f"{program} not installed (apt-get install golang-docker-credential-helpers gnupg pass kubectl)"
-        if os.environ.get("PSI_REQUIRE_E2E") == "1":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return path
-
-
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
+    return require_program(program, "apt-get install golang-docker-credential-helpers gnupg pass kubectl")
 
 
 def kubectl_secret(name: str, namespace: str, server: str, username: str, password: str) -> str:
     """What the real ``kubectl create secret docker-registry --dry-run=client -o yaml`` prints."""
-    kubectl = _require("kubectl")
-    result = subprocess.run(
-        [
-            kubectl,
-            "create",
-            "secret",
-            "docker-registry",
-            name,
-            "-n",
-            namespace,
-            f"--docker-server={server}",
-            f"--docker-username={username}",
-            f"--docker-password={password}",
-            "--dry-run=client",
-            "-o",
-            "yaml",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-        env={"PATH": os.environ["PATH"], "HOME": tempfile.gettempdir(), "KUBECONFIG": os.devnull},
-    )
-    return result.stdout
+    return builders.kubectl_secret(name, namespace, server, username, password, output="yaml")
 
 
 def config_of(manifest: str) -> bytes:

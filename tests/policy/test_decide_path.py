@@ -11,34 +11,30 @@ import itertools
 
 import pytest
 
+from tests.builders import policy_yaml, rule
 from webhook.policy.images import parse_image
 from webhook.policy.matching import load_policy
 
 POLICY = load_policy(
-    """
-excludeNamespaces: [kube-system]
-rules:
-  - name: gar
-    registries: ["*-docker.pkg.dev"]
-    secret: gar
-  - name: gar-project
-    registries: ["*-docker.pkg.dev"]
-    repositories: ["my-project/*"]
-    secret: gar-project
-  - name: gar-europe
-    registries: ["europe-docker.pkg.dev"]
-    namespaces: {include: ["team-*"], exclude: ["team-sandbox"]}
-    secret: gar-europe
-  - name: labelled
-    registries: ["ghcr.io"]
-    repositories: ["org/*"]
-    namespaces: {selector: {matchLabels: {pull: "yes"}}}
-    secret: ghcr
-  - name: anything
-    registries: ["*"]
-    namespaces: {exclude: ["batch-*"]}
-    secret: fallback
-"""
+    policy_yaml(
+        rule("gar", "*-docker.pkg.dev", "gar"),
+        rule("gar-project", "*-docker.pkg.dev", "gar-project", repositories=["my-project/*"]),
+        rule(
+            "gar-europe",
+            "europe-docker.pkg.dev",
+            "gar-europe",
+            namespaces={"include": ["team-*"], "exclude": ["team-sandbox"]},
+        ),
+        rule(
+            "labelled",
+            "ghcr.io",
+            "ghcr",
+            repositories=["org/*"],
+            namespaces={"selector": {"matchLabels": {"pull": "yes"}}},
+        ),
+        rule("anything", "*", "fallback", namespaces={"exclude": ["batch-*"]}),
+        exclude=["kube-system"],
+    )
 )
 IMAGES = [
     "europe-docker.pkg.dev/my-project/app:1",

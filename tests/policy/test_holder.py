@@ -110,7 +110,7 @@ async def test_watch_polls_the_file(policy_file: Path) -> None:
     task = asyncio.create_task(holder.watch(interval=0.01))
     try:
         policy_file.write_text(OTHER)
-        await eventually(lambda: secrets(holder) == ["quay-pull"], timeout=5)
+        await eventually(lambda: secrets(holder) == ["quay-pull"])
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -10,11 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.builders import api_secret, b64
+from tests.builders import api_secret, b64, copy_of
 from tests.scenario import DOCKER_CONFIG, GAR_JSON_KEY
 from webhook.observability.logs import REDACTED, redact
-from webhook.policy.model import SecretRef, Source
-from webhook.secrets.desired import build_copy
 from webhook.secrets.dockerconfig import (
     DOCKERCONFIGJSON_TYPE,
     AuthEntry,
@@ -163,14 +161,7 @@ def test_legacy_dockercfg_converts_to_dockerconfigjson() -> None:
             )
         },
     )
-    copy = build_copy(
-        name="hub",
-        namespace="team-a",
-        source=Source(secret=SecretRef(namespace="ops", name="src")),
-        rules=["hub"],
-        registries=["docker.io"],
-        source_secret=legacy,
-    )
+    copy = copy_of(legacy, source="ops/src", registries=["docker.io"])
     assert (
         copy.config == b'{"auths":{"https://index.docker.io/v1/":{"email":"e@x.io","auth":"aHViLXVzZXI6aHViLXBhc3M="}}}'
     )
@@ -279,14 +270,8 @@ def test_copy_for_quay_does_not_carry_the_docker_hub_password() -> None:
             "quay.io": {"auth": b64("quay-user:quay-pass")},
         }
     }
-    copy = build_copy(
-        name="quay-pull",
-        namespace="team-a",
-        source=Source(secret=SecretRef(namespace="ops", name="shared")),
-        rules=["quay"],
-        registries=["quay.io"],
-        source_secret=api_secret(DOCKERCONFIGJSON_TYPE, {".dockerconfigjson": json.dumps(config)}),
-    )
+    source = api_secret(DOCKERCONFIGJSON_TYPE, {".dockerconfigjson": json.dumps(config)})
+    copy = copy_of(source, source="ops/shared", registries=["quay.io"])
     assert json.loads(copy.config) == {"auths": {"quay.io": {"auth": b64("quay-user:quay-pass")}}}
     assert b"hub" not in base64.b64decode(copy.encoded)
 

@@ -351,17 +351,17 @@ async def test_watch_reloads_and_logs_without_key_material(
     try:
         second = ca1.issue()
         write_pair(tmp_path, second)
-        await eventually(lambda: ctx.current.serial_number == second.serial, timeout=5.0)
-        await eventually(lambda: "reloaded TLS serving certificate" in caplog.text, timeout=5.0)
+        await eventually(lambda: ctx.current.serial_number == second.serial)
+        await eventually(lambda: "reloaded TLS serving certificate" in caplog.text)
 
         broken = ca1.issue()
         write_file_atomic(ctx.cert_file, broken.cert_pem)  # key left behind: mismatch
-        await eventually(lambda: "keeping current TLS certificate" in caplog.text, timeout=5.0)
+        await eventually(lambda: "keeping current TLS certificate" in caplog.text)
         assert ctx.current.serial_number == second.serial
         assert not watcher.done()  # a bad file never kills the loop
 
         write_file_atomic(ctx.key_file, broken.key_pem)
-        await eventually(lambda: ctx.current.serial_number == broken.serial, timeout=5.0)
+        await eventually(lambda: ctx.current.serial_number == broken.serial)
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -492,7 +492,7 @@ def live_server(request: pytest.FixtureRequest, tmp_path: Path, ca1: CA) -> Iter
 
     thread = threading.Thread(target=run, name=f"uvicorn-{loop_name}", daemon=True)
     thread.start()
-    wait_for(lambda: server.started or not thread.is_alive(), "the server to start", timeout=10, interval=0.01)
+    wait_for(lambda: server.started or not thread.is_alive(), "the server to start", interval=0.01)
     assert thread.is_alive(), errors
     try:
         yield LiveServer(port=port, ctx=ctx, directory=tmp_path, server=server, thread=thread)

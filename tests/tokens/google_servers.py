@@ -19,14 +19,14 @@ credentials JSON: nothing is patched.
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http.server import ThreadingHTTPServer
+
+from tests.builders import JsonHandler
 
 SA_EMAIL = "puller@example-project.iam.gserviceaccount.com"
 TOKEN_PATH = "/computeMetadata/v1/instance/service-accounts/default/token"
@@ -76,23 +76,12 @@ class GoogleServers:
     def start(self) -> GoogleServers:
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                del format, args
-
+        class Handler(JsonHandler):
             def _answer(self, status: int, payload: object, *, flavor: bool = True) -> None:
-                body = json.dumps(payload).encode() if not isinstance(payload, bytes) else payload
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                if flavor:
-                    self.send_header("Metadata-Flavor", "Google")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.send_json(status, payload, headers={"Metadata-Flavor": "Google"} if flavor else None)
 
             def _record(self) -> Seen:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length).decode() if length else ""
+                body = self.read_body().decode()
                 seen = Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                 owner.seen.append(seen)
                 return seen

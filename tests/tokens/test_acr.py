@@ -18,12 +18,13 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.builders import JsonHandler
 from webhook.observability.logs import redact
 from webhook.tls.pki import build_ca, build_serving_cert
 from webhook.tokens.acr import USERNAME, AcrProvider
@@ -60,17 +61,8 @@ def entra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Entra]:
     (tmp_path / "tls.key").write_bytes(key)
     state = Entra()
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            del format, args
-
-        def _json(self, status: int, payload: object) -> None:
-            body = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    class Handler(JsonHandler):
+        _json = JsonHandler.send_json
 
         def do_GET(self) -> None:
             path = urllib.parse.urlsplit(self.path).path
@@ -90,8 +82,7 @@ def entra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Entra]:
 
         def do_POST(self) -> None:
             path = urllib.parse.urlsplit(self.path).path
-            length = int(self.headers.get("Content-Length") or 0)
-            form = urllib.parse.parse_qs(self.rfile.read(length).decode())
+            form = urllib.parse.parse_qs(self.read_body().decode())
             state.seen.append((path, form))
             if path == f"/{TENANT}/oauth2/v2.0/token":
                 if form.get("client_assertion_type") != ["urn:ietf:params:oauth:client-assertion-type:jwt-bearer"]:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.builders import copy_of
 from webhook.observability.logs import redact
 from webhook.policy.model import Source, TokenSource
-from webhook.secrets.desired import build_copy
 from webhook.tokens.ecr import EcrProvider
 from webhook.tokens.errors import MintError
 from webhook.tokens.minter import TokenMinters
@@ -110,14 +110,7 @@ async def test_the_copy_is_written_under_the_proxy_endpoint_host(
     assert source.token is not None
     minters = TokenMinters()
     obj = await minters.source_object(source.token, timeout=30)
-    copy = build_copy(
-        name="ecr-pull",
-        namespace="team",
-        source=source,
-        rules=["ecr"],
-        registries=["*.dkr.ecr.*.amazonaws.com"],
-        source_secret=obj,
-    )
+    copy = copy_of(obj, source=source, registries=["*.dkr.ecr.*.amazonaws.com"])
     auths = json.loads(copy.config)["auths"]
     (host,) = auths
     assert host.endswith(".dkr.ecr.us-east-1.amazonaws.com")

@@ -106,7 +106,7 @@ async def test_a_slow_mint_admits_with_a_warning_and_finishes_in_the_background(
     assert result.failed == ["tok-pull"]
     assert any("not minted within" in w or "finishing in background" in w for w in result.warnings), result.warnings
     assert apiserver.secret("team-b", "tok-pull") is None
-    await eventually(lambda: apiserver.secret("team-b", "tok-pull") is not None, timeout=20)
+    await eventually(lambda: apiserver.secret("team-b", "tok-pull") is not None)
     secret = apiserver.secret("team-b", "tok-pull")
     assert secret is not None
     assert auths_of(secret)[REGISTRY]["password"] == "ensure-canary-token"

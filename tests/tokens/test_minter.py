@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tests import builders
 from webhook.observability.logs import RedactingFilter
 from webhook.policy.model import Source, TokenSource
-from webhook.secrets.desired import DesiredCopy, build_copy, is_current
+from webhook.secrets.desired import DesiredCopy, is_current
 from webhook.tokens.base import Token
 from webhook.tokens.errors import ExecPluginError, MintTimeout, TokenError
 from webhook.tokens.metrics import TokenMetrics
@@ -243,14 +244,7 @@ def test_a_copy_holding_a_newer_token_from_another_replica_is_current() -> None:
     older = Token(username="u", password="older-canary-3", minted_at=now - 120, expires_at=now + 3480)
 
     def copy_of(token: Token) -> DesiredCopy:
-        return build_copy(
-            name="pull",
-            namespace="team",
-            source=source,
-            rules=["r"],
-            registries=[REGISTRY],
-            source_secret=token_object(token_source, token),
-        )
+        return builders.copy_of(token_object(token_source, token), source=source, registries=[REGISTRY])
 
     desired = copy_of(ours)
     assert is_current(copy_of(theirs).manifest(), desired)

@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
+from tests.builders import copy_of
 from webhook.cli import main
 from webhook.policy.model import PolicyError, Source, TokenSource, parse_policy
-from webhook.secrets.desired import build_copy, source_reference
+from webhook.secrets.desired import source_reference
 from webhook.tokens import extras
 from webhook.tokens.base import Token
 from webhook.tokens.minter import EXPIRES_AT_ANNOTATION, MINTED_AT_ANNOTATION, token_object
@@ -161,14 +162,7 @@ def test_also_for_puts_the_credential_under_the_registry_and_the_auth_host_only(
     if parsed.token is not None:
         token = Token(username="u", password="p1", minted_at=1000.0, expires_at=2000.0)
         source_secret = token_object(parsed.token, token)
-    copy = build_copy(
-        name="pull",
-        namespace="team",
-        source=parsed,
-        rules=["r"],
-        registries=["registry.example.com"],
-        source_secret=source_secret,
-    )
+    copy = copy_of(source_secret, source=parsed, registries=["registry.example.com"])
     auths = _auths(copy.config)
     assert sorted(auths) == ["auth.example.com", "registry.example.com"], "the registry and the auth host, no more"
     for entry in auths.values():

@@ -42,6 +42,8 @@ class SecretCache:
         self._stats = stats
         self._on_change = on_change
         self._watches = WatchSet()
+        #: Stopped for good (shutdown): see :meth:`sync_targets`.
+        self._stopped = False
 
     def _target_for(self, namespace: str, name: str) -> ListWatch | None:
         watches = self._watches.watches
@@ -77,7 +79,14 @@ class SecretCache:
         return all(watch.store.synced.is_set() for watch in list(self._watches.watches.values()))
 
     def sync_targets(self, wanted: set[SecretTarget]) -> None:
-        """Start watches for new targets and stop those no longer wanted."""
+        """Start watches for new targets and stop those no longer wanted; nothing once :meth:`stop` ran.
+
+        A watch thread's last event can reach the loop after the shutdown stopped every watch
+        (a policy or ledger change that re-targets): started then, the watches would run on,
+        with nobody left to stop them.
+        """
+        if self._stopped:
+            return
         # A cluster-wide watch of a name covers that name in every namespace.
         cluster_names = {name for namespace, name in wanted if namespace is None}
         wanted = {(ns, name) for ns, name in wanted if ns is None or name not in cluster_names}
@@ -121,6 +130,7 @@ class SecretCache:
         )
 
     def stop(self) -> list[ListWatch]:
+        self._stopped = True
         return self._watches.stop_all()
 
 

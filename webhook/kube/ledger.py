@@ -27,6 +27,7 @@ from webhook.kube.policywatch import ConfigMapWatch
 from webhook.kube.runner import Runner
 from webhook.observability.stats import Stats
 from webhook.secrets import ledger as lg
+from webhook.waits import wait_for
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +205,7 @@ class LedgerStore:
         finally:
             if self._journal:
                 try:
-                    await asyncio.wait_for(self.flush(), timeout=2.0)
+                    await wait_for(self.flush(), timeout=2.0)
                 except (TimeoutError, asyncio.CancelledError, ApiError):
                     log.info("ownership ledger: last changes not written at shutdown")
 

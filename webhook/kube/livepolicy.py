@@ -42,6 +42,7 @@ from webhook.policy.holder import PolicyHolder
 from webhook.policy.matching import CompiledPolicy, load_policy
 from webhook.policy.model import PolicyError
 from webhook.secrets import ledger as lg
+from webhook.waits import wait_for
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +243,7 @@ class LivePolicy:
             while True:
                 timeout = None if self._recheck_at is None else max(0.0, self._recheck_at - time.monotonic())
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+                    await wait_for(self._wake.wait(), timeout=timeout)
                 self._wake.clear()
                 try:
                     await self.step()

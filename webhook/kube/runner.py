@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Final, TypeVar
 
 from webhook.kube.errors import ApiTimeout
+from webhook.waits import wait_for
 
 T = TypeVar("T")
 
@@ -35,7 +36,7 @@ class Runner:
             raise ApiTimeout(action=action)
         future = asyncio.get_running_loop().run_in_executor(self._executor, fn, timeout)
         try:
-            return await asyncio.wait_for(future, timeout + self.GRACE)
+            return await wait_for(future, timeout + self.GRACE)
         except TimeoutError:
             raise ApiTimeout(action=action) from None
 

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable, MutableSet
 
+from webhook import waits
 from webhook.backoff import Backoff
 from webhook.bounded import BoundedCache
 from webhook.config import KubeSettings
@@ -88,7 +89,7 @@ class Reconciler(CopyWorker):
             if self.pending:
                 timeout = min(timeout, self._retry_in)
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+                await waits.wait_for(self._wake.wait(), timeout=timeout)
             except TimeoutError:
                 if self._dirty_since is None:
                     self._dirty_since = time.monotonic()

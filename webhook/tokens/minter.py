@@ -34,6 +34,7 @@ from webhook.tokens.base import Provider, Token
 from webhook.tokens.errors import MintError, MintTimeout, TokenError
 from webhook.tokens.metrics import TokenMetrics
 from webhook.tokens.providers import build_provider, describe, source_key
+from webhook.waits import wait_for
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ class TokenMinter:
         result = "ok"
         try:
             provider = await self._provider_for_mint()
-            token = await asyncio.wait_for(asyncio.to_thread(provider.mint), timeout=MINT_TIMEOUT)
+            token = await wait_for(asyncio.to_thread(provider.mint), timeout=MINT_TIMEOUT)
         except TimeoutError:
             result = "timeout"
             error: TokenError = MintTimeout(f"{describe(self.source)}: not minted within {MINT_TIMEOUT:g}s")
@@ -274,7 +275,7 @@ class TokenMinter:
             raise self.last_error
         task = self.mint_shared()
         try:
-            return await asyncio.wait_for(asyncio.shield(task), timeout=max(0.0, timeout))
+            return await wait_for(asyncio.shield(task), timeout=max(0.0, timeout))
         except TimeoutError:
             raise MintTimeout(
                 f"{describe(self.source)} not minted within {timeout:.1f}s; finishing in the background"
@@ -288,7 +289,7 @@ class TokenMinter:
             timeout = None if at is None else max(0.0, at - self._clock())
             if timeout is None or timeout > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), timeout=timeout)
+                    await wait_for(self._changed.wait(), timeout=timeout)
                     continue  # state changed: compute the next time again
             with contextlib.suppress(TokenError):
                 await self.mint_shared()
