@@ -233,17 +233,6 @@ def test_the_mutable_global_check_sees_what_it_must() -> None:
     assert list(mutable_globals("webhook.observability.logs", "_registry = _SecretRegistry()\n")) == []
 
 
-#: Modules still calling ``asyncio.wait_for``, each with why it cannot hang a stop. Delete an
-#: entry when that call moves to :func:`webhook.waits.wait_for`.
-KNOWN_WAIT_FOR = {
-    # the admission path (its debt's persist): cancelled only by the admission deadline, after
-    # which the answer is sent anyway; no job loop goes round on it (the ensurer is being reworked).
-    "webhook.secrets.ensurer",
-    # the shutdown itself: a bounded wait on a job already cancelled (the server rewrite owns it).
-    "webhook.server",
-}
-
-
 def wait_for_calls(source: str) -> list[int]:
     """Lines calling ``asyncio.wait_for`` (Python 3.11's loses a cancellation that meets a completion)."""
     return [
@@ -256,8 +245,7 @@ def wait_for_calls(source: str) -> list[int]:
 def test_background_jobs_wait_with_the_cancel_safe_wait_for() -> None:
     """A job loop handed a result in place of its cancellation runs forever: ``serve``'s stop hung on one."""
     calling = {module for module, path in modules().items() if wait_for_calls(path.read_text())}
-    assert sorted(calling - KNOWN_WAIT_FOR) == [], "use webhook.waits.wait_for"
-    assert sorted(KNOWN_WAIT_FOR - calling) == [], "no longer calls asyncio.wait_for: delete it from KNOWN_WAIT_FOR"
+    assert sorted(calling) == [], "use webhook.waits.wait_for"
 
 
 def test_the_wait_for_check_sees_what_it_must() -> None:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
+from webhook import waits
 from webhook.admission.handler import Handler, NamespaceLabels, SecretEnsurer
 from webhook.admission.mirroring import SecretLookup, build_mirror_checker
 from webhook.app import Readiness, create_app
@@ -411,7 +412,7 @@ async def serve(components: Components, settings: ServerSettings) -> None:
                 task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(task, timeout=5)
+                await waits.wait_for(task, timeout=5)
 
 
 def run(settings: Settings) -> int:

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
+from webhook import waits
 from webhook.admission.handler import EnsureResult
 from webhook.config import KubeSettings
 from webhook.kube.errors import ApiError
@@ -118,7 +119,7 @@ class Ensurer(CopyWorker):
         if self._persist is None:
             return
         with contextlib.suppress(TimeoutError, ApiError):
-            await asyncio.wait_for(self._persist(), timeout=deadline.remaining("record the debt"))
+            await waits.wait_for(self._persist(), timeout=deadline.remaining("record the debt"))
 
     def _forget_inflight(self, task: asyncio.Task[tuple[bool, str | None]]) -> None:
         for key, value in list(self._inflight.items()):
