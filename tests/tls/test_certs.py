@@ -9,20 +9,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from tests.tls.test_pki import ALL_SERVICE_NAMES, NAMESPACE, SERVICE, cert
 from webhook.tls.certs import write_file_atomic, write_local_certs
 from webhook.tls.pki import private_key_matches_certificate, verify_chain
-
-SERVICE, NAMESPACE = "pullsecret-injector", "infra"
-ALL_SERVICE_NAMES = [
-    "pullsecret-injector",
-    "pullsecret-injector.infra",
-    "pullsecret-injector.infra.svc",
-    "pullsecret-injector.infra.svc.cluster.local",
-]
-
-
-def cert(pem: bytes) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(pem)
 
 
 def test_write_local_certs(tmp_path: Path) -> None:
