@@ -165,7 +165,11 @@ class MutateEndpoint:
         except ReviewError as exc:
             await self._plain(send, 400, str(exc))
             return
-        answer = await self._answer(review)
+        # Most reviews need nothing from the cluster: answered at once, with no coroutine or
+        # deadline around them; the others are awaited under the admission deadline.
+        answer = self._answer_now(review)
+        if answer is None:
+            answer = await self._answer(review)
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]
         if self._draining():
             # Shutting down: the client must not send the next review on this connection (webhook/drain.py).
@@ -182,19 +186,30 @@ class MutateEndpoint:
         try:
             return orjson.dumps(await within(self._handler.handle(review), self._admission_timeout))
         except TimeoutError:
-            reason, warning = "timeout", "pullsecret-injector: timed out, nothing injected"
             log.warning(
                 "admission overran %.1fs; allowing the Pod unchanged",
                 self._admission_timeout,
                 extra={"uid": review["request"]["uid"]},
             )
+            return self._allowed_unchanged(review, "timeout", "pullsecret-injector: timed out, nothing injected")
         except Exception:
-            # Fail open with the uid we have: a bug here must never stop Pods cluster-wide.
-            # The traceback names code, not data (the handler never puts secrets in exceptions).
-            reason, warning = "exception", "pullsecret-injector: internal error, nothing injected"
-            log.exception(
-                "admission handler failed; allowing the Pod unchanged", extra={"uid": review["request"]["uid"]}
-            )
+            return self._handler_failed(review)
+
+    def _answer_now(self, review: AdmissionReview) -> bytes | None:
+        """The handler's answer if it needs no waiting (:meth:`Handler.answer_now`), else ``None``."""
+        try:
+            response = self._handler.answer_now(review)
+        except Exception:
+            return self._handler_failed(review)
+        return None if response is None else orjson.dumps(response)
+
+    def _handler_failed(self, review: AdmissionReview) -> bytes:
+        # Fail open with the uid we have: a bug here must never stop Pods cluster-wide.
+        # The traceback names code, not data (the handler never puts secrets in exceptions).
+        log.exception("admission handler failed; allowing the Pod unchanged", extra={"uid": review["request"]["uid"]})
+        return self._allowed_unchanged(review, "exception", "pullsecret-injector: internal error, nothing injected")
+
+    def _allowed_unchanged(self, review: AdmissionReview, reason: str, warning: str) -> bytes:
         if self._on_internal_error is not None:
             self._on_internal_error(reason)
         return orjson.dumps(build_response(review=review, warnings=[warning]))

@@ -12,7 +12,7 @@ import pytest
 
 from tests.builders import injected, pod_body, review, warnings
 from webhook.admission.handler import EnsureResult, Handler
-from webhook.policy.matching import load_policy
+from webhook.policy.matching import CompiledPolicy, load_policy
 from webhook.policy.model import Rule
 
 POLICY = load_policy("""
@@ -139,3 +139,44 @@ async def test_a_request_without_a_pod_object_is_allowed_with_a_warning() -> Non
     answer = await handler().handle(sent)
     assert answer["response"]["allowed"] is True
     assert warnings(answer) == ["pullsecret-injector: no Pod object in the request"]
+
+
+NO_SELECTORS = load_policy("""
+rules:
+  - {name: hub, registries: [docker.io], secret: hub-pull}
+  - {name: quay, registries: [quay.io], secret: quay-pull, source: {secret: {namespace: ops, name: shared}}}
+""")
+
+
+@pytest.mark.parametrize(
+    ("policy", "with_labels", "with_ensurer", "image", "at_once"),
+    [
+        pytest.param(NO_SELECTORS, True, True, "nginx", True, id="reference-only-rule"),
+        pytest.param(NO_SELECTORS, True, True, "quay.io/a/b", False, id="secret-to-ensure"),
+        pytest.param(NO_SELECTORS, True, False, "quay.io/a/b", True, id="secret-with-no-ensurer"),
+        pytest.param(POLICY, True, False, "nginx", False, id="labels-to-look-up"),
+        pytest.param(POLICY, False, False, "nginx", True, id="selectors-but-no-label-source"),
+    ],
+)
+async def test_answer_now_answers_what_needs_no_waiting_exactly_as_handle(
+    policy: CompiledPolicy, with_labels: bool, with_ensurer: bool, image: str, at_once: bool
+) -> None:
+    """``answer_now`` is the transport's synchronous hot path: ``None`` whenever ``handle`` would await."""
+    observed: list[str] = []
+
+    def build() -> Handler:
+        return Handler(
+            policy=lambda: policy,
+            namespaces=Labels({}) if with_labels else None,
+            ensurer=Ensurer() if with_ensurer else None,
+            observe=lambda _review, outcome, _seconds: observed.append(outcome.result),
+        )
+
+    request = review("team-a", image)
+    now = build().answer_now(request)
+    assert (now is not None) == at_once
+    awaited = await build().handle(request)
+    if now is not None:
+        assert now == awaited
+    # Observed once per review, by whichever path answered it.
+    assert observed == ["mutated", "mutated"] if at_once else ["mutated"]

@@ -88,12 +88,73 @@ class Handler:
         self._observe = observe
 
     async def handle(self, review: AdmissionReview) -> AdmissionReviewResponse:
-        if self._observe is None:
-            return (await self._handle(review))[0]
         start = time.perf_counter()
-        response, outcome = await self._handle(review)
-        self._observe(review, outcome, time.perf_counter() - start)
+        answered = self._answer_now(review)
+        response, outcome = answered if answered is not None else await self._handle(review)
+        if self._observe is not None:
+            self._observe(review, outcome, time.perf_counter() - start)
         return response
+
+    def answer_now(self, review: AdmissionReview) -> AdmissionReviewResponse | None:
+        """The answer, if it needs nothing from the cluster; ``None``: ``await handle(review)`` instead.
+
+        Most reviews are a Pod of a template already answered, in a namespace whose labels no
+        rule looks at, with no Secret to ensure and no mirror to check: their answer is a
+        lookup (``webhook/admission/answers.py``), and the transport takes it without a
+        coroutine or a deadline around it. Same answer, and same observation, as ``handle``.
+        """
+        start = time.perf_counter()
+        answered = self._answer_now(review)
+        if answered is None:
+            return None
+        if self._observe is not None:
+            self._observe(review, answered[1], time.perf_counter() - start)
+        return answered[0]
+
+    def _answer_now(self, review: AdmissionReview) -> tuple[AdmissionReviewResponse, AdmissionOutcome] | None:
+        request = review["request"]
+        if not _is_pod_create(request):
+            return None
+        pod = request.get("object")
+        if not isinstance(pod, dict) or is_skipped(pod):
+            return None
+        namespace = _namespace_of(request, pod)
+        if namespace is None:
+            return None
+        policy = self._current_policy()
+        if mirror_set(policy.policy) or (
+            policy.uses_selectors and self._namespaces is not None and not policy.namespace_excluded(namespace)
+        ):
+            return None  # a mirror check, or the namespace's labels, may mean waiting
+        planned = self._planned(pod, namespace, policy, None)
+        if planned is None or (planned.managed and self._ensurer is not None):
+            return None
+        return _answer(review, planned)
+
+    def _current_policy(self) -> CompiledPolicy:
+        policy = self._policy()
+        if policy is not self._planned_for:
+            # Both caches are keyed by the old policy's decisions: nothing in them can be hit again.
+            self.plans.clear()
+            self.answers.clear()
+            self._planned_for = policy
+        return policy
+
+    def _planned(
+        self, pod: Mapping[str, Any], namespace: str, policy: CompiledPolicy, labels: Mapping[str, str] | None
+    ) -> PlannedAnswer | None:
+        """The Pod template's answer (no mirrors), remembered; ``None`` for a Pod not worth remembering."""
+        fingerprint = pod_fingerprint(pod)
+        if fingerprint is None:
+            return None
+        key = (policy.namespace_decisions(namespace, labels), fingerprint)
+        planned = self.answers.get(key)
+        if planned is None:
+            planned = planned_answer(
+                plan_pod(pod=pod, namespace=namespace, policy=policy, namespace_labels=labels, plans=self.plans)
+            )
+            self.answers[key] = planned
+        return planned
 
     async def _handle(self, review: AdmissionReview) -> tuple[AdmissionReviewResponse, AdmissionOutcome]:
         request = review["request"]
@@ -118,12 +179,7 @@ class Handler:
                 ),
                 AdmissionOutcome("ignored"),
             )
-        policy = self._policy()
-        if policy is not self._planned_for:
-            # Both caches are keyed by the old policy's decisions: nothing in them can be hit again.
-            self.plans.clear()
-            self.answers.clear()
-            self._planned_for = policy
+        policy = self._current_policy()
         labels: Mapping[str, str] | None = None
         mirrors = mirror_set(policy.policy)
         if (
@@ -132,20 +188,12 @@ class Handler:
             and not policy.namespace_excluded(namespace)
         ):
             labels = await self._namespaces.labels(namespace)
-        if not mirrors:
-            # The common case: no rewrite, so the answer is the Pod template's (webhook/admission/answers.py).
-            fingerprint = pod_fingerprint(pod)
-            if fingerprint is not None:
-                key = (policy.namespace_decisions(namespace, labels), fingerprint)
-                planned = self.answers.get(key)
-                if planned is None:
-                    planned = planned_answer(
-                        plan_pod(pod=pod, namespace=namespace, policy=policy, namespace_labels=labels, plans=self.plans)
-                    )
-                    self.answers[key] = planned
-                if planned.managed and self._ensurer is not None:
-                    return await self._ensure(review, namespace, planned)
-                return _answer(review, planned)
+        # No rewrite: the answer is the Pod template's (webhook/admission/answers.py).
+        planned = None if mirrors else self._planned(pod, namespace, policy, labels)
+        if planned is not None:
+            if planned.managed and self._ensurer is not None:
+                return await self._ensure(review, namespace, planned)
+            return _answer(review, planned)
         # --- mirrors (webhook/admission/mirroring.py): images are rewritten first, rules match the result
         mirrored = await apply_mirrors(
             pod=pod, namespace=namespace, labels=labels, policy=policy, checker=self._mirror_checker
