@@ -89,11 +89,14 @@ class Handler:
 
     async def handle(self, review: AdmissionReview) -> AdmissionReviewResponse:
         start = time.perf_counter()
-        answered = self._answer_now(review)
-        response, outcome = answered if answered is not None else await self._handle(review)
-        if self._observe is not None:
-            self._observe(review, outcome, time.perf_counter() - start)
-        return response
+        now = self._answer_now(review)
+        if isinstance(now, _Later):
+            # A remembered answer whose Secrets must be ensured goes on from there, not from scratch.
+            if now.planned is None:
+                now = await self._handle(review)
+            else:
+                now = await self._ensure(review, now.namespace, now.planned)
+        return self._observed(review, now, start)
 
     def answer_now(self, review: AdmissionReview) -> AdmissionReviewResponse | None:
         """The answer, if it needs nothing from the cluster; ``None``: ``await handle(review)`` instead.
@@ -104,31 +107,36 @@ class Handler:
         coroutine or a deadline around it. Same answer, and same observation, as ``handle``.
         """
         start = time.perf_counter()
-        answered = self._answer_now(review)
-        if answered is None:
-            return None
+        now = self._answer_now(review)
+        return None if isinstance(now, _Later) else self._observed(review, now, start)
+
+    def _observed(
+        self, review: AdmissionReview, answered: tuple[AdmissionReviewResponse, AdmissionOutcome], start: float
+    ) -> AdmissionReviewResponse:
         if self._observe is not None:
             self._observe(review, answered[1], time.perf_counter() - start)
         return answered[0]
 
-    def _answer_now(self, review: AdmissionReview) -> tuple[AdmissionReviewResponse, AdmissionOutcome] | None:
+    def _answer_now(self, review: AdmissionReview) -> tuple[AdmissionReviewResponse, AdmissionOutcome] | _Later:
         request = review["request"]
         if not _is_pod_create(request):
-            return None
+            return _Later()
         pod = request.get("object")
         if not isinstance(pod, dict) or is_skipped(pod):
-            return None
+            return _Later()
         namespace = _namespace_of(request, pod)
         if namespace is None:
-            return None
+            return _Later()
         policy = self._current_policy()
         if mirror_set(policy.policy) or (
             policy.uses_selectors and self._namespaces is not None and not policy.namespace_excluded(namespace)
         ):
-            return None  # a mirror check, or the namespace's labels, may mean waiting
+            return _Later()  # a mirror check, or the namespace's labels, may mean waiting
         planned = self._planned(pod, namespace, policy, None)
-        if planned is None or (planned.managed and self._ensurer is not None):
-            return None
+        if planned is None:
+            return _Later()
+        if planned.managed and self._ensurer is not None:
+            return _Later(namespace, planned)
         return _answer(review, planned)
 
     def _current_policy(self) -> CompiledPolicy:
@@ -191,9 +199,7 @@ class Handler:
         # No rewrite: the answer is the Pod template's (webhook/admission/answers.py).
         planned = None if mirrors else self._planned(pod, namespace, policy, labels)
         if planned is not None:
-            if planned.managed and self._ensurer is not None:
-                return await self._ensure(review, namespace, planned)
-            return _answer(review, planned)
+            return await self._finish(review, namespace, planned)
         # --- mirrors (webhook/admission/mirroring.py): images are rewritten first, rules match the result
         mirrored = await apply_mirrors(
             pod=pod, namespace=namespace, labels=labels, policy=policy, checker=self._mirror_checker
@@ -210,7 +216,12 @@ class Handler:
             labels=labels,
         )
         # --- end mirrors
-        planned = planned_answer(plan, mirror_warnings)
+        return await self._finish(review, namespace, planned_answer(plan, mirror_warnings))
+
+    async def _finish(
+        self, review: AdmissionReview, namespace: str, planned: PlannedAnswer
+    ) -> tuple[AdmissionReviewResponse, AdmissionOutcome]:
+        """``planned`` as the answer, once its managed Secrets (if any) exist in ``namespace``."""
         if planned.managed and self._ensurer is not None:
             return await self._ensure(review, namespace, planned)
         return _answer(review, planned)
@@ -236,6 +247,15 @@ class Handler:
                 AdmissionOutcome("denied", planned.injected),
             )
         return _answer(review, planned, warnings)
+
+
+@dataclass(frozen=True, slots=True)
+class _Later:
+    """Not answerable at once: ``planned``'s Secrets must be ensured, or (``None``) ``_handle`` decides."""
+
+    namespace: str = ""
+    planned: PlannedAnswer | None = None
+
 
 
 def _answer(
