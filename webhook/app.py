@@ -215,26 +215,20 @@ class MutateEndpoint:
         return orjson.dumps(build_response(review=review, warnings=[warning]))
 
     async def _read_body(self, receive: Receive) -> bytes:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _Disconnected
-        body: bytes = message.get("body", b"")
-        if len(body) > self._max:
-            raise _TooLarge
-        if not message.get("more_body", False):
-            return body  # the whole body in one message: what uvicorn hands over for every review
-        chunks, size = [body], len(body)
+        chunks: list[bytes] = []
+        size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 raise _Disconnected
-            chunk = message.get("body", b"")
+            chunk: bytes = message.get("body", b"")
             size += len(chunk)
             if size > self._max:
                 raise _TooLarge
-            chunks.append(chunk)
             if not message.get("more_body", False):
-                return b"".join(chunks)
+                # The whole body in one message (what uvicorn hands over for every review): no join.
+                return chunk if not chunks else b"".join([*chunks, chunk])
+            chunks.append(chunk)
 
     async def _plain(self, send: Send, status: int, text: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
         if self._on_error is not None:
