@@ -64,11 +64,11 @@ def planned_answer(plan: PodPlan, warnings: tuple[str, ...] = ()) -> PlannedAnsw
 def pod_fingerprint(pod: Mapping[str, Any]) -> Fingerprint | None:
     """Every field of ``pod`` its plan depends on, or ``None`` for a Pod not worth remembering.
 
-    That is: each container's name and image, by kind and in order; whether and which pull
-    secrets the Pod already names (and whether the field is a list at all, which decides
-    the shape of the patch); and whether ``metadata`` and its annotations exist and what
-    our annotation already records. Anything unusual (a container that is not an object,
-    a name or image that is not a string, image volumes, which have their own path) is
+    That is: each container's name and image, by kind and in order; which pull secrets the
+    Pod already names (absent and an empty list make different patches); and whether the
+    annotations exist and what our annotation already records. Anything unusual (a
+    container that is not an object, a name or image that is not a string, image volumes,
+    which have their own path, pull secrets or metadata or annotations of the wrong type) is
     ``None``: such Pods are planned every time, exactly as before this cache existed. Exact
     ``type() is`` checks, not ``isinstance``: they are the cheaper test, and orjson builds
     nothing but plain dicts, lists and strings.
