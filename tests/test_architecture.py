@@ -52,6 +52,8 @@ IMMUTABLE_FACTORIES = {
     "ServerSettings",
     "Schedule",
     "types.MappingProxyType",
+    # a decoder for one fixed type: no settable state
+    "msgspec.json.Decoder",
     "tuple",
 }
 

@@ -1,8 +1,10 @@
 """The HTTP transport: a thin ASGI layer in front of :class:`webhook.admission.handler.Handler`.
 
 ``POST /mutate`` is the hot path of every Pod creation in the cluster, so it is served by
-a small ASGI endpoint that checks size and content type, decodes with orjson and encodes
-the answer with orjson; everything else (``/healthz``, ``/readyz``) is a FastAPI app.
+a small ASGI endpoint that checks size and content type, decodes the review's view (the
+fields the hot path reads, ``webhook/admission/view.py``) and, only when the answer is
+not a remembered one, the whole review with orjson, and encodes the answer with orjson;
+everything else (``/healthz``, ``/readyz``) is a FastAPI app.
 The transport never decides anything about a Pod: a malformed review is a 400 (the
 client's bug), and whatever the handler does, the server answers.
 """
@@ -20,6 +22,7 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
 from webhook.admission.handler import Handler
+from webhook.admission.view import ReviewView, decode_view
 from webhook.admission.wire import AdmissionReview, ReviewError, build_response, parse_review
 from webhook.config import ServerSettings
 from webhook.drain import CloseWhenDraining
@@ -160,15 +163,17 @@ class MutateEndpoint:
         except TimeoutError:
             await self._plain(send, 408, f"body not received within {self._read_timeout:g}s")
             return
-        try:
-            review = parse_review(body)
-        except ReviewError as exc:
-            await self._plain(send, 400, str(exc))
-            return
-        # Most reviews need nothing from the cluster: answered at once, with no coroutine or
-        # deadline around them; the others are awaited under the admission deadline.
-        answer = self._answer_now(review)
+        # Most reviews are answered from the view of the few fields they need (no full decode,
+        # no coroutine, no deadline); the others are decoded whole and awaited under the
+        # admission deadline.
+        view = decode_view(body)
+        answer = None if view is None else self._answer_now(view)
         if answer is None:
+            try:
+                review = parse_review(body)
+            except ReviewError as exc:
+                await self._plain(send, 400, str(exc))
+                return
             answer = await self._answer(review)
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]
         if self._draining():
@@ -195,12 +200,16 @@ class MutateEndpoint:
         except Exception:
             return self._handler_failed(review)
 
-    def _answer_now(self, review: AdmissionReview) -> bytes | None:
-        """The handler's answer if it needs no waiting (:meth:`Handler.answer_now`), else ``None``."""
+    def _answer_now(self, view: ReviewView) -> bytes | None:
+        """The handler's answer if it is a remembered one (:meth:`Handler.answer_now`), else ``None``.
+
+        A failure here is not answered: the complete path, which has the whole review, does that.
+        """
         try:
-            response = self._handler.answer_now(review)
+            response = self._handler.answer_now(view)
         except Exception:
-            return self._handler_failed(review)
+            log.exception("admission fast path failed; answering from the whole review")
+            return None
         return None if response is None else orjson.dumps(response)
 
     def _handler_failed(self, review: AdmissionReview) -> bytes:

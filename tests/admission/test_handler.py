@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import orjson
 import pytest
 
 from tests.builders import injected, pod_body, review, warnings
 from webhook.admission.handler import EnsureResult, Handler
+from webhook.admission.view import decode_view
 from webhook.policy.matching import CompiledPolicy, load_policy
 from webhook.policy.model import Rule
 
@@ -34,13 +36,19 @@ rules:
 
 
 class Labels:
-    def __init__(self, labels: Mapping[str, str] | None) -> None:
+    """Namespace labels; ``cached``: known without waiting too (the watch has shown them)."""
+
+    def __init__(self, labels: Mapping[str, str] | None, *, cached: bool = False) -> None:
         self.value = labels
+        self.cached = cached
         self.asked: list[str] = []
 
     async def labels(self, namespace: str) -> Mapping[str, str] | None:
         self.asked.append(namespace)
         return self.value
+
+    def labels_now(self, namespace: str) -> Mapping[str, str] | None:
+        return self.value if self.cached else None
 
 
 class Ensurer:
@@ -155,11 +163,12 @@ rules:
         pytest.param(NO_SELECTORS, True, True, "quay.io/a/b", False, id="secret-to-ensure"),
         pytest.param(NO_SELECTORS, True, False, "quay.io/a/b", True, id="secret-with-no-ensurer"),
         pytest.param(POLICY, True, False, "nginx", False, id="labels-to-look-up"),
+        pytest.param(POLICY, "cached", False, "nginx", True, id="labels-known-without-waiting"),
         pytest.param(POLICY, False, False, "nginx", True, id="selectors-but-no-label-source"),
     ],
 )
 async def test_answer_now_answers_what_needs_no_waiting_exactly_as_handle(
-    policy: CompiledPolicy, with_labels: bool, with_ensurer: bool, image: str, at_once: bool
+    policy: CompiledPolicy, with_labels: bool | str, with_ensurer: bool, image: str, at_once: bool
 ) -> None:
     """``answer_now`` is the transport's synchronous hot path: ``None`` whenever ``handle`` would await."""
     observed: list[str] = []
@@ -167,16 +176,20 @@ async def test_answer_now_answers_what_needs_no_waiting_exactly_as_handle(
     def build() -> Handler:
         return Handler(
             policy=lambda: policy,
-            namespaces=Labels({}) if with_labels else None,
+            namespaces=Labels({}, cached=with_labels == "cached") if with_labels else None,
             ensurer=Ensurer() if with_ensurer else None,
-            observe=lambda _review, outcome, _seconds: observed.append(outcome.result),
+            observe=lambda outcome, _seconds: observed.append(outcome.result),
         )
 
     request = review("team-a", image)
-    now = build().answer_now(request)
+    view = decode_view(orjson.dumps(request))
+    assert view is not None
+    handler = build()
+    assert handler.answer_now(view) is None  # nothing remembered yet: planned by the complete path
+    awaited = await handler.handle(request)
+    now = handler.answer_now(view)
     assert (now is not None) == at_once
-    awaited = await build().handle(request)
     if now is not None:
         assert now == awaited
-    # Observed once per review, by whichever path answered it.
+    # Observed once per answer, by whichever path gave it.
     assert observed == ["mutated", "mutated"] if at_once else ["mutated"]

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
-from webhook.admission.patch import CONTAINER_KINDS, INJECTED_ANNOTATION, existing_pull_secrets
+from msgspec import UNSET
+
+from webhook.admission.patch import INJECTED_ANNOTATION
 from webhook.admission.podplan import PodPlan, short
+from webhook.admission.view import PodView
 from webhook.admission.wire import encode_patch
 from webhook.bounded import BoundedCache
 from webhook.policy.matching import NamespaceDecisions
@@ -61,57 +64,47 @@ def planned_answer(plan: PodPlan, warnings: tuple[str, ...] = ()) -> PlannedAnsw
     )
 
 
-def pod_fingerprint(pod: Mapping[str, Any]) -> Fingerprint | None:
+def pod_fingerprint(pod: PodView) -> Fingerprint | None:
     """Every field of ``pod`` its plan depends on, or ``None`` for a Pod not worth remembering.
 
     That is: each container's name and image, by kind and in order; which pull secrets the
     Pod already names (absent and an empty list make different patches); and whether the
-    annotations exist and what our annotation already records. Anything unusual (a
-    container that is not an object, a name or image that is not a string, image volumes,
-    which have their own path, pull secrets or metadata or annotations of the wrong type) is
-    ``None``: such Pods are planned every time, exactly as before this cache existed. Exact
-    ``type() is`` checks, not ``isinstance``: they are the cheaper test, and orjson builds
-    nothing but plain dicts, lists and strings.
+    annotations exist and what our annotation already records. Anything unusual (a name or
+    image that is not a string, image volumes, which have their own path, metadata or
+    annotations of the wrong type) is ``None``: such Pods are planned every time, exactly as
+    before this cache existed; containers, volumes or pull secrets that are not objects
+    have no view at all (:mod:`webhook.admission.view`). One function for both paths: the
+    transport's view of the body and the view of a decoded Pod (:func:`~webhook.admission.view.pod_view`)
+    give the same key for the same Pod. Exact ``type() is`` checks, not ``isinstance``: the
+    cheaper test, and the views hold nothing but plain dicts, lists and strings.
     """
-    spec = pod.get("spec")
-    if type(spec) is not dict:
+    spec = pod.spec
+    metadata = pod.metadata
+    if spec is None or metadata is None:
         return None
     parts: list[Hashable] = []
-    for kind in CONTAINER_KINDS:
-        containers = spec.get(kind)
+    for containers in (spec.initContainers, spec.containers, spec.ephemeralContainers):
         if containers is None:
             parts.append(None)
             continue
-        if type(containers) is not list:
-            return None
         names_and_images: list[object] = []
         for container in containers:
-            if type(container) is not dict:
-                return None
-            names_and_images.append(container.get("name"))
-            names_and_images.append(container.get("image"))
+            names_and_images.append(container.name)
+            names_and_images.append(container.image)
         for value in names_and_images:
             if type(value) is not str:
                 return None
         parts.append(tuple(names_and_images))
-    volumes = spec.get("volumes")
-    if volumes is not None:
-        if type(volumes) is not list:
-            return None
-        for volume in volumes:
-            if type(volume) is not dict or "image" in volume:
+    if spec.volumes is not None:
+        for volume in spec.volumes:
+            if volume.image is not UNSET:
                 return None
-    pulls = spec.get("imagePullSecrets")
+    pulls = spec.imagePullSecrets
     if pulls is None:
         parts.append(None)
-    elif type(pulls) is list:
-        parts.append(("list", *existing_pull_secrets(spec)))
     else:
-        return None
-    metadata = pod.get("metadata")
-    if type(metadata) is not dict:
-        return None
-    annotations = metadata.get("annotations")
+        parts.append(("list", *(entry.name for entry in pulls if type(entry.name) is str)))
+    annotations = metadata.annotations
     if annotations is None:
         parts.append(("no-annotations",))
     elif type(annotations) is dict:

@@ -16,9 +16,10 @@ from typing import Any, Protocol
 
 from webhook.admission.answers import WARNING_PREFIX, AnswerCache, PlannedAnswer, planned_answer, pod_fingerprint
 from webhook.admission.mirroring import MirrorChecker, apply_mirrors, ephemeral_update, mirror_set, with_image_volumes
-from webhook.admission.patch import is_skipped
+from webhook.admission.patch import is_skipped, labels_skip
 from webhook.admission.podplan import PlanCache, plan_pod, short
-from webhook.admission.wire import AdmissionReview, AdmissionReviewResponse, build_response
+from webhook.admission.view import ReviewView, pod_view
+from webhook.admission.wire import SUPPORTED_API_VERSIONS, AdmissionReview, AdmissionReviewResponse, build_response
 from webhook.bounded import BoundedCache
 from webhook.config import CacheLimits
 from webhook.policy.matching import CompiledPolicy
@@ -31,6 +32,10 @@ class NamespaceLabels(Protocol):
     """Labels of a Namespace, or ``None`` when they are not known."""
 
     async def labels(self, namespace: str) -> Mapping[str, str] | None: ...
+
+    def labels_now(self, namespace: str) -> Mapping[str, str] | None:
+        """The labels ``labels`` would answer if it can without waiting (the watch has them), else ``None``."""
+        ...
 
 
 @dataclass(slots=True)
@@ -57,8 +62,8 @@ class AdmissionOutcome:
     injected: tuple[str, ...] = ()
 
 
-#: Called after every answer with the review, the outcome and the seconds it took.
-ObserveFn = Callable[[AdmissionReview, AdmissionOutcome, float], None]
+#: Called after every answer with the outcome and the seconds it took.
+ObserveFn = Callable[[AdmissionOutcome, float], None]
 
 
 class Handler:
@@ -89,55 +94,58 @@ class Handler:
 
     async def handle(self, review: AdmissionReview) -> AdmissionReviewResponse:
         start = time.perf_counter()
-        now = self._answer_now(review)
-        if isinstance(now, _Later):
-            # A remembered answer whose Secrets must be ensured goes on from there, not from scratch.
-            if now.planned is None:
-                now = await self._handle(review)
-            else:
-                now = await self._ensure(review, now.namespace, now.planned)
-        return self._observed(review, now, start)
-
-    def answer_now(self, review: AdmissionReview) -> AdmissionReviewResponse | None:
-        """The answer, if it needs nothing from the cluster; ``None``: ``await handle(review)`` instead.
-
-        Most reviews are a Pod of a template already answered, in a namespace whose labels no
-        rule looks at, with no Secret to ensure and no mirror to check: their answer is a
-        lookup (``webhook/admission/answers.py``), and the transport takes it without a
-        coroutine or a deadline around it. Same answer, and same observation, as ``handle``.
-        """
-        start = time.perf_counter()
-        now = self._answer_now(review)
-        return None if isinstance(now, _Later) else self._observed(review, now, start)
-
-    def _observed(
-        self, review: AdmissionReview, answered: tuple[AdmissionReviewResponse, AdmissionOutcome], start: float
-    ) -> AdmissionReviewResponse:
+        answered = await self._handle(review)
         if self._observe is not None:
-            self._observe(review, answered[1], time.perf_counter() - start)
+            self._observe(answered[1], time.perf_counter() - start)
         return answered[0]
 
-    def _answer_now(self, review: AdmissionReview) -> tuple[AdmissionReviewResponse, AdmissionOutcome] | _Later:
-        request = review["request"]
-        if not _is_pod_create(request):
-            return _Later()
-        pod = request.get("object")
-        if not isinstance(pod, dict) or is_skipped(pod):
-            return _Later()
-        namespace = _namespace_of(request, pod)
-        if namespace is None:
-            return _Later()
-        policy = self._current_policy()
-        if mirror_set(policy.policy) or (
-            policy.uses_selectors and self._namespaces is not None and not policy.namespace_excluded(namespace)
+    def answer_now(self, review: ReviewView) -> AdmissionReviewResponse | None:
+        """The answer, if it is a remembered one that needs nothing from the cluster; else ``None``.
+
+        Most reviews are a Pod of a template already answered, in a namespace whose labels are
+        known (or looked at by no rule), with no Secret to ensure and no mirror to check: their answer is a
+        lookup (``webhook/admission/answers.py``) made from the review's view
+        (``webhook/admission/view.py``), and the transport takes it without decoding the rest
+        of the review, and without a coroutine or a deadline around it. ``None`` for anything
+        else, a review the full decode would refuse included: the transport then decodes it
+        whole and awaits :meth:`handle`, which gives the same answer (and the same
+        observation) for the reviews this answers.
+        """
+        start = time.perf_counter()
+        request = review.request
+        if (
+            request is None
+            or review.apiVersion not in SUPPORTED_API_VERSIONS
+            or review.kind != "AdmissionReview"
+            or type(request.uid) is not str
+            or not request.uid
+            or not is_pod_create(request.operation, request.kind, request.resource, request.subResource)
         ):
-            return _Later()  # a mirror check, or the namespace's labels, may mean waiting
-        planned = self._planned(pod, namespace, policy, None)
-        if planned is None:
-            return _Later()
-        if planned.managed and self._ensurer is not None:
-            return _Later(namespace, planned)
-        return _answer(review, planned)
+            return None
+        pod = request.object
+        if pod is None or pod.metadata is None or labels_skip(pod.metadata.labels):
+            return None
+        namespace = namespace_of(request.namespace, pod.metadata.namespace)
+        if namespace is None:
+            return None
+        policy = self._current_policy()
+        if mirror_set(policy.policy):
+            return None  # a mirror check may mean waiting
+        labels: Mapping[str, str] | None = None
+        if policy.uses_selectors and self._namespaces is not None and not policy.namespace_excluded(namespace):
+            labels = self._namespaces.labels_now(namespace)
+            if labels is None:
+                return None  # the namespace's labels are not known without asking the API
+        fingerprint = pod_fingerprint(pod)
+        if fingerprint is None:
+            return None
+        planned = self.answers.get((policy.namespace_decisions(namespace, labels), fingerprint))
+        if planned is None or (planned.managed and self._ensurer is not None):
+            return None  # to be planned, or Secrets to ensure
+        response, outcome = _answer(review, planned)
+        if self._observe is not None:
+            self._observe(outcome, time.perf_counter() - start)
+        return response
 
     def _current_policy(self) -> CompiledPolicy:
         policy = self._policy()
@@ -152,7 +160,8 @@ class Handler:
         self, pod: Mapping[str, Any], namespace: str, policy: CompiledPolicy, labels: Mapping[str, str] | None
     ) -> PlannedAnswer | None:
         """The Pod template's answer (no mirrors), remembered; ``None`` for a Pod not worth remembering."""
-        fingerprint = pod_fingerprint(pod)
+        view = pod_view(pod)
+        fingerprint = None if view is None else pod_fingerprint(view)
         if fingerprint is None:
             return None
         key = (policy.namespace_decisions(namespace, labels), fingerprint)
@@ -249,17 +258,8 @@ class Handler:
         return _answer(review, planned, warnings)
 
 
-@dataclass(frozen=True, slots=True)
-class _Later:
-    """Not answerable at once: ``planned``'s Secrets must be ensured, or (``None``) ``_handle`` decides."""
-
-    namespace: str = ""
-    planned: PlannedAnswer | None = None
-
-
-
 def _answer(
-    review: AdmissionReview, planned: PlannedAnswer, warnings: tuple[str, ...] | None = None
+    review: AdmissionReview | ReviewView, planned: PlannedAnswer, warnings: tuple[str, ...] | None = None
 ) -> tuple[AdmissionReviewResponse, AdmissionOutcome]:
     """``planned`` as the response to ``review`` (with ``warnings`` instead of its own, when given)."""
     return (
@@ -271,28 +271,35 @@ def _answer(
 
 
 def _is_pod_create(request: Mapping[str, Any]) -> bool:
-    kind = request.get("kind")
-    resource = request.get("resource")
+    return is_pod_create(
+        request.get("operation"), request.get("kind"), request.get("resource"), request.get("subResource")
+    )
+
+
+def is_pod_create(operation: object, kind: object, resource: object, sub_resource: object) -> bool:
+    """The request's fields (decoded or viewed) say: CREATE of a core Pod, not of a subresource."""
     return (
-        request.get("operation") == "CREATE"
+        operation == "CREATE"
         and isinstance(kind, dict)
         and kind.get("group", "") == ""
         and kind.get("kind") == "Pod"
         and (not isinstance(resource, dict) or resource.get("resource", "pods") == "pods")
-        and not request.get("subResource")
+        and not sub_resource
     )
 
 
 def _namespace_of(request: Mapping[str, Any], pod: Mapping[str, Any]) -> str | None:
-    # Pods created by controllers carry no metadata.namespace; the request always has it.
-    namespace = request.get("namespace")
-    if isinstance(namespace, str) and namespace:
-        return namespace
     metadata = pod.get("metadata")
-    if isinstance(metadata, dict):
-        value = metadata.get("namespace")
-        if isinstance(value, str) and value:
-            return value
+    return namespace_of(request.get("namespace"), metadata.get("namespace") if isinstance(metadata, dict) else None)
+
+
+def namespace_of(request_namespace: object, pod_namespace: object) -> str | None:
+    """The request's namespace, else the Pod's own (decoded or viewed)."""
+    # Pods created by controllers carry no metadata.namespace; the request always has it.
+    if isinstance(request_namespace, str) and request_namespace:
+        return request_namespace
+    if isinstance(pod_namespace, str) and pod_namespace:
+        return pod_namespace
     return None
 
 

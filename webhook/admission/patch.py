@@ -111,5 +111,9 @@ def _recorded(pod: Mapping[str, Any]) -> list[str]:
 
 def is_skipped(pod: Mapping[str, Any]) -> bool:
     metadata = pod.get("metadata")
-    labels = metadata.get("labels") if isinstance(metadata, dict) else None
+    return labels_skip(metadata.get("labels") if isinstance(metadata, dict) else None)
+
+
+def labels_skip(labels: object) -> bool:
+    """The Pod's labels (decoded or viewed) opt it out."""
     return isinstance(labels, dict) and labels.get(SKIP_LABEL) == "true"

@@ -15,6 +15,8 @@ from typing import Any, Literal, NotRequired, TypedDict
 
 import orjson
 
+from webhook.admission.view import ReviewView
+
 SUPPORTED_API_VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
 
 Operation = Literal["CREATE", "UPDATE", "DELETE", "CONNECT"]
@@ -115,7 +117,7 @@ def parse_review(body: bytes) -> AdmissionReview:
 
 def build_response(
     *,
-    review: AdmissionReview,
+    review: AdmissionReview | ReviewView,
     allowed: bool = True,
     patch: Sequence[PatchOperation] | None = None,
     warnings: Sequence[str] = (),
@@ -128,8 +130,15 @@ def build_response(
     An empty patch is sent as no patch at all: the API server then has nothing to apply
     and, with ``reinvocationPolicy: IfNeeded``, no reason to call other webhooks again.
     ``encoded_patch`` is a patch already encoded by :func:`encode_patch` (a remembered answer's).
+    ``review`` is the decoded review or, on the hot path, its checked view (``webhook/admission/view.py``).
     """
-    response: AdmissionResponse = {"uid": review["request"]["uid"], "allowed": allowed}
+    if isinstance(review, ReviewView):
+        assert review.request is not None
+        api_version: str = review.apiVersion
+        uid: str = review.request.uid
+    else:
+        api_version, uid = review["apiVersion"], review["request"]["uid"]
+    response: AdmissionResponse = {"uid": uid, "allowed": allowed}
     if patch:
         encoded_patch = encode_patch(patch)
     if encoded_patch:
@@ -144,7 +153,7 @@ def build_response(
         if message is not None:
             status["message"] = message
         response["status"] = status
-    return {"apiVersion": review["apiVersion"], "kind": "AdmissionReview", "response": response}
+    return {"apiVersion": api_version, "kind": "AdmissionReview", "response": response}
 
 
 def encode_patch(patch: Sequence[PatchOperation]) -> str:

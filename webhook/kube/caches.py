@@ -167,6 +167,10 @@ class NamespaceCache:
     def get(self, name: str) -> KubeObject | None:
         return self.store.get(("", name))
 
+    def labels_now(self, namespace: str) -> Mapping[str, str] | None:
+        obj = self.get(namespace)
+        return None if obj is None else namespace_labels(obj)
+
     async def labels(self, namespace: str) -> Mapping[str, str] | None:
         obj = self.get(namespace)
         if obj is None:

@@ -18,7 +18,6 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from webhook.admission.handler import AdmissionOutcome
-from webhook.admission.wire import AdmissionReview
 from webhook.observability.stats import Stats
 
 PREFIX = "pullsecret_injector"
@@ -162,9 +161,8 @@ class Metrics:
 
     # ---------------------------------------------------------------- hooks
 
-    def observe_admission(self, review: AdmissionReview, outcome: AdmissionOutcome, seconds: float) -> None:
+    def observe_admission(self, outcome: AdmissionOutcome, seconds: float) -> None:
         """``Handler(observe=...)``: count the outcome, its latency, and each injected secret by rule."""
-        del review
         self.admissions.observe(outcome.result, seconds, outcome.injected if outcome.result == "mutated" else ())
 
     def observe_internal_error(self, reason: str) -> None:
