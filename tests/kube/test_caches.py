@@ -9,7 +9,7 @@ import json
 
 import kmock
 
-from tests.builders import injected, review
+from tests.builders import eventually, injected, review
 from tests.conftest import RuntimeFactory
 from tests.kube_fixtures import SECRETS, Apiserver, Cluster, decoded
 from tests.scenario import INTERNAL, POLICY, handler_for, shared_source
@@ -60,3 +60,17 @@ async def test_a_namespace_selector_is_evaluated_on_watched_labels(
     assert json.loads(decoded(copy)) == {
         "auths": {"registry.example.com:5000": {"username": "int-user", "password": "int-pass", "auth": INTERNAL}}
     }
+
+
+async def test_labels_known_without_waiting_are_the_watched_ones(
+    cluster: Cluster, make_runtime: RuntimeFactory
+) -> None:
+    """``labels_now`` (the admission hot path's) never asks the API: unknown until the watch shows the namespace."""
+    await shared_source(cluster)
+    runtime = await make_runtime(POLICY, elect=False)
+    await eventually(lambda: runtime.namespaces.synced)
+    assert runtime.namespaces.labels_now("lab") is None
+    await cluster.namespace("lab", internal="yes")
+    await eventually(lambda: runtime.namespaces.labels_now("lab") is not None)
+    assert runtime.namespaces.labels_now("lab") == await runtime.namespaces.labels("lab")
+    assert (runtime.namespaces.labels_now("lab") or {}).get("internal") == "yes"
