@@ -434,7 +434,8 @@ def markdown(results: dict[str, Any]) -> str:
         if not results["inproc"]["scenarios"]
         else [
             "",
-            "In-process, per review (`Handler.handle`; *bytes* adds `orjson` decode + encode; *cold* = first Pod of a "
+            "In-process, per review (`Handler.handle` on a decoded review; *bytes* is body in, answer out as the "
+            "transport does it: the view and `answer_now`, else the whole decode and `handle`; *cold* = first Pod of a "
             "namespace):",
             "",
             "| containers | rules | body | handle median | handle p99 | bytes median | bytes p99 | cold median |",
