@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import orjson
 
 from bench.reviews import NAMESPACE_LABELS, make_policy, make_review, review_bodies
-from webhook.admission.handler import Handler
+from webhook.admission.handler import Handler, Remembered
 from webhook.admission.view import decode_view
 from webhook.admission.wire import AdmissionReview, decode_patch, parse_review
 from webhook.policy.matching import CompiledPolicy
@@ -148,9 +148,13 @@ def time_bytes(containers: int, policy: CompiledPolicy, iterations: int) -> Timi
 def _answer_bytes(handler: Handler, body: bytes) -> bytes:
     """The answer to ``body`` the way ``webhook.app.MutateEndpoint`` gets it, without HTTP."""
     view = decode_view(body)
-    response = None if view is None else handler.answer_now(view)
-    if response is None:
+    now = None if view is None else handler.answer_now(view)
+    if isinstance(now, Remembered):
+        response = run_sync(handler.finish(now))
+    elif now is None:
         response = run_sync(handler.handle(parse_review(body)))
+    else:
+        response = now
     return orjson.dumps(response)
 
 

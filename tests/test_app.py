@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import ssl
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +16,11 @@ import pytest
 
 from tests.builders import golden_review
 from tests.servers import serve_in_thread
-from webhook.admission.handler import Handler
+from webhook.admission.handler import EnsureResult, Handler
 from webhook.admission.wire import AdmissionReview
 from webhook.app import Readiness, create_app
 from webhook.policy.matching import CompiledPolicy, load_policy
+from webhook.policy.model import Rule
 
 POLICY = load_policy("rules: [{name: hub, registries: [docker.io], secret: hub-pull}]")
 GOLDEN_CASE = "pod-without-annotations"
@@ -142,6 +145,52 @@ async def test_handler_bug_fails_open_with_the_uid() -> None:
     body = response.json()["response"]
     assert body == {"uid": review["request"]["uid"], "allowed": True, "warnings": [body["warnings"][0]]}
     assert "internal error" in body["warnings"][0]
+
+
+class _Ensurer:
+    """Records each ensure; ``mode``: ``"ok"``, ``"slow"`` (overruns the deadline) or ``"broken"``."""
+
+    def __init__(self) -> None:
+        self.mode = "ok"
+        self.calls: list[tuple[str, list[str]]] = []
+
+    async def ensure(self, *, namespace: str, secrets: Mapping[str, Rule], dry_run: bool) -> EnsureResult:
+        self.calls.append((namespace, sorted(secrets)))
+        if self.mode == "slow":
+            await asyncio.sleep(5)
+        if self.mode == "broken":
+            raise RuntimeError("boom")
+        return EnsureResult()
+
+
+async def test_a_remembered_answer_with_secrets_to_ensure_is_ensured_every_time() -> None:
+    """The second Pod of a template is answered from the body's view, and its Secret is still ensured."""
+    managed = load_policy(
+        "rules: [{name: hub, registries: [docker.io], secret: hub-pull, source: {secret: {namespace: ops, name: hub}}}]"
+    )
+    ensurer = _Ensurer()
+    readiness = Readiness()
+    readiness.started = True
+    handler = Handler(policy=lambda: managed, ensurer=ensurer)
+    app = create_app(handler=handler, readiness=readiness, admission_timeout=0.5)
+    answers = []
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://w") as c:
+        for uid, mode in [("first", "ok"), ("second", "ok"), ("slow", "slow"), ("broken", "broken")]:
+            review = _review()
+            review["request"]["uid"] = uid
+            ensurer.mode = mode
+            response = await c.post("/mutate", json=review)
+            assert response.status_code == 200
+            answers.append(response.json()["response"])
+    assert len(handler.answers) == 1  # one template: every review after the first is answered from the view
+    assert ensurer.calls == [(review["request"]["namespace"], ["hub-pull"])] * 4
+    assert [a["uid"] for a in answers] == ["first", "second", "slow", "broken"]
+    assert answers[1]["patch"] == answers[0]["patch"]
+    # Overrunning the deadline, or failing, on the remembered path fails open like the complete path.
+    for answer, reason in [(answers[2], "timed out"), (answers[3], "internal error")]:
+        assert "patch" not in answer
+        assert answer["allowed"] is True
+        assert reason in answer["warnings"][0]
 
 
 def test_real_tls_socket_on_loopback(tmp_path: Path) -> None:

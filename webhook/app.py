@@ -21,9 +21,16 @@ import orjson
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
-from webhook.admission.handler import Handler
+from webhook.admission.handler import Handler, Remembered
 from webhook.admission.view import ReviewView, decode_view
-from webhook.admission.wire import AdmissionReview, ReviewError, build_response, parse_review
+from webhook.admission.wire import (
+    AdmissionReview,
+    AdmissionReviewResponse,
+    ReviewError,
+    build_response,
+    identity,
+    parse_review,
+)
 from webhook.config import ServerSettings
 from webhook.drain import CloseWhenDraining
 
@@ -167,14 +174,18 @@ class MutateEndpoint:
         # no coroutine, no deadline); the others are decoded whole and awaited under the
         # admission deadline.
         view = decode_view(body)
-        answer = None if view is None else self._answer_now(view)
-        if answer is None:
+        now = None if view is None else self._answer_now(view)
+        if isinstance(now, bytes):
+            answer = now
+        elif now is not None:
+            answer = await self._answer(now.review, self._handler.finish(now))  # Secrets to ensure first
+        else:
             try:
                 review = parse_review(body)
             except ReviewError as exc:
                 await self._plain(send, 400, str(exc))
                 return
-            answer = await self._answer(review)
+            answer = await self._answer(review, self._handler.handle(review))
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]
         if self._draining():
             # Shutting down: the client must not send the next review on this connection (webhook/drain.py).
@@ -182,43 +193,45 @@ class MutateEndpoint:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": answer})
 
-    async def _answer(self, review: AdmissionReview) -> bytes:
-        """The handler's answer, or an ``allowed`` one if it fails or overruns the deadline.
+    async def _answer(
+        self, review: AdmissionReview | ReviewView, answering: Coroutine[Any, Any, AdmissionReviewResponse]
+    ) -> bytes:
+        """The handler's answer to ``review`` (``answering``), or an ``allowed`` one if it fails or overruns.
 
         The handler keeps its own budget for API calls; this deadline is the backstop that
         keeps every answer well inside the API server's ``timeoutSeconds`` whatever happens.
         """
         try:
-            return orjson.dumps(await within(self._handler.handle(review), self._admission_timeout))
+            return orjson.dumps(await within(answering, self._admission_timeout))
         except TimeoutError:
             log.warning(
                 "admission overran %.1fs; allowing the Pod unchanged",
                 self._admission_timeout,
-                extra={"uid": review["request"]["uid"]},
+                extra={"uid": identity(review)[1]},
             )
             return self._allowed_unchanged(review, "timeout", "pullsecret-injector: timed out, nothing injected")
         except Exception:
             return self._handler_failed(review)
 
-    def _answer_now(self, view: ReviewView) -> bytes | None:
-        """The handler's answer if it is a remembered one (:meth:`Handler.answer_now`), else ``None``.
+    def _answer_now(self, view: ReviewView) -> bytes | Remembered | None:
+        """The handler's remembered answer (:meth:`Handler.answer_now`), encoded; else what it said.
 
         A failure here is not answered: the complete path, which has the whole review, does that.
         """
         try:
-            response = self._handler.answer_now(view)
+            now = self._handler.answer_now(view)
         except Exception:
             log.exception("admission fast path failed; answering from the whole review")
             return None
-        return None if response is None else orjson.dumps(response)
+        return now if now is None or isinstance(now, Remembered) else orjson.dumps(now)
 
-    def _handler_failed(self, review: AdmissionReview) -> bytes:
+    def _handler_failed(self, review: AdmissionReview | ReviewView) -> bytes:
         # Fail open with the uid we have: a bug here must never stop Pods cluster-wide.
         # The traceback names code, not data (the handler never puts secrets in exceptions).
-        log.exception("admission handler failed; allowing the Pod unchanged", extra={"uid": review["request"]["uid"]})
+        log.exception("admission handler failed; allowing the Pod unchanged", extra={"uid": identity(review)[1]})
         return self._allowed_unchanged(review, "exception", "pullsecret-injector: internal error, nothing injected")
 
-    def _allowed_unchanged(self, review: AdmissionReview, reason: str, warning: str) -> bytes:
+    def _allowed_unchanged(self, review: AdmissionReview | ReviewView, reason: str, warning: str) -> bytes:
         if self._on_internal_error is not None:
             self._on_internal_error(reason)
         return orjson.dumps(build_response(review=review, warnings=[warning]))

@@ -20,7 +20,7 @@ from tests.builders import pod_body, review
 from tests.test_properties import review as generated_review
 from tests.test_properties import run_now
 from webhook.admission.answers import Fingerprint, pod_fingerprint
-from webhook.admission.handler import Handler
+from webhook.admission.handler import Handler, Remembered
 from webhook.admission.patch import INJECTED_ANNOTATION
 from webhook.admission.view import decode_view, pod_view
 from webhook.admission.wire import AdmissionReview
@@ -121,9 +121,12 @@ def _fingerprint(pod: dict[str, Any]) -> Fingerprint | None:
 
 async def _answers(handler: Handler, request: AdmissionReview) -> list[object]:
     """What ``handler`` answers, from the body's view (if it answers at once) and from the whole review."""
+    complete = await handler.handle(request)
     view = decode_view(orjson.dumps(request))
     now = None if view is None else handler.answer_now(view)
-    return [await handler.handle(request), *([] if now is None else [now])]
+    if isinstance(now, Remembered):
+        return [complete, await handler.finish(now)]
+    return [complete, *([] if now is None else [now])]
 
 
 async def _fresh_answer(request: AdmissionReview, policy: CompiledPolicy = POLICY) -> object:

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from tests.builders import injected, pod_body, review, warnings
-from webhook.admission.handler import EnsureResult, Handler
+from webhook.admission.handler import EnsureResult, Handler, Remembered
 from webhook.admission.view import decode_view
 from webhook.policy.matching import CompiledPolicy, load_policy
 from webhook.policy.model import Rule
@@ -157,39 +157,45 @@ rules:
 
 
 @pytest.mark.parametrize(
-    ("policy", "with_labels", "with_ensurer", "image", "at_once"),
+    ("policy", "with_labels", "with_ensurer", "image", "remembered"),
     [
-        pytest.param(NO_SELECTORS, True, True, "nginx", True, id="reference-only-rule"),
-        pytest.param(NO_SELECTORS, True, True, "quay.io/a/b", False, id="secret-to-ensure"),
-        pytest.param(NO_SELECTORS, True, False, "quay.io/a/b", True, id="secret-with-no-ensurer"),
-        pytest.param(POLICY, True, False, "nginx", False, id="labels-to-look-up"),
-        pytest.param(POLICY, "cached", False, "nginx", True, id="labels-known-without-waiting"),
-        pytest.param(POLICY, False, False, "nginx", True, id="selectors-but-no-label-source"),
+        pytest.param(NO_SELECTORS, True, True, "nginx", "answer", id="reference-only-rule"),
+        pytest.param(NO_SELECTORS, True, True, "quay.io/a/b", "to-ensure", id="secret-to-ensure"),
+        pytest.param(NO_SELECTORS, True, False, "quay.io/a/b", "answer", id="secret-with-no-ensurer"),
+        pytest.param(POLICY, True, False, "nginx", "nothing", id="labels-to-look-up"),
+        pytest.param(POLICY, "cached", False, "nginx", "answer", id="labels-known-without-waiting"),
+        pytest.param(POLICY, False, False, "nginx", "answer", id="selectors-but-no-label-source"),
     ],
 )
-async def test_answer_now_answers_what_needs_no_waiting_exactly_as_handle(
-    policy: CompiledPolicy, with_labels: bool | str, with_ensurer: bool, image: str, at_once: bool
+async def test_answer_now_answers_from_the_view_exactly_as_handle(
+    policy: CompiledPolicy, with_labels: bool | str, with_ensurer: bool, image: str, remembered: str
 ) -> None:
-    """``answer_now`` is the transport's synchronous hot path: ``None`` whenever ``handle`` would await."""
+    """``answer_now`` is the transport's hot path: the answer, or ``Remembered`` with Secrets to ensure first.
+
+    ``None`` whenever only ``handle`` can tell (here: labels that must be asked for).
+    """
     observed: list[str] = []
-
-    def build() -> Handler:
-        return Handler(
-            policy=lambda: policy,
-            namespaces=Labels({}, cached=with_labels == "cached") if with_labels else None,
-            ensurer=Ensurer() if with_ensurer else None,
-            observe=lambda outcome, _seconds: observed.append(outcome.result),
-        )
-
-    request = review("team-a", image)
+    ensurer = Ensurer() if with_ensurer else None
+    handler = Handler(
+        policy=lambda: policy,
+        namespaces=Labels({}, cached=with_labels == "cached") if with_labels else None,
+        ensurer=ensurer,
+        observe=lambda outcome, _seconds: observed.append(outcome.result),
+    )
+    request = review("team-a", image, dry_run=True)
     view = decode_view(orjson.dumps(request))
     assert view is not None
-    handler = build()
     assert handler.answer_now(view) is None  # nothing remembered yet: planned by the complete path
     awaited = await handler.handle(request)
     now = handler.answer_now(view)
-    assert (now is not None) == at_once
-    if now is not None:
+    kind = "nothing" if now is None else "to-ensure" if isinstance(now, Remembered) else "answer"
+    assert kind == remembered
+    if isinstance(now, Remembered):
+        assert await handler.finish(now) == awaited
+        assert ensurer is not None
+        # The same ensure as the complete path's, dry run included.
+        assert ensurer.calls[0] == ensurer.calls[1] == ("team-a", ["quay-pull"], True)
+    elif now is not None:
         assert now == awaited
     # Observed once per answer, by whichever path gave it.
-    assert observed == ["mutated", "mutated"] if at_once else ["mutated"]
+    assert observed == ["mutated"] if now is None else ["mutated", "mutated"]

@@ -148,6 +148,6 @@ async def test_the_hot_path_answers_from_the_view_once_the_complete_path_remembe
     second = decode_view(orjson.dumps(review("team-a", obj=pod_body("nginx:1.27"), uid="second")))
     assert second is not None
     answer = handler.answer_now(second)
-    assert answer is not None
+    assert isinstance(answer, dict)  # no ensurer: nothing to wait for
     assert answer["response"]["uid"] == "second"
     assert answer["response"].get("patch") == complete["response"].get("patch")

@@ -99,16 +99,17 @@ class Handler:
             self._observe(answered[1], time.perf_counter() - start)
         return answered[0]
 
-    def answer_now(self, review: ReviewView) -> AdmissionReviewResponse | None:
-        """The answer, if it is a remembered one that needs nothing from the cluster; else ``None``.
+    def answer_now(self, review: ReviewView) -> AdmissionReviewResponse | Remembered | None:
+        """The answer, if it is a remembered one; ``Remembered`` if its Secrets must be ensured first.
 
         Most reviews are a Pod of a template already answered, in a namespace whose labels are
-        known (or looked at by no rule), with no Secret to ensure and no mirror to check: their answer is a
-        lookup (``webhook/admission/answers.py``) made from the review's view
+        known (or looked at by no rule), with no mirror to check: their answer is a lookup
+        (``webhook/admission/answers.py``) made from the review's view
         (``webhook/admission/view.py``), and the transport takes it without decoding the rest
-        of the review, and without a coroutine or a deadline around it. ``None`` for anything
-        else, a review the full decode would refuse included: the transport then decodes it
-        whole and awaits :meth:`handle`, which gives the same answer (and the same
+        of the review. With no Secret to ensure it is the answer itself, with no coroutine or
+        deadline around it; with Secrets to ensure, :meth:`finish` awaits them. ``None`` for
+        anything else, a review the full decode would refuse included: the transport then
+        decodes it whole and awaits :meth:`handle`, which gives the same answer (and the same
         observation) for the reviews this answers.
         """
         start = time.perf_counter()
@@ -140,12 +141,21 @@ class Handler:
         if fingerprint is None:
             return None
         planned = self.answers.get((policy.namespace_decisions(namespace, labels), fingerprint))
-        if planned is None or (planned.managed and self._ensurer is not None):
-            return None  # to be planned, or Secrets to ensure
+        if planned is None:
+            return None  # to be planned by the complete path
+        if planned.managed and self._ensurer is not None:
+            return Remembered(review, namespace, planned, start)
         response, outcome = _answer(review, planned)
         if self._observe is not None:
             self._observe(outcome, time.perf_counter() - start)
         return response
+
+    async def finish(self, remembered: Remembered) -> AdmissionReviewResponse:
+        """The answer :meth:`answer_now` remembered, once its Secrets exist in the namespace."""
+        answered = await self._ensure(remembered.review, remembered.namespace, remembered.planned)
+        if self._observe is not None:
+            self._observe(answered[1], time.perf_counter() - remembered.start)
+        return answered[0]
 
     def _current_policy(self) -> CompiledPolicy:
         policy = self._policy()
@@ -236,14 +246,12 @@ class Handler:
         return _answer(review, planned)
 
     async def _ensure(
-        self, review: AdmissionReview, namespace: str, planned: PlannedAnswer
+        self, review: AdmissionReview | ReviewView, namespace: str, planned: PlannedAnswer
     ) -> tuple[AdmissionReviewResponse, AdmissionOutcome]:
         """The answer to ``review``: ``planned``, once its managed Secrets exist in ``namespace``."""
         assert self._ensurer is not None
         managed = planned.managed
-        result = await self._ensurer.ensure(
-            namespace=namespace, secrets=managed, dry_run=bool(review["request"].get("dryRun", False))
-        )
+        result = await self._ensurer.ensure(namespace=namespace, secrets=managed, dry_run=_is_dry_run(review))
         warnings = (*planned.warnings, *(short(WARNING_PREFIX + w) for w in result.warnings))
         denied = [name for name in result.failed if managed[name].failure_policy == "Fail"]
         if denied:
@@ -256,6 +264,23 @@ class Handler:
                 AdmissionOutcome("denied", planned.injected),
             )
         return _answer(review, planned, warnings)
+
+
+@dataclass(frozen=True, slots=True)
+class Remembered:
+    """A remembered answer whose managed Secrets must be ensured first (:meth:`Handler.finish`)."""
+
+    review: ReviewView
+    namespace: str
+    planned: PlannedAnswer
+    #: When :meth:`Handler.answer_now` began (the observed duration counts from there).
+    start: float
+
+
+def _is_dry_run(review: AdmissionReview | ReviewView) -> bool:
+    if isinstance(review, ReviewView):
+        return review.request is not None and bool(review.request.dryRun)
+    return bool(review["request"].get("dryRun", False))
 
 
 def _answer(
@@ -303,4 +328,11 @@ def namespace_of(request_namespace: object, pod_namespace: object) -> str | None
     return None
 
 
-__all__: Sequence[str] = ("AdmissionOutcome", "EnsureResult", "Handler", "NamespaceLabels", "SecretEnsurer")
+__all__: Sequence[str] = (
+    "AdmissionOutcome",
+    "EnsureResult",
+    "Handler",
+    "NamespaceLabels",
+    "Remembered",
+    "SecretEnsurer",
+)

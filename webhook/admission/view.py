@@ -66,6 +66,7 @@ class RequestView(msgspec.Struct):
     subResource: Any = None
     namespace: Any = None
     operation: Any = None
+    dryRun: Any = None
     object: PodView | None = None
 
 

@@ -132,12 +132,7 @@ def build_response(
     ``encoded_patch`` is a patch already encoded by :func:`encode_patch` (a remembered answer's).
     ``review`` is the decoded review or, on the hot path, its checked view (``webhook/admission/view.py``).
     """
-    if isinstance(review, ReviewView):
-        assert review.request is not None
-        api_version: str = review.apiVersion
-        uid: str = review.request.uid
-    else:
-        api_version, uid = review["apiVersion"], review["request"]["uid"]
+    api_version, uid = identity(review)
     response: AdmissionResponse = {"uid": uid, "allowed": allowed}
     if patch:
         encoded_patch = encode_patch(patch)
@@ -154,6 +149,16 @@ def build_response(
             status["message"] = message
         response["status"] = status
     return {"apiVersion": api_version, "kind": "AdmissionReview", "response": response}
+
+
+def identity(review: AdmissionReview | ReviewView) -> tuple[str, str]:
+    """``(apiVersion, uid)`` of a decoded review or of a view the hot path has checked."""
+    if isinstance(review, ReviewView):
+        assert review.request is not None
+        api_version: str = review.apiVersion
+        uid: str = review.request.uid
+        return api_version, uid
+    return review["apiVersion"], review["request"]["uid"]
 
 
 def encode_patch(patch: Sequence[PatchOperation]) -> str:
