@@ -1206,6 +1206,9 @@ CREDENTIALS: Obj = {
 }
 MANUAL_CA = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n").decode()
 
+#: A policy mirror whose endpoint is checked with a HEAD before the rewrite (spends mirrors.checkBudget).
+CHECKED_MIRROR: Obj = {"docker.io": {"endpoint": ["mirror.example:5000"], "check": True}}
+
 BAD_VALUES: list[tuple[str, Obj, bool, str]] = [
     # (id, values, skip schema validation, expected error fragment)
     (
@@ -1347,6 +1350,18 @@ BAD_VALUES: list[tuple[str, Obj, bool, str]] = [
         "/mirrors/existingCaConfigMap",
     ),
     ("mirror-check-budget-zero", {"mirrors": {"checkBudget": 0}}, False, "/mirrors/checkBudget"),
+    (
+        "mirror-check-budget-past-the-backstop",
+        {"mirrors": {"checkBudget": 1.0}, "policy": {"mirrors": CHECKED_MIRROR}},
+        False,
+        "mirrors.checkBudget (1) + server.ensureTimeout (2) must be lower than the admission backstop (3 s",
+    ),
+    (
+        "mirror-check-budget-past-a-backstop-halfway-to-the-timeout",
+        {"webhook": {"timeoutSeconds": 3}, "policy": {"mirrors": CHECKED_MIRROR}},
+        False,
+        "mirrors.checkBudget (0.75) + server.ensureTimeout (2) must be lower than the admission backstop (2.5 s",
+    ),
     ("mirror-probe-timeout-negative", {"mirrors": {"probeTimeout": -1}}, False, "/mirrors/probeTimeout"),
     ("mirror-unknown-key", {"mirrors": {"caFile": "/ca.crt"}}, False, "additional properties 'caFile' not allowed"),
     (
@@ -1356,6 +1371,31 @@ BAD_VALUES: list[tuple[str, Obj, bool, str]] = [
         "serviceAccount.name is required when serviceAccount.create is false",
     ),
 ]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pytest.param({"mirrors": {"checkBudget": 0.99}, "policy": {"mirrors": CHECKED_MIRROR}}, id="just-below"),
+        pytest.param(
+            {"mirrors": {"checkBudget": 5}, "policy": {"mirrors": {"docker.io": {"endpoint": ["m.example:5000"]}}}},
+            id="no-mirror-is-checked",
+        ),
+        pytest.param({"mirrors": {"checkBudget": 5}}, id="no-mirrors"),
+        pytest.param(
+            {
+                "mirrors": {"checkBudget": 0.9},
+                "server": {"ensureTimeout": 4.0},
+                "webhook": {"timeoutSeconds": 15},
+                "policy": {"mirrors": CHECKED_MIRROR},
+            },
+            id="a-longer-backstop",
+        ),
+    ],
+)
+def test_a_check_budget_that_fits_or_is_never_spent_renders(values: Obj) -> None:
+    """The budget check fails only where a checked mirror could really outlast the backstop."""
+    render(values)
 
 
 @pytest.mark.parametrize(

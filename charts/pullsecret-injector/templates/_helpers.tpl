@@ -111,3 +111,10 @@ namespace included, next to the fullname Role).
 {{- define "pullsecret-injector.webhookName" -}}
 mutate-pods.pullsecret-injector.io
 {{- end -}}
+
+{{/* The admission backstop (--admission-timeout), in seconds: one second after the ensure
+timeout, at most halfway to the API server's timeoutSeconds, so that it always lies between the two. */}}
+{{- define "pullsecret-injector.admissionTimeout" -}}
+{{- $ensureTimeout := float64 .Values.server.ensureTimeout -}}
+{{- minf (addf $ensureTimeout 1) (divf (addf $ensureTimeout .Values.webhook.timeoutSeconds) 2) -}}
+{{- end -}}

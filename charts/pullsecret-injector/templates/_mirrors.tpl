@@ -27,6 +27,17 @@ chart does not render cannot be hashed here (lookup sees nothing under
 {{- if not (regexMatch "^[-._a-zA-Z0-9]{1,253}$" (toString $m.caBundleKey)) -}}
 {{- fail (printf "mirrors.caBundleKey: %q is not a ConfigMap key (letters, digits, '-', '_', '.')" (toString $m.caBundleKey)) -}}
 {{- end -}}
+{{- /* Checked mirrors run before the Secrets are ensured: both must fit under the backstop, or
+every Pod whose mirror is slow is let through unchanged. Only for a policy the chart renders
+(with policy.existingConfigMap it cannot see the mirrors). */ -}}
+{{- $checked := false -}}
+{{- range $registry, $mirror := (.Values.policy.mirrors | default dict) -}}
+{{- if and (kindIs "map" $mirror) $mirror.check -}}{{- $checked = true -}}{{- end -}}
+{{- end -}}
+{{- $backstop := include "pullsecret-injector.admissionTimeout" . | float64 -}}
+{{- if and $checked (ge (addf (float64 $m.checkBudget) (float64 .Values.server.ensureTimeout)) $backstop) -}}
+{{- fail (printf "mirrors.checkBudget (%v) + server.ensureTimeout (%v) must be lower than the admission backstop (%v s: server.ensureTimeout + 1, at most halfway to webhook.timeoutSeconds): a Pod whose checked mirror is slow would be admitted unchanged" $m.checkBudget .Values.server.ensureTimeout $backstop) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Whether a mirror CA bundle is configured ("true" or empty). */}}
