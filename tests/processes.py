@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import random
 import signal
 import socket
 import subprocess
@@ -43,11 +44,68 @@ class ProcessError(RuntimeError):
     """A process exited while it was waited for, or did not become ready (the message has its log)."""
 
 
-def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port that was free on ``host`` a moment ago."""
+_EPHEMERAL_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_PORT = 10000  # below: ports well-known services and the system's own daemons use
+
+
+def ephemeral_range(path: Path = _EPHEMERAL_FILE) -> tuple[int, int]:
+    """The kernel's range of source ports for outgoing connections (Linux's default where unknown)."""
+    try:
+        low, high = (int(word) for word in path.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
+@dataclass
+class PortPicker:
+    """Hands out listening ports that nothing else on the machine is about to take.
+
+    A port the kernel picks with ``bind(0)`` comes from the ephemeral range, the same range
+    it draws the source port of every outgoing connection from. Between the pick and the
+    moment a spawned server binds it, any process of the suite (an apiserver talking to
+    etcd, a kubelet, a health poll) can open a connection from that very port, and the
+    server then fails with "address already in use" (it happened to kube-apiserver in CI).
+    So the picks are random ports *below* the ephemeral range, which the kernel never hands
+    out by itself, checked bindable now and never handed out twice by this process.
+    """
+
+    low: int = _LOWEST_PORT
+    high: int = field(default_factory=lambda: ephemeral_range()[0] - 1)
+    rng: random.Random = field(default_factory=random.Random)
+    given: set[int] = field(default_factory=set)
+
+    def pick(self, host: str = LOOPBACK, attempts: int = 200) -> int:
+        """A port bindable on ``host`` now, outside the ephemeral range when there is room."""
+        if self.high - self.low >= attempts:
+            for _ in range(attempts):
+                port = self.rng.randint(self.low, self.high)
+                if port not in self.given and _bindable(host, port):
+                    self.given.add(port)
+                    return port
+        # no room below the ephemeral range (a machine that widened it): let the kernel choose
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        self.given.add(port)
+        return port
+
+
+def _bindable(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+_PICKER = PortPicker()
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port free on ``host`` now that no outgoing connection will take first (:class:`PortPicker`)."""
+    return _PICKER.pick(host)
 
 
 def pdeathsig_preexec() -> Callable[[], None] | None:
