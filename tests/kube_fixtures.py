@@ -40,7 +40,6 @@ import asyncio
 import base64
 import contextlib
 import re
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +50,7 @@ import kmock
 from kubernetes import client as k8s
 
 from tests.builders import b64
+from tests.processes import free_port
 from webhook.kube.client import USER_AGENT
 
 NAMESPACE_PATH = re.compile(r"/api/v1/namespaces(/[^/]+)?")
@@ -253,7 +253,4 @@ def client_configuration(host: str) -> k8s.Configuration:
 
 def closed_port() -> int:
     """A loopback port nothing listens on: connections are refused at once."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+    return free_port()
