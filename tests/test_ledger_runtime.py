@@ -19,9 +19,9 @@ import pytest
 from tests.builders import eventually, policy_yaml, rule
 from tests.conftest import FAST_SETTINGS
 from tests.kube_fixtures import Apiserver, Cluster, client_configuration
-from webhook.config import KubeSettings
+from webhook.config import ControlSettings, KubeSettings
 from webhook.kube.client import build_api_client
-from webhook.kube.control import ControlApi, ControlSettings
+from webhook.kube.control import ControlApi
 from webhook.kube.ledger import LedgerStore
 from webhook.kube.runner import Runner
 from webhook.observability.stats import Stats
@@ -48,13 +48,13 @@ class Replicas:
         self.running: list[tuple[KubeRuntime, asyncio.Task[None], ControlApi, Runner]] = []
 
     async def start(self, policy: CompiledPolicy, *, elect: bool, identity: str) -> KubeRuntime:
-        kube = KubeSettings(**{**FAST_SETTINGS, "identity": identity})
+        kube = KubeSettings(**{**FAST_SETTINGS, "identity": identity, "ledger_configmap": LEDGER})
         api = ControlApi(build_api_client(configuration=client_configuration(self.host), pool_size=4))
         runner = Runner(2)
         ledger = LedgerStore(
             api=api,
             runner=runner,
-            settings=ControlSettings(namespace=NAMESPACE, ledger=LEDGER, request_timeout=2.0, ledger_debounce=0.01),
+            settings=ControlSettings(ledger_debounce=0.01),
             kube=kube,
             stats=Stats(),
         )

@@ -11,9 +11,9 @@ import pytest
 from kubernetes import client as k8s
 
 from tests.builders import QUAY_POLICY
-from webhook.config import KubeSettings
+from webhook.config import ControlSettings, KubeSettings
 from webhook.kube.client import build_api_client
-from webhook.kube.control import ControlApi, ControlSettings
+from webhook.kube.control import ControlApi
 from webhook.kube.livepolicy import LivePolicy
 from webhook.observability.stats import Stats
 from webhook.policy import status as st
@@ -26,8 +26,9 @@ def live(allowed: bool) -> LivePolicy:
     configuration.host = "http://127.0.0.1:9"  # never called: decide() asks the reviewer only
     return LivePolicy(
         api=ControlApi(build_api_client(configuration=configuration, pool_size=1)),
-        settings=ControlSettings(namespace="psi", policy_configmap="psi-policy"),
-        kube=KubeSettings(),
+        configmap="psi-policy",
+        settings=ControlSettings(),
+        kube=KubeSettings(namespace="psi"),
         stats=Stats(),
         reviewer=lambda attrs: (allowed, ""),
     )

@@ -23,9 +23,9 @@ from kubernetes import client as k8s
 from tests.builders import eventually
 from tests.conftest import RuntimeFactory
 from tests.scenario import POLICY
-from webhook.config import KubeSettings
+from webhook.config import ControlSettings, KubeSettings
 from webhook.kube.client import build_api_client
-from webhook.kube.control import ControlApi, ControlSettings
+from webhook.kube.control import ControlApi
 from webhook.kube.livepolicy import LivePolicy
 from webhook.kube.runner import Runner
 from webhook.observability.stats import Stats
@@ -134,8 +134,9 @@ async def test_the_live_policy_loop_ends_when_stopped_as_it_is_woken() -> None:
     configuration.host = "http://127.0.0.1:9"  # nothing listens: the watch thread only retries
     live = LivePolicy(
         api=ControlApi(build_api_client(configuration=configuration, pool_size=1)),
-        settings=ControlSettings(namespace="psi", policy_configmap="psi-policy"),
-        kube=KubeSettings(),
+        configmap="psi-policy",
+        settings=ControlSettings(),
+        kube=KubeSettings(namespace="psi"),
         stats=Stats(),
         reviewer=lambda attrs: (True, ""),
     )

@@ -261,6 +261,28 @@ class MirrorSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ControlSettings:
+    """The control surface's own timings: the live policy ConfigMap and the ownership ledger.
+
+    Where they are is said once elsewhere: both live in ``KubeSettings.namespace``, the ledger
+    is ``KubeSettings.ledger_configmap``, the policy ConfigMap ``PolicySettings.configmap``,
+    and each of their calls is bounded by ``KubeSettings.request_timeout``.
+    """
+
+    #: The key of the policy document in the policy ConfigMap (the chart writes this one).
+    policy_key: str = "policy.yaml"
+    #: Seconds between re-checks of a policy rejected for permissions (RBAC may be granted meanwhile).
+    recheck_seconds: float = 10.0
+    #: A new version missing permissions is re-checked this long before it is reported rejected
+    #: (``helm upgrade`` applies the ConfigMap before the Roles that grant its new rules).
+    rbac_grace_seconds: float = 3.0
+    #: How long start-up retries an unreachable API server for the policy.
+    startup_timeout: float = 60.0
+    #: Quiet time collecting ledger changes before one write.
+    ledger_debounce: float = 0.05
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything ``serve`` needs, one part per concern; each part goes whole to its user.
 
@@ -272,6 +294,7 @@ class Settings:
     certs: CertSettings = field(default_factory=CertSettings)
     kube: KubeSettings = field(default_factory=KubeSettings)
     mirrors: MirrorSettings = field(default_factory=MirrorSettings)
+    control: ControlSettings = field(default_factory=ControlSettings)
     # fail-open recovery (issue 12): RecoverySettings is defined at the end of this module
     recovery: RecoverySettings = field(default_factory=lambda: RecoverySettings())
 

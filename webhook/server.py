@@ -227,12 +227,7 @@ def _control_surface(settings: Settings) -> ControlSurface:
     from webhook.kube.surface import SurfaceError, control_surface
 
     try:
-        return control_surface(
-            kubeconfig=settings.kube.kubeconfig,
-            namespace=settings.kube.namespace,
-            policy_configmap=settings.policy.configmap,
-            ledger_configmap=settings.kube.ledger_configmap,
-        )
+        return control_surface(settings)
     except SurfaceError as exc:
         raise UserError(str(exc)) from None
 

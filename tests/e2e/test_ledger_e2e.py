@@ -11,9 +11,9 @@ import asyncio
 import uuid
 from typing import Any
 
-from webhook.config import KubeSettings
+from webhook.config import ControlSettings, KubeSettings
 from webhook.kube.client import build_api_client, load_configuration
-from webhook.kube.control import ControlApi, ControlSettings
+from webhook.kube.control import ControlApi
 from webhook.kube.ledger import LedgerStore
 from webhook.kube.runner import Runner
 from webhook.observability.stats import Stats
@@ -29,9 +29,9 @@ async def test_concurrent_writers_keep_each_others_changes(control_plane: Contro
     for _ in range(3):
         api = ControlApi(build_api_client(configuration=configuration, pool_size=4))
         runner = Runner(2)
-        settings = ControlSettings(namespace=namespace, ledger=name, request_timeout=5.0)
+        kube = KubeSettings(namespace=namespace, ledger_configmap=name, request_timeout=5.0)
         stores.append(
-            (LedgerStore(api=api, runner=runner, settings=settings, kube=KubeSettings(), stats=Stats()), api, runner)
+            (LedgerStore(api=api, runner=runner, settings=ControlSettings(), kube=kube, stats=Stats()), api, runner)
         )
     try:
         for i, (store, _, _) in enumerate(stores):

@@ -9,9 +9,9 @@ import kmock
 
 from tests.conftest import FAST_SETTINGS
 from tests.kube_fixtures import Apiserver, Fault, client_configuration
-from webhook.config import KubeSettings
+from webhook.config import ControlSettings, KubeSettings
 from webhook.kube.client import build_api_client
-from webhook.kube.control import ControlApi, ControlSettings
+from webhook.kube.control import ControlApi
 from webhook.kube.ledger import LedgerStore
 from webhook.kube.runner import Runner
 from webhook.observability.stats import Stats
@@ -30,12 +30,10 @@ async def test_flush_returns_once_what_a_concurrent_flush_had_taken_is_written(
     """
     apiserver.resources[CONFIGMAPS] = kmock.ResourceInfo()
     apiserver.faults.append(Fault(method="POST", path=r".*/configmaps", delay=0.5))
-    kube = KubeSettings(**FAST_SETTINGS)
+    kube = KubeSettings(**{**FAST_SETTINGS, "ledger_configmap": "l"})
     api = ControlApi(build_api_client(configuration=client_configuration(api_host), pool_size=2))
     runner = Runner(2)
-    store = LedgerStore(
-        api=api, runner=runner, settings=ControlSettings(namespace=kube.namespace, ledger="l"), kube=kube, stats=Stats()
-    )
+    store = LedgerStore(api=api, runner=runner, settings=ControlSettings(), kube=kube, stats=Stats())
     try:
         store.record(lg.pod_deleted("rs-uid", 1_764_547_200, window=3600, keep=3))
         writer = asyncio.create_task(store.flush())  # takes the change, then waits on the slow create

@@ -22,9 +22,9 @@ import pytest
 from tests.conftest import FAST_SETTINGS
 from tests.kube_fixtures import Apiserver, Cluster, Fault, client_configuration
 from tests.test_recovery import OWNER, POLICY, pod
-from webhook.config import KubeSettings, RecoverySettings
+from webhook.config import ControlSettings, KubeSettings, RecoverySettings
 from webhook.kube.client import KubeApi, build_api_client
-from webhook.kube.control import ControlApi, ControlSettings
+from webhook.kube.control import ControlApi
 from webhook.kube.errors import ApiForbidden, ApiTimeout
 from webhook.kube.ledger import LedgerStore
 from webhook.kube.pods import PodApi
@@ -41,7 +41,7 @@ NAMESPACE = "team-a"
 RS_UID = str(OWNER["uid"])
 T0 = 1_764_547_200.0  # 2025-12-01T00:00:00Z
 RECOVERY = RecoverySettings(enabled=True, grace_seconds=0, interval=1, max_per_owner=3, window_seconds=3600)
-KUBE = KubeSettings(**{**FAST_SETTINGS, "identity": "replica-1"})
+KUBE = KubeSettings(**{**FAST_SETTINGS, "identity": "replica-1", "ledger_configmap": LEDGER})
 
 
 class Clock:
@@ -67,7 +67,7 @@ class Replica:
             LedgerStore(
                 api=self.control,
                 runner=self.runner,
-                settings=ControlSettings(namespace=KUBE.namespace, ledger=LEDGER, request_timeout=2.0),
+                settings=ControlSettings(),
                 kube=KUBE,
                 stats=Stats(),
             )
@@ -240,7 +240,7 @@ async def test_the_runtime_gives_its_recovery_the_ledger(
     ledger = LedgerStore(
         api=control,
         runner=runner,
-        settings=ControlSettings(namespace=KUBE.namespace, ledger=LEDGER, request_timeout=2.0),
+        settings=ControlSettings(),
         kube=KUBE,
         stats=Stats(),
     )

@@ -14,7 +14,6 @@ ConfigMaps are listed and watched *by name* (``fieldSelector metadata.name=X``),
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client as k8s
@@ -105,28 +104,3 @@ class ControlApi(RawApi):
             )
         status = answer.get("status") or {}
         return bool(status.get("allowed")), str(status.get("reason") or status.get("evaluationError") or "")
-
-
-@dataclass(frozen=True, slots=True)
-class ControlSettings:
-    """Where the control surface lives and how often it is re-checked."""
-
-    #: The webhook's namespace: the policy ConfigMap and the ledger live there.
-    namespace: str = "pullsecret-system"
-    #: The policy ConfigMap, watched through the API (``None``: the policy is a file).
-    policy_configmap: str | None = None
-    #: The ownership ledger ConfigMap (the webhook creates it).
-    ledger: str = "pullsecret-injector-ledger"
-    #: The key of the policy document in the ConfigMap.
-    key: str = "policy.yaml"
-    #: Bound of each call.
-    request_timeout: float = 10.0
-    #: Seconds between re-checks of a policy rejected for permissions (RBAC may be granted meanwhile).
-    recheck_seconds: float = 10.0
-    #: A new version missing permissions is re-checked this long before it is reported rejected
-    #: (``helm upgrade`` applies the ConfigMap before the Roles that grant its new rules).
-    rbac_grace_seconds: float = 3.0
-    #: How long start-up retries an unreachable API server for the policy.
-    startup_timeout: float = 60.0
-    #: Quiet time collecting ledger changes before one write.
-    ledger_debounce: float = 0.05

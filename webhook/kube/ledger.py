@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterable, Iterator, MutableSet
 from types import MappingProxyType
 from typing import Any, Final
 
-from webhook.config import KubeSettings
-from webhook.kube.control import ControlApi, ControlSettings
+from webhook.config import ControlSettings, KubeSettings
+from webhook.kube.control import ControlApi
 from webhook.kube.errors import ApiConflict, ApiError
 from webhook.kube.objects import Key, KubeObject
 from webhook.kube.policywatch import ConfigMapWatch
@@ -55,12 +55,15 @@ class LedgerStore:
         self._api = api
         self._runner = runner
         self.settings = settings
+        #: The ledger ConfigMap: ``kube.ledger_configmap`` in ``kube.namespace``.
+        self.namespace, self.name = kube.namespace, kube.ledger_configmap
+        self._timeout = kube.request_timeout
         #: Called from the watch thread when the ledger changed (the runtime hops onto its loop).
         self.on_change = on_change
         self.watch = ConfigMapWatch(
             api=api,
-            namespace=settings.namespace,
-            name=settings.ledger,
+            namespace=kube.namespace,
+            name=kube.ledger_configmap,
             settings=kube,
             stats=stats,
             on_change=lambda obj: self._changed(),
@@ -109,8 +112,7 @@ class LedgerStore:
 
     def load(self) -> lg.Ledger:
         """One blocking GET (start-up, before the loop runs); an empty ledger when there is none yet."""
-        settings = self.settings
-        obj = self._api.get_configmap(settings.namespace, settings.ledger, timeout=settings.request_timeout)
+        obj = self._api.get_configmap(self.namespace, self.name, timeout=self._timeout)
         self._loaded = lg.Ledger.decode(obj.get("data")) if obj is not None else lg.Ledger()
         return self._loaded
 
@@ -139,8 +141,7 @@ class LedgerStore:
             return True
 
     async def _write(self, changes: list[lg.Change]) -> None:
-        namespace, name = self.settings.namespace, self.settings.ledger
-        timeout = self.settings.request_timeout
+        namespace, name, timeout = self.namespace, self.name, self._timeout
         api = self._api
         live: KubeObject | None = self.watch.current()
         fresh = live is None  # nothing cached: read it

@@ -26,9 +26,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from webhook.config import KubeSettings
+from webhook.config import ControlSettings, KubeSettings
 from webhook.kube.access import AccessUnknown, CachedReviewer, Reviewer, check_policy
-from webhook.kube.control import ControlApi, ControlSettings
+from webhook.kube.control import ControlApi
 from webhook.kube.errors import ApiError
 from webhook.kube.events import event_body
 from webhook.kube.ledger import LedgerStore
@@ -72,26 +72,30 @@ class LivePolicy:
         self,
         *,
         api: ControlApi,
+        configmap: str,
         settings: ControlSettings,
         kube: KubeSettings,
         stats: Stats,
         ledger: LedgerStore | None = None,
         reviewer: Reviewer | None = None,
     ) -> None:
-        assert settings.policy_configmap, "LivePolicy needs a ConfigMap name"
+        assert configmap, "LivePolicy needs a ConfigMap name"
         self._api = api
+        #: The policy ConfigMap, in ``kube.namespace``.
+        self.configmap = configmap
+        self.namespace = kube.namespace
         self.settings = settings
         self._kube = kube
         self._ledger = ledger
         self._reviewer: Reviewer = reviewer or CachedReviewer(
-            lambda attrs: api.review_access(attrs, user=None, groups=[], timeout=settings.request_timeout)
+            lambda attrs: api.review_access(attrs, user=None, groups=[], timeout=kube.request_timeout)
         )
         self._runner = Runner(4)
         self.holder: PolicyHolder | None = None
         self.watch = ConfigMapWatch(
             api=api,
-            namespace=settings.namespace,
-            name=settings.policy_configmap,
+            namespace=kube.namespace,
+            name=configmap,
             settings=kube,
             stats=stats,
             on_change=self._changed_from_thread,
@@ -122,10 +126,10 @@ class LivePolicy:
         data = obj.get("data") or {}
         rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
         serving = self.holder.version if self.holder is not None else ""
-        text = data.get(self.settings.key)
+        text = data.get(self.settings.policy_key)
         if not isinstance(text, str):
-            where = f"{self.settings.namespace}/{self.settings.policy_configmap}"
-            missing = f"ConfigMap {where} has no key {self.settings.key}"
+            where = f"{self.namespace}/{self.configmap}"
+            missing = f"ConfigMap {where} has no key {self.settings.policy_key}"
             return None, st.rejected(st.digest(""), rv, serving, [missing]), ""
         version = st.digest(text)
         try:
@@ -151,9 +155,7 @@ class LivePolicy:
         deadline = time.monotonic() + settings.startup_timeout
         while True:
             try:
-                obj = self._api.get_configmap(
-                    settings.namespace, str(settings.policy_configmap), timeout=settings.request_timeout
-                )
+                obj = self._api.get_configmap(self.namespace, self.configmap, timeout=self._kube.request_timeout)
                 last = self._ledger.load() if self._ledger is not None else lg.Ledger()
                 decided = self.decide(obj) if obj is not None else None
                 break
@@ -172,8 +174,7 @@ class LivePolicy:
             if not last.policy_yaml:
                 if decided is None:
                     raise StartupError(
-                        f"ConfigMap {settings.namespace}/{settings.policy_configmap} not found "
-                        "and no last good policy in the ledger",
+                        f"ConfigMap {self.namespace}/{self.configmap} not found and no last good policy in the ledger",
                         unreadable=True,
                     )
                 self.status = decided[1]
@@ -212,10 +213,10 @@ class LivePolicy:
         rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
         with contextlib.suppress(ApiError):
             self._api.patch_configmap(
-                self.settings.namespace,
-                str(self.settings.policy_configmap),
+                self.namespace,
+                self.configmap,
                 st.annotation_patch(self.status, rv),
-                timeout=self.settings.request_timeout,
+                timeout=self._kube.request_timeout,
             )
 
     # the loop ---------------------------------------------------------------------------
@@ -262,12 +263,12 @@ class LivePolicy:
                 self._reported_missing = True
                 log.warning(
                     "policy ConfigMap %s/%s not found: the current policy keeps serving",
-                    self.settings.namespace,
-                    self.settings.policy_configmap,
+                    self.namespace,
+                    self.configmap,
                 )
             return
         self._reported_missing = False
-        text = (obj.get("data") or {}).get(self.settings.key)
+        text = (obj.get("data") or {}).get(self.settings.policy_key)
         version = st.digest(text) if isinstance(text, str) else st.digest("")
         due = self._recheck_at is not None and time.monotonic() >= self._recheck_at
         if version != self._evaluated or due:
@@ -356,12 +357,12 @@ class LivePolicy:
             return
         prior = st.written(annotations)
         rv = str(metadata.get("resourceVersion") or "")
-        api, settings = self._api, self.settings
+        api, namespace, name = self._api, self.namespace, self.configmap
         patch = st.annotation_patch(status, rv)
         try:
             updated = await self._runner(
-                lambda t: api.patch_configmap(settings.namespace, str(settings.policy_configmap), patch, timeout=t),
-                timeout=settings.request_timeout,
+                lambda t: api.patch_configmap(namespace, name, patch, timeout=t),
+                timeout=self._kube.request_timeout,
                 action="write the policy status",
             )
         except ApiError as exc:
@@ -378,11 +379,11 @@ class LivePolicy:
     async def _post_event(self, status: st.PolicyStatus, obj: KubeObject) -> None:
         kind, reason, message = status.event()
         metadata = obj.get("metadata") or {}
-        namespace = self.settings.namespace
+        namespace = self.namespace
         involved: dict[str, Any] = {
             "apiVersion": "v1",
             "kind": "ConfigMap",
-            "name": self.settings.policy_configmap,
+            "name": self.configmap,
             "namespace": namespace,
         }
         if metadata.get("uid"):
@@ -399,7 +400,7 @@ class LivePolicy:
         try:
             await self._runner(
                 lambda t: api.create_event(namespace, body, timeout=t),
-                timeout=self.settings.request_timeout,
+                timeout=self._kube.request_timeout,
                 action="create the policy Event",
             )
         except ApiError as exc:

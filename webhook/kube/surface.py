@@ -13,15 +13,14 @@ import asyncio
 import contextlib
 import copy
 import logging
-import os
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from webhook.config import KubeSettings
+from webhook.config import ControlSettings, KubeSettings, Settings
 from webhook.kube.client import build_api_client
-from webhook.kube.control import ControlApi, ControlSettings
+from webhook.kube.control import ControlApi
 from webhook.kube.ledger import LedgerStore
 from webhook.kube.livepolicy import LivePolicy
 from webhook.kube.runner import Runner
@@ -61,7 +60,12 @@ class ControlSurface:
 
 
 def build_surface(
-    *, configuration: Any, settings: ControlSettings, kube: KubeSettings, stats: Stats | None = None
+    *,
+    configuration: Any,
+    settings: ControlSettings,
+    kube: KubeSettings,
+    policy_configmap: str | None,
+    stats: Stats | None = None,
 ) -> ControlSurface:
     """The ledger (always, with a cluster) and the live policy (when a ConfigMap is named)."""
     stats = stats or Stats()
@@ -69,29 +73,29 @@ def build_surface(
     runner = Runner(4)
     ledger = LedgerStore(api=api, runner=runner, settings=settings, kube=kube, stats=stats)
     live = (
-        LivePolicy(api=api, settings=settings, kube=kube, stats=stats, ledger=ledger)
-        if settings.policy_configmap
+        LivePolicy(api=api, configmap=policy_configmap, settings=settings, kube=kube, stats=stats, ledger=ledger)
+        if policy_configmap
         else None
     )
     return ControlSurface(api=api, ledger=ledger, live=live, runner=runner)
 
 
-def control_surface(
-    *, kubeconfig: Path | None, namespace: str, policy_configmap: str | None, ledger_configmap: str
-) -> ControlSurface:
+def control_surface(settings: Settings) -> ControlSurface:
     """The surface on its own client, from the kubeconfig (or the in-cluster service account)."""
     from kubernetes.config.config_exception import ConfigException
 
-    from webhook.config import default_identity
     from webhook.kube.client import load_configuration
 
-    settings = ControlSettings(namespace=namespace, policy_configmap=policy_configmap, ledger=ledger_configmap)
-    kube = KubeSettings(namespace=namespace, identity=default_identity(os.environ))
     try:
-        configuration = load_configuration(kubeconfig=kubeconfig)
+        configuration = load_configuration(kubeconfig=settings.kube.kubeconfig)
     except (ConfigException, OSError) as exc:
         raise SurfaceError(f"cannot configure the Kubernetes client: {redact(str(exc))}") from None
-    return build_surface(configuration=configuration, settings=settings, kube=kube)
+    return build_surface(
+        configuration=configuration,
+        settings=settings.control,
+        kube=settings.kube,
+        policy_configmap=settings.policy.configmap,
+    )
 
 
 def first_policy(surface: ControlSurface, *, policy_file: Path | None) -> PolicyHolder | None:
