@@ -198,23 +198,16 @@ class SecretSync:
                 if dry_run:
                     return "dry-run"
                 manifest = desired.manifest()
-                try:
-                    created = await self._call(
-                        f"create Secret {namespace}/{name}",
-                        deadline,
-                        lambda t: api.create_secret(namespace, manifest, timeout=t),  # noqa: B023
-                    )
-                except ApiConflict:
-                    self._stats.write("create", "conflict")
-                    existing = await self._get(namespace, name, deadline)
-                    continue
-                except ApiError:
-                    self._stats.write("create", "error")
-                    raise
-                self._stats.write("create", "ok")
-                self.secrets.put(created)
-                log.info("created Secret %s/%s", namespace, name)
-                return "created"
+                if await self._write(
+                    "create",
+                    desired,
+                    deadline,
+                    lambda t: api.create_secret(namespace, manifest, timeout=t),  # noqa: B023
+                    lost=(ApiConflict,),
+                ):
+                    return "created"
+                existing = await self._get(namespace, name, deadline)
+                continue
             if not is_managed(existing):
                 return "unmanaged"
             if is_current(existing, desired):
@@ -226,24 +219,44 @@ class SecretSync:
                 existing = None
                 continue
             patch = update_patch(existing, desired)
-            try:
-                updated = await self._call(
-                    f"update Secret {namespace}/{name}",
-                    deadline,
-                    lambda t: api.patch_secret(namespace, name, patch, timeout=t),  # noqa: B023
-                )
-            except (ApiConflict, ApiNotFound):
-                self._stats.write("update", "conflict")
-                existing = await self._get(namespace, name, deadline)
-                continue
-            except ApiError:
-                self._stats.write("update", "error")
-                raise
-            self._stats.write("update", "ok")
-            self.secrets.put(updated)
-            log.info("updated Secret %s/%s", namespace, name)
-            return "updated"
+            if await self._write(
+                "update",
+                desired,
+                deadline,
+                lambda t: api.patch_secret(namespace, name, patch, timeout=t),  # noqa: B023
+                lost=(ApiConflict, ApiNotFound),
+            ):
+                return "updated"
+            existing = await self._get(namespace, name, deadline)
         raise ApiConflict(action=f"update Secret {namespace}/{name}: it keeps changing")
+
+    async def _write(
+        self,
+        verb: Literal["create", "update"],
+        desired: DesiredCopy,
+        deadline: _Deadline,
+        call: Callable[[float], KubeObject],
+        *,
+        lost: tuple[type[ApiError], ...],
+    ) -> bool:
+        """One create or patch, counted and cached; False when another writer changed the Secret first.
+
+        ``lost`` are the answers that mean "look again" (409, or 404 for a patch whose Secret
+        was deleted meanwhile): the caller reads the Secret back and decides anew.
+        """
+        where = f"{desired.namespace}/{desired.name}"
+        try:
+            written = await self._call(f"{verb} Secret {where}", deadline, call)
+        except lost:
+            self._stats.write(verb, "conflict")
+            return False
+        except ApiError:
+            self._stats.write(verb, "error")
+            raise
+        self._stats.write(verb, "ok")
+        self.secrets.put(written)
+        log.info("%sd Secret %s", verb, where)
+        return True
 
     async def delete(self, existing: KubeObject, *, deadline: _Deadline) -> None:
         """Delete a managed copy, only if it is still the object we looked at."""
