@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from webhook.kube.objects import Key, KubeObject
 from webhook.kube.store import Store
 
@@ -55,9 +57,50 @@ def test_watch_events_add_modify_and_delete() -> None:
 
 def test_put_and_forget_write_through_ahead_of_the_watch() -> None:
     store = Store()
-    store.put(secret("a", "x"))
+    assert store.put(secret("a", "x"), since=store.mark())
     assert store.get(("a", "x")) == secret("a", "x")
-    store.forget(("a", "x"))
+    assert store.forget(("a", "x"), since=store.mark())
+    assert store.get(("a", "x")) is None
+
+
+@pytest.mark.parametrize(
+    ("events", "expected"),
+    [
+        ([("MODIFIED", "2"), ("DELETED", "3")], None),
+        ([("MODIFIED", "2"), ("MODIFIED", "3")], "3"),
+        ([("DELETED", "2"), ("ADDED", "3")], "3"),
+    ],
+    ids=["own-event-then-deleted", "own-event-then-changed-again", "deleted-and-recreated"],
+)
+def test_a_write_through_never_overwrites_what_the_watch_showed_after_the_call_began(
+    events: list[tuple[str, str]], expected: str | None
+) -> None:
+    """The answer to our write (version 2) comes back after the watch has moved on: the watch wins."""
+    store = Store()
+    store.apply("ADDED", secret("a", "x"))
+    since = store.mark()  # the write starts
+    for event_type, rv in events:
+        store.apply(event_type, secret("a", "x", rv))
+    assert not store.put(secret("a", "x", "2"), since=since)  # its answer arrives late
+    assert version(store.get(("a", "x"))) == expected
+
+
+def test_a_late_forget_does_not_remove_a_recreated_object() -> None:
+    store = Store()
+    store.apply("ADDED", secret("a", "x"))
+    since = store.mark()
+    store.apply("DELETED", secret("a", "x", "2"))
+    store.apply("ADDED", secret("a", "x", "3"))
+    assert not store.forget(("a", "x"), since=since)
+    assert version(store.get(("a", "x"))) == "3"
+
+
+def test_a_mark_of_another_store_or_of_before_a_list_does_not_count() -> None:
+    store, other = Store(), Store()
+    assert not store.put(secret("a", "x"), since=other.mark())
+    since = store.mark()
+    store.replace([secret("b", "y")])
+    assert not store.put(secret("a", "x"), since=since)
     assert store.get(("a", "x")) is None
 
 

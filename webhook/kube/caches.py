@@ -23,7 +23,7 @@ from webhook.kube.objects import (
     object_key,
 )
 from webhook.kube.runner import Runner
-from webhook.kube.store import Store
+from webhook.kube.store import Mark, Store
 from webhook.observability.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -56,16 +56,22 @@ class SecretCache:
             return False, None
         return True, watch.store.get((namespace, name))
 
-    def put(self, obj: KubeObject) -> None:
+    def mark(self, namespace: str, name: str) -> Mark | None:
+        """Before a write: the moment :meth:`put`/:meth:`forget` compare with (``None``: nothing caches it)."""
+        watch = self._target_for(namespace, name)
+        return None if watch is None else watch.store.mark()
+
+    def put(self, obj: KubeObject, *, since: Mark | None) -> None:
+        """Write ``obj`` through, unless its watch changed ``since`` (see :class:`~webhook.kube.store.Store`)."""
         namespace, name = object_key(obj)
         watch = self._target_for(namespace, name)
-        if watch is not None:
-            watch.store.put(obj)
+        if watch is not None and since is not None:
+            watch.store.put(obj, since=since)
 
-    def forget(self, namespace: str, name: str) -> None:
+    def forget(self, namespace: str, name: str, *, since: Mark | None) -> None:
         watch = self._target_for(namespace, name)
-        if watch is not None:
-            watch.store.forget((namespace, name))
+        if watch is not None and since is not None:
+            watch.store.forget((namespace, name), since=since)
 
     def named(self, name: str) -> list[tuple[Key, KubeObject]]:
         """Every cached Secret called ``name`` (the copies, from the cluster-wide watch)."""
@@ -188,12 +194,13 @@ class NamespaceCache:
     async def fetch(self, namespace: str, *, timeout: float) -> KubeObject | None:
         """One bounded GET of a namespace the watch has not shown us (yet); ``None`` if it does not exist."""
         api = self._api
+        since = self.store.mark()
         obj = await self._runner(
             lambda t: api.get_namespace(namespace, timeout=t), timeout=timeout, action=f"get Namespace {namespace}"
         )
         if obj is not None:
             self._failed.pop(namespace, None)
-            self.store.put(obj)
+            self.store.put(obj, since=since)  # not over a label change or a deletion the watch saw meanwhile
         return obj
 
     def start(self) -> None:

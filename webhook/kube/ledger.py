@@ -155,6 +155,7 @@ class LedgerStore:
             new = lg.apply(base, changes)
             if live is not None and new == base:
                 return
+            since = self.watch.mark()
             try:
                 if live is None:
                     body = {
@@ -185,7 +186,7 @@ class LedgerStore:
                 raise
             self.writes += 1
             self._loaded = new
-            self.watch.put(written)
+            self.watch.put(written, since=since)
             return
         raise ApiConflict(action="update the ledger: it keeps changing")
 

@@ -359,6 +359,7 @@ class LivePolicy:
         rv = str(metadata.get("resourceVersion") or "")
         api, namespace, name = self._api, self.namespace, self.configmap
         patch = st.annotation_patch(status, rv)
+        since = self.watch.mark()
         try:
             updated = await self._runner(
                 lambda t: api.patch_configmap(namespace, name, patch, timeout=t),
@@ -372,7 +373,7 @@ class LivePolicy:
             log.warning("policy status not written: %s", exc)
             self._recheck_at = time.monotonic() + 5.0
             return
-        self.watch.put(updated)
+        self.watch.put(updated, since=since)
         if prior != (status.state, status.version):
             await self._post_event(status, obj)
 

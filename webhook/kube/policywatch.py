@@ -21,7 +21,7 @@ from webhook.config import KubeSettings
 from webhook.kube.control import ControlApi
 from webhook.kube.informer import ListWatch, _watch_timeouts
 from webhook.kube.objects import Key, KubeObject
-from webhook.kube.store import Store
+from webhook.kube.store import Mark, Store
 from webhook.observability.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -94,9 +94,13 @@ class ConfigMapWatch:
     def current(self) -> KubeObject | None:
         return self.store.get((self.namespace, self.name))
 
-    def put(self, obj: KubeObject) -> None:
-        """Write-through of what we just wrote, ahead of its watch event."""
-        self.store.put(obj)
+    def mark(self) -> Mark:
+        """Before a write: see :meth:`put`."""
+        return self.store.mark()
+
+    def put(self, obj: KubeObject, *, since: Mark) -> None:
+        """Write-through of what we just wrote, ahead of its watch event, unless the watch saw more ``since``."""
+        self.store.put(obj, since=since)
 
 
 __all__ = ["ConfigMapWatch", "slim_configmap"]

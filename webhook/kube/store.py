@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from webhook.kube.objects import ChangeFn, Key, KubeObject, object_key
@@ -12,8 +13,24 @@ from webhook.kube.objects import ChangeFn, Key, KubeObject, object_key
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """A moment in one store's history: taken before a write, handed to :meth:`Store.put`."""
+
+    store: Store
+    changes: int
+
+
 class Store:
-    """Objects by key under a lock, filled by one :class:`ListWatch`; tells ``on_change``."""
+    """Objects by key under a lock, filled by one :class:`ListWatch`; tells ``on_change``.
+
+    Writers also write through (:meth:`put`, :meth:`forget`) what the API just answered, so
+    the next lookup need not wait for the watch event. Such a write is applied only if the
+    store has not changed since the writer's :meth:`mark`: otherwise the watch may already
+    have shown something newer (our own write's event followed by a deletion, say), and the
+    answer in hand must not overwrite it. Skipping costs only the head start: the write's
+    own watch event follows.
+    """
 
     def __init__(
         self,
@@ -29,6 +46,8 @@ class Store:
         # The field selector, enforced on our side as well: an emulator or a proxy that
         # ignores it must not fill the cache with Secrets we never asked for.
         self._only_name = only_name
+        #: Changes applied so far (lists, events, write-throughs): what a :class:`Mark` holds.
+        self._changes = 0
         self.synced = threading.Event()
 
     def _wanted(self, key: Key) -> bool:
@@ -63,6 +82,7 @@ class Store:
         with self._lock:
             old = self._objects
             self._objects = fresh
+            self._changes += 1
         for key in old.keys() | fresh.keys():
             before, after = old.get(key), fresh.get(key)
             if before != after:
@@ -70,10 +90,30 @@ class Store:
         self.synced.set()
 
     def apply(self, event_type: str, obj: KubeObject) -> None:
+        """One watch event."""
+        self._apply(event_type, obj, None)
+
+    def mark(self) -> Mark:
+        """Now, for a :meth:`put` or :meth:`forget` after a call: take it before the call starts."""
+        with self._lock:
+            return Mark(self, self._changes)
+
+    def put(self, obj: KubeObject, *, since: Mark) -> bool:
+        """Write-through of an object we just wrote or read, unless the store changed ``since``."""
+        return self._apply("MODIFIED", obj, since)
+
+    def forget(self, key: Key, *, since: Mark) -> bool:
+        """Write-through of a deletion we just made, unless the store changed ``since``."""
+        return self._apply("DELETED", {"metadata": {"namespace": key[0], "name": key[1]}}, since)
+
+    def _apply(self, event_type: str, obj: KubeObject, since: Mark | None) -> bool:
         key = object_key(obj)
         if not self._wanted(key):
-            return
+            return False
         with self._lock:
+            if since is not None and (since.store is not self or since.changes != self._changes):
+                return False
+            self._changes += 1
             before = self._objects.get(key)
             if event_type == "DELETED":
                 after = None
@@ -83,13 +123,7 @@ class Store:
                 self._objects[key] = after
         if before != after:
             self._notify(key, before, after)
-
-    def put(self, obj: KubeObject) -> None:
-        """Write-through of an object we just wrote or read, ahead of its watch event."""
-        self.apply("MODIFIED", obj)
-
-    def forget(self, key: Key) -> None:
-        self.apply("DELETED", {"metadata": {"namespace": key[0], "name": key[1]}})
+        return True
 
     def _notify(self, key: Key, before: KubeObject | None, after: KubeObject | None) -> None:
         if self._on_change is None:
@@ -98,5 +132,3 @@ class Store:
             self._on_change(key, before, after)
         except Exception:
             log.exception("change handler failed")
-
-

@@ -245,6 +245,7 @@ class SecretSync:
         was deleted meanwhile): the caller reads the Secret back and decides anew.
         """
         where = f"{desired.namespace}/{desired.name}"
+        since = self.secrets.mark(desired.namespace, desired.name)
         try:
             written = await self._call(f"{verb} Secret {where}", deadline, call)
         except lost:
@@ -254,7 +255,7 @@ class SecretSync:
             self._stats.write(verb, "error")
             raise
         self._stats.write(verb, "ok")
-        self.secrets.put(written)
+        self.secrets.put(written, since=since)
         log.info("%sd Secret %s", verb, where)
         return True
 
@@ -266,6 +267,7 @@ class SecretSync:
             raise ApiForbidden(action=f"delete Secret {namespace}/{name}: not managed by us")
         api = self._api
         uid, version = metadata.get("uid"), metadata.get("resourceVersion")
+        since = self.secrets.mark(namespace, name)
         try:
             await self._call(
                 f"delete Secret {namespace}/{name}",
@@ -276,7 +278,7 @@ class SecretSync:
             self._stats.write("delete", "error")
             raise
         self._stats.write("delete", "ok")
-        self.secrets.forget(namespace, name)
+        self.secrets.forget(namespace, name, since=since)
         log.info("deleted Secret %s/%s", namespace, name)
 
 
